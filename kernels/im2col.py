@@ -1,0 +1,66 @@
+"""im2col / col2im for NCHW convolution.
+
+Layout: `cols` has shape (N, C*k*k, Ho*Wo), row index c*k*k + ki*k + kj. With C
+split into G groups of Cg channels, `cols.reshape(N, G, Cg*k*k, Ho*Wo)` is a view,
+so a grouped convolution is one broadcast batched matmul:
+weight (G, Og, Cg*k*k) @ cols (N, G, Cg*k*k, Ho*Wo) -> (N, G, Og, Ho*Wo).
+
+Both directions loop over the k*k kernel offsets and move one strided slice per
+offset (no padded copy of the input, no scatter-add), which works the same on
+NumPy and CuPy. Within one offset the strided positions are distinct, so `+=` in
+col2im accumulates exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmem.kernels.windows import conv_output_size, offsets_2d
+
+Array = Any
+
+
+def cols_shape(x_shape: tuple[int, ...], k: int, stride: int, pad: int) -> tuple[int, int, int]:
+    n, c, h, w = x_shape
+    ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
+    return n, c * k * k, ho * wo
+
+
+def im2col(xp: Any, x: Array, k: int, stride: int, pad: int, out: Array | None = None
+           ) -> Array:
+    """Lower x (N, C, H, W) to columns (N, C*k*k, Ho*Wo); zero where a window reads
+    padding. `out`, when given, must be C-contiguous of that shape and x's dtype;
+    it is overwritten and returned."""
+    n, c, h, w = x.shape
+    shape = cols_shape(x.shape, k, stride, pad)
+    ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
+    if out is None:
+        out = xp.empty(shape, dtype=x.dtype)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"im2col: out has shape {tuple(out.shape)}, expected {shape}")
+    if pad > 0:
+        out.fill(0)  # positions that read padding are never written below
+    cols6 = out.reshape(n, c, k, k, ho, wo)  # a view: out is contiguous
+    for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        cols6[:, :, ki, kj, orow, ocol] = x[:, :, irow, icol]
+    return out
+
+
+def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, pad: int,
+           out: Array | None = None) -> Array:
+    """Adjoint of im2col: sum columns (N, C*k*k, Ho*Wo) back into an (N, C, H, W)
+    array; contributions that fall on padding are dropped. `out`, when given, is
+    overwritten (it may be a slice of a larger array) and returned."""
+    n, c, h, w = x_shape
+    if tuple(cols.shape) != cols_shape(x_shape, k, stride, pad):
+        raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, "
+                         f"expected {cols_shape(x_shape, k, stride, pad)} for {tuple(x_shape)}")
+    ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
+    if out is None:
+        out = xp.zeros(tuple(x_shape), dtype=cols.dtype)
+    else:
+        out.fill(0)
+    cols6 = cols.reshape(n, c, k, k, ho, wo)
+    for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        out[:, :, irow, icol] += cols6[:, :, ki, kj, orow, ocol]
+    return out

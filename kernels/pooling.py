@@ -1,0 +1,94 @@
+"""Max and average pooling over NCHW, forward and backward.
+
+Geometry follows `windows`: output size by the floor rule or, with `ceil_mode`,
+the Caffe/PyTorch ceil rule. Every function loops over the k*k window offsets
+in row-major order and moves one strided slice per offset; padding is never
+materialized.
+
+Max pooling treats padding as -inf. Its backward recomputes the maxima from the
+input and routes each output gradient to the first maximum of its window in
+row-major order (as Caffe and PyTorch do), so no index tensor is kept.
+
+Average pooling divides by the window area counting padding
+(count_include_pad=True), except that a window which ceil_mode lets run past the
+padded edge is clipped there and divides by the clipped area (PyTorch's rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmem.kernels.windows import offsets_2d, pool_output_size
+
+Array = Any
+
+
+def output_hw(x_shape: tuple[int, ...], k: int, stride: int, pad: int, ceil_mode: bool
+              ) -> tuple[int, int]:
+    h, w = x_shape[-2:]
+    return (pool_output_size(h, k, stride, pad, ceil_mode),
+            pool_output_size(w, k, stride, pad, ceil_mode))
+
+
+def max_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode: bool
+                     ) -> Array:
+    n, c, h, w = x.shape
+    ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
+    y = xp.full((n, c, ho, wo), -xp.inf, dtype=x.dtype)
+    for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        view = y[:, :, orow, ocol]
+        xp.maximum(view, x[:, :, irow, icol], out=view)
+    return y
+
+
+def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: int,
+                      ceil_mode: bool) -> Array:
+    """dx for max pooling: each dy goes to the first maximum of its window."""
+    n, c, h, w = x.shape
+    ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
+    y = max_pool_forward(xp, x, k, stride, pad, ceil_mode)
+    pending = xp.ones(y.shape, dtype=bool)  # windows whose maximum is not yet found
+    dx = xp.zeros(x.shape, dtype=dy.dtype)
+    for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        hit = x[:, :, irow, icol] == y[:, :, orow, ocol]
+        still = pending[:, :, orow, ocol]
+        hit &= still
+        still ^= hit  # hit is a subset of still: clears the windows found here
+        dx[:, :, irow, icol] += xp.where(hit, dy[:, :, orow, ocol], 0)
+    return dx
+
+
+def avg_pool_divisor(xp: Any, x_shape: tuple[int, ...], k: int, stride: int, pad: int,
+                     ceil_mode: bool, dtype: Any) -> Array:
+    """(Ho, Wo) window areas: the part of each window inside the padded input."""
+    h, w = x_shape[-2:]
+    ho, wo = output_hw(x_shape, k, stride, pad, ceil_mode)
+
+    def extent(out: int, size: int) -> Array:
+        start = xp.arange(out) * stride - pad
+        return xp.minimum(start + k, size + pad) - start
+
+    area = extent(ho, h)[:, None] * extent(wo, w)[None, :]
+    return area.astype(dtype)
+
+
+def avg_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode: bool
+                     ) -> Array:
+    n, c, h, w = x.shape
+    ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
+    y = xp.zeros((n, c, ho, wo), dtype=x.dtype)
+    for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        y[:, :, orow, ocol] += x[:, :, irow, icol]
+    y /= avg_pool_divisor(xp, x.shape, k, stride, pad, ceil_mode, x.dtype)
+    return y
+
+
+def avg_pool_backward(xp: Any, dy: Array, x_shape: tuple[int, ...], k: int, stride: int,
+                      pad: int, ceil_mode: bool) -> Array:
+    h, w = x_shape[-2:]
+    ho, wo = output_hw(x_shape, k, stride, pad, ceil_mode)
+    g = dy / avg_pool_divisor(xp, x_shape, k, stride, pad, ceil_mode, dy.dtype)
+    dx = xp.zeros(tuple(x_shape), dtype=dy.dtype)
+    for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        dx[:, :, irow, icol] += g[:, :, orow, ocol]
+    return dx

@@ -1,0 +1,124 @@
+"""The layer contract.
+
+A layer is a frozen dataclass of its configuration (what a profile's TOML table
+gives) plus pure methods. It declares its output shape, parameters, FLOPs, what
+it keeps for the backward pass, its algorithms with their workspace, and the
+bytes of private state it saves for backward. `forward` and `backward` take the
+array module `xp` and arrays; they never know where a tensor lived a moment ago,
+and they work in whatever floating dtype they are given (float32 in training,
+float64 in the gradient tests).
+
+Shapes include the batch: NCHW for feature maps, (N, F) after a flatten.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+Shape = tuple[int, ...]
+Array = Any  # a numpy.ndarray or a cupy.ndarray
+
+
+class Keeps(enum.Flag):
+    """What a layer needs from the forward pass to run its backward pass."""
+
+    NOTHING = 0
+    INPUT = enum.auto()
+    OUTPUT = enum.auto()
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One way to run a layer. `workspace_bytes` is device scratch held only while
+    the layer runs (forward or backward, whichever needs more). For convolution,
+    `chunk` is the number of samples lowered by im2col at once."""
+
+    name: str
+    workspace_bytes: int = 0
+    chunk: int = 0
+
+
+DIRECT = Algorithm("direct")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a step tells every layer: training or inference, a per-step seed (dropout
+    masks are a pure function of seed and layer name), and the labels (loss only)."""
+
+    train: bool = True
+    seed: int = 0
+    labels: Array | None = None
+
+
+def numel(shape: Shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer(ABC):
+    TYPE: ClassVar[str]
+    KEEPS: ClassVar[Keeps] = Keeps.NOTHING
+    # May write its output over its input, and its input gradient over its output
+    # gradient, when nothing else needs the input (ReLU, dropout).
+    INPLACE: ClassVar[bool] = False
+    # Number of inputs; None means two or more (concat, add).
+    ARITY: ClassVar[int | None] = 1
+    # A loss ends the graph: its output is a scalar and its backward starts the pass.
+    IS_LOSS: ClassVar[bool] = False
+
+    name: str
+
+    @abstractmethod
+    def output_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        """Raise vmem.errors.ShapeError (naming this layer and the shapes) when the
+        inputs do not fit."""
+
+    def param_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
+        return {}
+
+    def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
+                    ) -> dict[str, np.ndarray]:
+        """Initial parameters as float32 NumPy arrays, a pure function of rng."""
+        return {}
+
+    def flops(self, in_shapes: Sequence[Shape]) -> int:
+        """Forward floating-point operations (a multiply-add counts two)."""
+        return 0
+
+    def backward_flops(self, in_shapes: Sequence[Shape]) -> int:
+        return 2 * self.flops(in_shapes)
+
+    def algorithms(self, in_shapes: Sequence[Shape], itemsize: int) -> tuple[Algorithm, ...]:
+        """Ways to run this layer, fastest first, least workspace last."""
+        return (DIRECT,)
+
+    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int) -> int:
+        """Bytes of private state (masks, scales) that forward returns for backward."""
+        return 0
+
+    @abstractmethod
+    def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
+                algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
+        """Return (output, saved). `saved` holds exactly `saved_bytes` bytes (empty
+        when ctx.train is False, where nothing is kept)."""
+
+    @abstractmethod
+    def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
+                 params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
+                 in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
+                 ) -> tuple[list[Array | None], dict[str, Array]]:
+        """Return (input gradients, parameter gradients keyed like params). `xs[i]`
+        is the input when KEEPS has INPUT, else None; `y` is the output when KEEPS
+        has OUTPUT, else None. `dx[i]` is None where `needs_dx[i]` is False. For a
+        loss, dy is None and the gradient is of the mean loss over the batch.
+
+        Neither pass writes over its inputs: where the executor runs a layer in
+        place it is an accounting choice (the output takes over the input's block,
+        which is dropped at once), the arithmetic is the same."""

@@ -1,0 +1,178 @@
+"""2-D convolution (NCHW, square kernel, grouped) by im2col + GEMM over batch chunks.
+
+Algorithms: one per chunk size, N first, then the powers of two below N down to
+1. A chunk of `chunk` samples is lowered into one column buffer of shape
+(chunk, C*k*k, Ho*Wo) -- all groups at once -- and multiplied by the weight,
+viewed as (G, O/G, C/G*k*k), in one broadcast batched matmul.
+
+Workspace (what `Algorithm.workspace_bytes` counts, and all the scratch that
+forward and backward allocate besides their outputs and gradients):
+
+    chunk * C * k * k * Ho * Wo * itemsize          the column buffer
+  + O * (C/G) * k * k * itemsize   (when N > 1)     backward's weight-gradient temp
+
+Backward per chunk: lower x into the column buffer, accumulate dW sample by
+sample (sample 0 writes dW, each later one goes through the temp and is added),
+then, when dx is needed, write dcol over the same buffer and col2im it into dx.
+Because dW is accumulated in sample order and every other value is computed per
+sample, the results are the same for every chunk size (bit-identical where the
+GEMM library is deterministic for equal shapes, as OpenBLAS and cuBLAS are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from vmem.kernels.im2col import col2im, im2col
+from vmem.kernels.windows import conv_output_size
+from vmem.layers._checks import config_error, inputs, require_int, shape_error
+from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
+
+
+def chunk_sizes(n: int) -> list[int]:
+    """n, then the powers of two below n, descending to 1."""
+    sizes = [n]
+    p = 1 << (n - 1).bit_length() - 1 if n > 1 else 0  # the largest power of two < n
+    while p >= 1:
+        sizes.append(p)
+        p //= 2
+    return sizes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conv(Layer):
+    TYPE: ClassVar[str] = "conv"
+    KEEPS: ClassVar[Keeps] = Keeps.INPUT
+
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    pad: int = 0
+    groups: int = 1
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        require_int(self, "out_channels", 1)
+        require_int(self, "kernel", 1)
+        require_int(self, "stride", 1)
+        require_int(self, "pad", 0)
+        require_int(self, "groups", 1)
+        if self.out_channels % self.groups:
+            raise config_error(self, f"out_channels {self.out_channels} is not divisible "
+                                     f"by groups {self.groups}")
+        if not isinstance(self.bias, bool):
+            raise config_error(self, f"bias must be true or false, got {self.bias!r}")
+
+    def output_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (shape,) = inputs(self, in_shapes, rank=4)
+        n, c, h, w = shape
+        if c % self.groups:
+            raise shape_error(self, f"input channels {c} (shape {shape}) are not divisible "
+                                    f"by groups {self.groups}")
+        k, p = self.kernel, self.pad
+        if k > h + 2 * p or k > w + 2 * p:
+            raise shape_error(self, f"kernel {k} is larger than the input {h}x{w} padded "
+                                    f"by {p} (shape {shape})")
+        ho = conv_output_size(h, k, self.stride, p)
+        wo = conv_output_size(w, k, self.stride, p)
+        return (n, self.out_channels, ho, wo)
+
+    def param_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
+        self.output_shape(in_shapes)
+        c = in_shapes[0][1]
+        shapes = {"weight": (self.out_channels, c // self.groups, self.kernel, self.kernel)}
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
+    def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
+                    ) -> dict[str, np.ndarray]:
+        """He normal weights, std = sqrt(2 / fan_in), fan_in = C/groups * k * k; zero bias."""
+        shapes = self.param_shapes(in_shapes)
+        w_shape = shapes["weight"]
+        std = np.float32(np.sqrt(2.0 / numel(w_shape[1:])))
+        params = {"weight": rng.standard_normal(w_shape, dtype=np.float32) * std}
+        if self.bias:
+            params["bias"] = np.zeros(shapes["bias"], dtype=np.float32)
+        return params
+
+    def flops(self, in_shapes: Sequence[Shape]) -> int:
+        n, o, ho, wo = self.output_shape(in_shapes)
+        c = in_shapes[0][1]
+        macs = n * o * ho * wo * (c // self.groups) * self.kernel * self.kernel
+        return 2 * macs + (n * o * ho * wo if self.bias else 0)
+
+    def workspace_bytes(self, in_shapes: Sequence[Shape], itemsize: int, chunk: int) -> int:
+        n, o, ho, wo = self.output_shape(in_shapes)
+        c, kk = in_shapes[0][1], self.kernel * self.kernel
+        cols = chunk * c * kk * ho * wo
+        dw_temp = o * (c // self.groups) * kk if n > 1 else 0
+        return (cols + dw_temp) * itemsize
+
+    def algorithms(self, in_shapes: Sequence[Shape], itemsize: int) -> tuple[Algorithm, ...]:
+        n = self.output_shape(in_shapes)[0]
+        return tuple(Algorithm(f"im2col:{chunk}", self.workspace_bytes(in_shapes, itemsize, chunk),
+                               chunk) for chunk in chunk_sizes(n))
+
+    def _dims(self, x_shape: Shape) -> tuple[int, ...]:
+        """(N, C, H, W, Ho, Wo, G, Og, K = C/G*k*k, L = Ho*Wo)."""
+        n, c, h, w = x_shape
+        _, o, ho, wo = self.output_shape([x_shape])
+        g = self.groups
+        return n, c, h, w, ho, wo, g, o // g, c // g * self.kernel**2, ho * wo
+
+    @staticmethod
+    def _chunk(algo: Algorithm, n: int) -> int:
+        """The algorithm's chunk, capped at the batch; no chunk (e.g. DIRECT) means N."""
+        return min(algo.chunk, n) if algo.chunk > 0 else n
+
+    def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
+                algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
+        (x,) = xs
+        n, c, h, w, ho, wo, g, og, kdim, hw = self._dims(tuple(x.shape))
+        k, s, p = self.kernel, self.stride, self.pad
+        chunk = self._chunk(algo, n)
+        weight = params["weight"].reshape(g, og, kdim)
+        y = xp.empty((n, self.out_channels, ho, wo), dtype=x.dtype)
+        y4 = y.reshape(n, g, og, hw)  # a view of y
+        cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
+        for n0 in range(0, n, chunk):
+            m = min(chunk, n - n0)
+            lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m])
+            xp.matmul(weight, lowered.reshape(m, g, kdim, hw), out=y4[n0:n0 + m])
+        if self.bias:
+            y += params["bias"].reshape(1, -1, 1, 1)
+        return y, ()
+
+    def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
+                 params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
+                 in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
+                 ) -> tuple[list[Array | None], dict[str, Array]]:
+        (x,) = xs
+        n, c, h, w, ho, wo, g, og, kdim, hw = self._dims(tuple(x.shape))
+        k, s, p = self.kernel, self.stride, self.pad
+        chunk = self._chunk(algo, n)
+        weight_t = params["weight"].reshape(g, og, kdim).swapaxes(1, 2)  # (G, K, Og) view
+        dy4 = xp.ascontiguousarray(dy).reshape(n, g, og, hw)
+        cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
+        dw = xp.empty((g, og, kdim), dtype=x.dtype)
+        dw_temp = xp.empty_like(dw) if n > 1 else None
+        dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
+        for n0 in range(0, n, chunk):
+            m = min(chunk, n - n0)
+            lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m]).reshape(m, g, kdim, hw)
+            for i in range(m):
+                target = dw if n0 + i == 0 else dw_temp
+                xp.matmul(dy4[n0 + i], lowered[i].swapaxes(1, 2), out=target)
+                if target is not dw:
+                    dw += target
+            if dx is not None:
+                xp.matmul(weight_t, dy4[n0:n0 + m], out=lowered)  # dcol over the columns
+                col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
+        grads = {"weight": dw.reshape(params["weight"].shape)}
+        if self.bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3))
+        return [dx], grads

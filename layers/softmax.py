@@ -1,0 +1,77 @@
+"""Softmax cross-entropy loss, the end of a classification network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from vmem.kernels.softmax import cross_entropy
+from vmem.layers._checks import inputs, shape_error
+from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftmaxLoss(Layer):
+    """Mean cross-entropy of softmax(logits) against ctx.labels, for logits (N, C) or
+    (N, C, 1, 1) and integer labels (N,) in [0, C). The output is a 0-d array.
+
+    The backward pass has no access to the labels (the contract passes none), so in
+    training forward saves the finished gradient of the mean loss,
+    (softmax(logits) - onehot(labels)) / N, an (N, C) array of the logits' dtype:
+    the same bytes as the probabilities. Evaluation saves nothing; probabilities for
+    evaluation come from `vmem.kernels.softmax.softmax`."""
+
+    TYPE: ClassVar[str] = "softmax_loss"
+    KEEPS: ClassVar[Keeps] = Keeps.NOTHING
+    IS_LOSS: ClassVar[bool] = True
+
+    def _logits_shape(self, in_shapes: Sequence[Shape]) -> tuple[int, int]:
+        (shape,) = inputs(self, in_shapes, min_rank=2)
+        if len(shape) != 2 and not (len(shape) == 4 and shape[2:] == (1, 1)):
+            raise shape_error(self, f"needs logits (N, C) or (N, C, 1, 1), got shape {shape}")
+        return shape[0], shape[1]
+
+    def output_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        self._logits_shape(in_shapes)
+        return ()
+
+    def flops(self, in_shapes: Sequence[Shape]) -> int:
+        """Max, subtract, exp, sum and log per logit, roughly."""
+        n, c = self._logits_shape(in_shapes)
+        return 5 * n * c
+
+    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int) -> int:
+        n, c = self._logits_shape(in_shapes)
+        return n * c * itemsize
+
+    def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
+                algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
+        (x,) = xs
+        n, c = self._logits_shape([tuple(x.shape)])
+        if ctx.labels is None:
+            raise ValueError(f"layer '{self.name}' (softmax_loss): needs labels in ctx.labels")
+        labels = xp.asarray(ctx.labels)
+        if tuple(labels.shape) != (n,) or labels.dtype.kind not in "iu":
+            raise shape_error(self, f"needs integer labels of shape ({n},), got "
+                                    f"{labels.dtype} labels of shape {tuple(labels.shape)}")
+        if int(labels.min()) < 0 or int(labels.max()) >= c:
+            raise ValueError(f"layer '{self.name}' (softmax_loss): labels must lie in "
+                             f"[0, {c}), got [{int(labels.min())}, {int(labels.max())}]")
+        loss, probs = cross_entropy(xp, x.reshape(n, c), labels)
+        if not ctx.train:
+            return loss, ()
+        grad = probs  # becomes (probs - onehot) / N in place
+        grad[xp.arange(n), labels] -= 1
+        grad /= n
+        return loss, (grad,)
+
+    def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
+                 params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
+                 in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
+                 ) -> tuple[list[Array | None], dict[str, Array]]:
+        """dlogits of the mean loss, a new array in the logits' original shape."""
+        if not needs_dx[0]:
+            return [None], {}
+        (grad,) = saved
+        return [grad.reshape(tuple(in_shapes[0])).copy()], {}

@@ -1,0 +1,354 @@
+"""Profiles: the shipped networks against their published parameter counts, the
+tiny variants against their full versions, the TOML round trip, and every error
+path naming the file, the line and the layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmem.errors import ProfileError, UsageError
+from vmem.graph import DATA
+from vmem.profile import Profile, dump_profile, list_profiles, load_profile, parse_profile
+
+FULL = ("alexnet", "overfeat", "googlenet", "vgg16")
+SHIPPED = (*FULL, *(f"{n}-tiny" for n in FULL), "digits", "tiny-branch")
+
+# Published parameter counts (weights and biases), the references:
+PUBLISHED_PARAMS = {
+    # Krizhevsky et al., NIPS 2012, give "60 million"; the exact count of the two-tower
+    # network (conv2/4/5 in two groups) is that of Caffe's bvlc_alexnet: 60,965,224.
+    "alexnet": 60_965_224,
+    # Sermanet et al., ICLR 2014, Table 1 (fast model), summed with biases; the paper
+    # gives about 145 million.
+    "overfeat": 145_920_872,
+    # Szegedy et al., CVPR 2015, Table 1, as built by Caffe's bvlc_googlenet, without
+    # the two auxiliary classifiers (which only serve training).
+    "googlenet": 6_998_552,
+    # Simonyan & Zisserman, ICLR 2015, Table 2: configuration D, "138M"; exactly
+    # 138,357,544 in the authors' released Caffe model (and torchvision's vgg16).
+    "vgg16": 138_357_544,
+}
+
+# Fields that make up a layer's connectivity and geometry, kept equal in tiny variants.
+STRUCTURAL_FIELDS = ("kernel", "stride", "pad", "groups", "ceil_mode", "axis", "bias")
+
+
+def structure(profile: Profile) -> list[tuple[object, ...]]:
+    return [(node.name, node.layer.TYPE, node.inputs,
+             tuple(getattr(node.layer, f, None) for f in STRUCTURAL_FIELDS))
+            for node in profile.network.nodes]
+
+
+# ---------------------------------------------------------------- shipped profiles
+
+def test_every_shipped_profile_is_listed() -> None:
+    assert list_profiles() == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profile_loads(name: str) -> None:
+    profile = load_profile(name)
+    network = profile.network
+    assert network.name == name
+    assert network.description
+    assert profile.path.name == f"{name}.toml"
+    assert profile.batch >= profile.cpu_batch >= 1
+    assert network.loss.layer.IS_LOSS
+    assert network.shapes(profile.cpu_batch)[network.logits][0] == profile.cpu_batch
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_parameter_count_is_the_published_one(name: str) -> None:
+    assert load_profile(name).network.num_params() == PUBLISHED_PARAMS[name]
+
+
+def test_full_profiles_use_the_papers_inputs_and_vdnn_batches() -> None:
+    inputs = {"alexnet": (3, 227, 227), "overfeat": (3, 231, 231),
+              "googlenet": (3, 224, 224), "vgg16": (3, 224, 224)}
+    batches = {"alexnet": 128, "overfeat": 128, "googlenet": 128, "vgg16": 64}
+    for name in FULL:
+        profile = load_profile(name)
+        assert profile.network.input_shape == inputs[name]
+        assert profile.batch == batches[name]
+        assert profile.network.shapes(1)[profile.network.logits] == (1, 1000)
+
+
+def test_googlenet_has_nine_four_branch_inception_modules() -> None:
+    network = load_profile("googlenet").network
+    concats = [n for n in network.nodes if n.layer.TYPE == "concat"]
+    assert len(concats) == 9
+    assert all(len(n.inputs) == 4 for n in concats)
+    assert not any(n.name.startswith(("loss1", "loss2")) for n in network.nodes)
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_tiny_variant_has_the_full_graph(name: str) -> None:
+    full, tiny = load_profile(name), load_profile(f"{name}-tiny")
+    assert structure(tiny) == structure(full)
+    assert tiny.network.shapes(4)[tiny.network.logits] == (4, 10)
+    assert tiny.network.input_shape[0] == full.network.input_shape[0]
+    assert tiny.network.num_params() < full.network.num_params() / 50
+    # A proxy for "a training step at batch 4 takes well under a second on a CPU".
+    assert tiny.network.flops(4) < 2e9
+
+
+def test_digits_fits_sklearn_digits() -> None:
+    network = load_profile("digits").network
+    assert network.input_shape == (1, 8, 8)
+    assert network.shapes(1)[network.logits] == (1, 10)
+
+
+def test_tiny_branch_has_a_fork_a_concat_and_an_add() -> None:
+    network = load_profile("tiny-branch").network
+    types = {n.layer.TYPE for n in network.nodes}
+    assert {"concat", "add"} <= types
+    assert max(len(life.consumers) for life in network.lives.values()) >= 3
+
+
+# ---------------------------------------------------------------- round trip
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_dump_then_parse_gives_an_equal_profile(name: str) -> None:
+    profile = load_profile(name)
+    again = parse_profile(dump_profile(profile), "dumped.toml")
+    assert again.network == profile.network
+    assert (again.batch, again.cpu_batch) == (profile.batch, profile.cpu_batch)
+
+
+def test_round_trip_keeps_strings_floats_and_explicit_inputs(tmp_path: Path) -> None:
+    text = BASE + layer_tables(
+        ('name = "conv1"', 'type = "conv"', "out_channels = 4", "kernel = 3", "pad = 1",
+         "bias = false"),
+        ('name = "norm"', 'type = "lrn"', "alpha = 2.5e-5", "k = 1"),
+        ('name = "side"', 'type = "relu"', 'inputs = "conv1"'),
+        ('name = "sum"', 'type = "add"', 'inputs = ["norm", "side"]'),
+        ('name = "fc"', 'type = "linear"', "out_features = 3"),
+        ('name = "loss"', 'type = "softmax_loss"'),
+    )
+    text = text.replace('name = "t"', 'name = "t \\"quoted\\" \\\\ name"', 1)
+    path = tmp_path / "custom.toml"
+    path.write_text(text)
+    profile = load_profile(path)
+    norm = profile.network.nodes[profile.network.index["norm"]].layer
+    assert norm.k == 1.0 and isinstance(norm.k, float)
+    assert profile.network.name == 't "quoted" \\ name'
+    assert profile.network.nodes[profile.network.index["side"]].inputs == ("conv1",)
+    again = parse_profile(dump_profile(profile), "dumped.toml")
+    assert again.network == profile.network
+
+
+def test_inputs_default_to_the_previous_layer_and_cpu_batch_to_batch() -> None:
+    text = BASE.replace("cpu_batch = 2\n", "") + layer_tables(
+        ('name = "flat"', 'type = "flatten"'),
+        ('name = "fc"', 'type = "linear"', "out_features = 3"),
+        ('name = "loss"', 'type = "softmax_loss"'))
+    profile = parse_profile(text, "p.toml")
+    assert [n.inputs for n in profile.network.nodes] == [(DATA,), ("flat",), ("fc",)]
+    assert profile.cpu_batch == profile.batch == 2
+
+
+def test_a_path_with_a_separator_or_suffix_is_a_file(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mine.toml").write_text(dump_profile(load_profile("digits")))
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("mine.toml").network == load_profile("digits").network
+    assert load_profile(str(tmp_path / "mine.toml")).network.name == "digits"
+
+
+# ---------------------------------------------------------------- errors
+
+BASE = 'name = "t"\ninput = [1, 8, 8]\nbatch = 2\ncpu_batch = 2\n'
+MARK = "  # <- here"
+
+# A valid chain; tests swap or edit one table to break it.
+GOOD = (
+    ('name = "conv1"', 'type = "conv"', "out_channels = 4", "kernel = 3", "pad = 1"),
+    ('name = "relu1"', 'type = "relu"'),
+    ('name = "fc"', 'type = "linear"', "out_features = 3"),
+    ('name = "loss"', 'type = "softmax_loss"'),
+)
+
+
+def layer_tables(*tables: tuple[str, ...]) -> str:
+    return "".join("\n[[layer]]\n" + "\n".join(table) + "\n" for table in tables)
+
+
+def profile_error(tmp_path: Path, text: str) -> tuple[str, int]:
+    """Load `text` from a file; return the error message and the line marked MARK."""
+    lines = text.splitlines()
+    marked = [i for i, line in enumerate(lines, start=1) if line.endswith(MARK)]
+    assert len(marked) == 1, "mark exactly one line"
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert info.value.path == str(path) and info.value.line == marked[0]
+    return message, marked[0]
+
+
+def with_layer(index: int, table: tuple[str, ...]) -> str:
+    return BASE + layer_tables(*GOOD[:index], table, *GOOD[index + 1:])
+
+
+def assert_names(message: str, line: int, layer: str | None) -> None:
+    where = f"bad.toml:{line}" + (f", layer '{layer}'" if layer else "")
+    assert where in message, message
+
+
+def test_the_good_profile_loads() -> None:
+    assert len(parse_profile(BASE + layer_tables(*GOOD), "good.toml").network.nodes) == 4
+
+
+def test_unknown_profile_name_lists_the_known_ones() -> None:
+    with pytest.raises(UsageError) as info:
+        load_profile("alexnett")
+    assert "alexnett" in str(info.value)
+    assert all(name in str(info.value) for name in SHIPPED)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="missing.toml"):
+        load_profile(tmp_path / "missing.toml")
+
+
+def test_malformed_toml_names_the_line_and_the_layer(tmp_path: Path) -> None:
+    text = with_layer(1, ('name = "relu1"', 'type = "relu" "oops"' + MARK))
+    message, line = profile_error(tmp_path, text)
+    assert_names(message, line, "relu1")
+    assert "malformed TOML" in message and "(at line" not in message
+
+
+def test_missing_top_level_key(tmp_path: Path) -> None:
+    text = BASE.replace("\nbatch = 2\n", "\n").replace('name = "t"', 'name = "t"' + MARK)
+    message, line = profile_error(tmp_path, text + layer_tables(*GOOD))
+    assert line == 1 and "missing top-level key 'batch'" in message
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    text = BASE + "batchsize = 3" + MARK + "\n" + layer_tables(*GOOD)
+    message, line = profile_error(tmp_path, text)
+    assert_names(message, line, None)
+    assert "'batchsize'" in message and "cpu_batch" in message
+
+
+def test_top_level_value_of_the_wrong_type(tmp_path: Path) -> None:
+    text = BASE.replace("\nbatch = 2", '\nbatch = "2"' + MARK) + layer_tables(*GOOD)
+    message, line = profile_error(tmp_path, text)
+    assert_names(message, line, None)
+    assert "'batch' must be an integer" in message
+
+
+def test_layer_without_a_name(tmp_path: Path) -> None:
+    text = BASE + layer_tables(*GOOD[:2]) + "\n[[layer]]" + MARK + "\n" + \
+        'type = "linear"\nout_features = 3\n' + layer_tables(GOOD[3])
+    message, line = profile_error(tmp_path, text)
+    assert_names(message, line, None)
+    assert "needs a 'name'" in message
+
+
+def test_layer_without_a_type(tmp_path: Path) -> None:
+    message, line = profile_error(tmp_path, with_layer(1, ('name = "relu1"' + MARK,)))
+    assert_names(message, line, "relu1")
+    assert "needs a 'type'" in message and "maxpool" in message
+
+
+def test_unknown_layer_type_lists_the_known_ones(tmp_path: Path) -> None:
+    message, line = profile_error(tmp_path, with_layer(1, ('name = "relu1"',
+                                                           'type = "rectifier"' + MARK)))
+    assert_names(message, line, "relu1")
+    assert "'rectifier'" in message
+    assert all(t in message for t in ("conv", "relu", "softmax_loss", "concat"))
+
+
+def test_unknown_field_lists_the_accepted_ones(tmp_path: Path) -> None:
+    table = ('name = "conv1"', 'type = "conv"', "out_channels = 4", "kernal = 3" + MARK)
+    message, line = profile_error(tmp_path, with_layer(0, table))
+    assert_names(message, line, "conv1")
+    assert "'kernal'" in message
+    assert all(f in message for f in ("out_channels", "kernel", "stride", "pad", "groups"))
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    table = ('name = "conv1"' + MARK, 'type = "conv"', "kernel = 3")
+    message, line = profile_error(tmp_path, with_layer(0, table))
+    assert_names(message, line, "conv1")
+    assert "out_channels" in message
+
+
+@pytest.mark.parametrize(("field", "expected"), [
+    ('kernel = "3"', "must be an integer"),
+    ("kernel = 3.0", "must be an integer"),
+    ("stride = true", "must be an integer"),
+    ("bias = 1", "must be true or false"),
+])
+def test_field_of_the_wrong_type(tmp_path: Path, field: str, expected: str) -> None:
+    table = ('name = "conv1"', 'type = "conv"', "out_channels = 4", field + MARK,
+             *(("kernel = 3",) if not field.startswith("kernel") else ()))
+    message, line = profile_error(tmp_path, with_layer(0, table))
+    assert_names(message, line, "conv1")
+    assert expected in message
+
+
+def test_float_field_rejects_a_string(tmp_path: Path) -> None:
+    table = ('name = "relu1"', 'type = "dropout"', 'p = "half"' + MARK)
+    message, line = profile_error(tmp_path, with_layer(1, table))
+    assert_names(message, line, "relu1")
+    assert "'p'" in message and "must be a number" in message
+
+
+def test_inputs_of_the_wrong_type(tmp_path: Path) -> None:
+    table = ('name = "relu1"', 'type = "relu"', "inputs = [1]" + MARK)
+    message, line = profile_error(tmp_path, with_layer(1, table))
+    assert_names(message, line, "relu1")
+    assert "'inputs'" in message
+
+
+def test_invalid_value_rejected_by_the_layer(tmp_path: Path) -> None:
+    table = ('name = "conv1"' + MARK, 'type = "conv"', "out_channels = 4", "kernel = 0")
+    message, line = profile_error(tmp_path, with_layer(0, table))
+    assert_names(message, line, "conv1")
+    assert "kernel" in message
+
+
+def test_reading_an_unknown_layer(tmp_path: Path) -> None:
+    table = ('name = "relu1"' + MARK, 'type = "relu"', 'inputs = "conv9"')
+    message, line = profile_error(tmp_path, with_layer(1, table))
+    assert_names(message, line, "relu1")
+    assert "'conv9'" in message
+
+
+def test_a_name_used_twice_points_at_the_second(tmp_path: Path) -> None:
+    table = ('name = "conv1"' + MARK, 'type = "relu"')
+    message, line = profile_error(tmp_path, with_layer(1, table))
+    assert_names(message, line, "conv1")
+    assert "used twice" in message
+
+
+def test_shapes_that_do_not_connect_name_the_layers_and_shapes(tmp_path: Path) -> None:
+    text = BASE + layer_tables(
+        GOOD[0],
+        ('name = "pool"', 'type = "maxpool"', "kernel = 2"),
+        ('name = "sum"' + MARK, 'type = "add"', 'inputs = ["conv1", "pool"]'),
+        *GOOD[2:])
+    message, line = profile_error(tmp_path, text)
+    assert_names(message, line, "sum")
+    assert "(2, 4, 8, 8)" in message or "(1, 4, 8, 8)" in message
+    assert "4, 4)" in message
+
+
+def test_kernel_larger_than_its_input(tmp_path: Path) -> None:
+    table = ('name = "conv1"' + MARK, 'type = "conv"', "out_channels = 4", "kernel = 9")
+    message, line = profile_error(tmp_path, with_layer(0, table))
+    assert_names(message, line, "conv1")
+    assert "9" in message and "8" in message
+
+
+def test_loss_must_come_last(tmp_path: Path) -> None:
+    text = BASE + layer_tables(*GOOD[:3]) + layer_tables(
+        ('name = "loss"' + MARK, 'type = "softmax_loss"'), ('name = "after"', 'type = "relu"'))
+    message, line = profile_error(tmp_path, text)
+    assert_names(message, line, "loss")

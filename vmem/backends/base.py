@@ -1,0 +1,98 @@
+"""The backend contract. Policy lives above it (plans, the executor's schedule),
+mechanism below it (arrays, streams, copies, clocks).
+
+A backend owns the device arena, two streams (`compute` and `memory`), events
+between them, a clock read through marks recorded on a stream, and asynchronous
+copies between device arrays and pinned host buffers. Streams are always passed
+explicitly, never taken from a "current stream" context.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vmem.memory import DeviceArena
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str  # "compute" | "memory"
+
+
+COMPUTE = Stream("compute")
+MEMORY = Stream("memory")
+
+
+class Event(ABC):
+    """A point in a stream's work; `wait` makes another stream wait for it."""
+
+    @abstractmethod
+    def done(self) -> bool: ...
+
+
+class Mark(ABC):
+    """A timestamp taken when a stream reaches it; readable after synchronize()."""
+
+
+class Backend(ABC):
+    #: e.g. "cpu", "cuda:0", "sim:titan-x"
+    name: str
+    #: the array module (numpy or cupy); None on a backend that runs no kernels
+    xp: Any
+    arena: DeviceArena
+    compute: Stream = COMPUTE
+    memory: Stream = MEMORY
+
+    @property
+    def runs_kernels(self) -> bool:
+        return self.xp is not None
+
+    @abstractmethod
+    def launch(self, stream: Stream, op: Callable[[], Any], cost_ms: float = 0.0) -> None:
+        """Run `op` on `stream` (in order with the stream's other work). A backend
+        without kernels advances the stream's modeled clock by `cost_ms` instead."""
+
+    @abstractmethod
+    def record(self, stream: Stream) -> Event: ...
+
+    @abstractmethod
+    def wait(self, stream: Stream, event: Event) -> None:
+        """Make `stream` wait, without blocking the host, until `event` is done."""
+
+    @abstractmethod
+    def mark(self, stream: Stream) -> Mark: ...
+
+    @abstractmethod
+    def elapsed_ms(self, start: Mark, end: Mark) -> float:
+        """Milliseconds between two marks; both streams must have reached them."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Block the host until both streams are idle; re-raise a stream's failure."""
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """Change the emulated device capacity (None: no limit)."""
+        self.arena.capacity = capacity
+
+    def asarray(self, host: np.ndarray) -> Any:
+        """Copy a host array to the device (untracked: the caller accounts it)."""
+        return self.xp.asarray(host)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def facts(self) -> dict[str, Any]:
+        """What the report shows about the device (name, memory, driver...)."""
+        return {"backend": self.name}
+
+    def pool_reserved_bytes(self) -> int | None:
+        """Bytes the array library's own pool holds, where there is one."""
+        return None
+
+    def close(self) -> None:
+        """Stop worker threads and release what the backend holds."""

@@ -1,0 +1,126 @@
+"""The `cpu` backend: NumPy arrays, the host thread as the compute stream and a
+worker thread as the memory stream, so copies really overlap compute."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from vmem.backends.base import Backend, Event, Mark, Stream
+from vmem.memory import DeviceArena
+
+
+class CpuEvent(Event):
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+
+    def set(self) -> None:
+        self._flag.set()
+
+    def done(self) -> bool:
+        return self._flag.is_set()
+
+    def block(self) -> None:
+        self._flag.wait()
+
+
+class CpuMark(Mark):
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = seconds
+
+
+class _Worker:
+    """A stream as a thread running queued callables in order."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"vmem-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, op: Callable[[], None]) -> None:
+        self._queue.put(op)
+
+    def _run(self) -> None:
+        while (op := self._queue.get()) is not None:
+            try:
+                if self._error is None:  # after a failure the stream only drains
+                    op()
+            except BaseException as exc:  # re-raised on the host at synchronize()
+                self._error = exc
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def drain(self) -> BaseException | None:
+        self._queue.join()
+        error, self._error = self._error, None
+        return error
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class CpuBackend(Backend):
+    def __init__(self, capacity: int | None = None) -> None:
+        self.name = "cpu"
+        self.xp = np
+        self.arena = DeviceArena(capacity)
+        self._memory_worker = _Worker("memory")
+
+    def _is_compute(self, stream: Stream) -> bool:
+        return stream == self.compute
+
+    def launch(self, stream: Stream, op: Callable[[], Any], cost_ms: float = 0.0) -> None:
+        if self._is_compute(stream):
+            op()  # the host thread is the compute stream: in order, synchronous
+        else:
+            self._memory_worker.submit(op)
+
+    def record(self, stream: Stream) -> Event:
+        event = CpuEvent()
+        self.launch(stream, event.set)
+        return event
+
+    def wait(self, stream: Stream, event: Event) -> None:
+        assert isinstance(event, CpuEvent)
+        self.launch(stream, event.block)
+
+    def mark(self, stream: Stream) -> Mark:
+        mark = CpuMark()
+
+        def stamp() -> None:
+            mark.seconds = time.perf_counter()
+
+        self.launch(stream, stamp)
+        return mark
+
+    def elapsed_ms(self, start: Mark, end: Mark) -> float:
+        assert isinstance(start, CpuMark) and isinstance(end, CpuMark)
+        if start.seconds is None or end.seconds is None:
+            raise RuntimeError("elapsed_ms on a mark its stream has not reached")
+        return (end.seconds - start.seconds) * 1e3
+
+    def synchronize(self) -> None:
+        error = self._memory_worker.drain()
+        if error is not None:
+            raise error
+
+    def asarray(self, host: np.ndarray) -> np.ndarray:
+        return np.array(host, copy=True)
+
+    def facts(self) -> dict[str, Any]:
+        import platform
+
+        import os
+        return {"backend": self.name, "processor": platform.processor() or platform.machine(),
+                "cores": os.cpu_count()}
+
+    def close(self) -> None:
+        self._memory_worker.stop()

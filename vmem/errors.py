@@ -1,0 +1,64 @@
+"""Named errors a user meets. Each renders as one line that says what is wrong
+and what is accepted; the CLI prints that line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class VmemError(Exception):
+    """Base of every error vmem reports to a user (never a bare traceback)."""
+
+
+class UsageError(VmemError):
+    """A bad value given by the user: a flag, an argument, a name."""
+
+
+class ProfileError(VmemError):
+    """A network profile that cannot be read: names the file, line and layer."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 layer: str | None = None) -> None:
+        where = ":".join(str(p) for p in (path, line) if p is not None)
+        parts = [p for p in (where, f"layer '{layer}'" if layer else None) if p]
+        prefix = ", ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path, self.line, self.layer = path, line, layer
+
+
+class NetworkError(VmemError):
+    """A network whose layers do not form a valid graph; `layer` names the culprit
+    so a profile loader can point at its line."""
+
+    def __init__(self, message: str, layer: str | None = None) -> None:
+        super().__init__(message)
+        self.layer = layer
+
+
+class ShapeError(NetworkError):
+    """Layers whose shapes do not connect: names the layers and the shapes."""
+
+
+class DeviceUnavailable(VmemError):
+    """A device was asked for that this machine cannot provide."""
+
+
+class OutOfDeviceMemory(VmemError):
+    """The device arena cannot satisfy an allocation within its capacity."""
+
+    def __init__(self, *, requested: int, in_use: int, capacity: int, what: str,
+                 layer: str | None = None, phase: str | None = None,
+                 hint: str | None = None) -> None:
+        from vmem.units import format_bytes
+
+        where = f"in {phase} of layer '{layer}'" if layer else "outside any layer"
+        msg = (f"out of device memory {where}: asked for {format_bytes(requested)} ({what}) "
+               f"with {format_bytes(in_use)} in use of a {format_bytes(capacity)} capacity")
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.requested, self.in_use, self.capacity = requested, in_use, capacity
+        self.layer, self.phase, self.what = layer, phase, what
+
+    def at(self, layer: str, phase: str) -> OutOfDeviceMemory:
+        """The same error, placed in a layer and phase."""
+        return OutOfDeviceMemory(requested=self.requested, in_use=self.in_use,
+                                 capacity=self.capacity, what=self.what, layer=layer, phase=phase)

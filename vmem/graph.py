@@ -1,0 +1,204 @@
+"""`Network`: a DAG of layers, with shape inference, topological order,
+consumers and liveness. It knows nothing of plans or devices.
+
+Tensors are named after the node that produces them; the network's input is
+the tensor `data`. Each node has one output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from vmem.errors import NetworkError, ShapeError
+from vmem.layers.base import Keeps, Layer, Shape, numel
+
+DATA = "data"
+
+
+@dataclass(frozen=True)
+class Node:
+    layer: Layer
+    inputs: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+@dataclass(frozen=True)
+class TensorLife:
+    """When a tensor's value is needed, by node index in topological order.
+
+    `backward_users` are the nodes whose backward pass reads the value (consumers
+    that keep their input, the producer if it keeps its output). A feature map is
+    freed after its last forward consumer when it has no backward users, else
+    after the backward pass of its earliest backward user (the backward pass runs
+    in reverse). `inplace_into` is the consumer that takes over its buffer.
+    """
+
+    name: str
+    producer: int  # -1 for the network input
+    consumers: tuple[int, ...]
+    backward_users: tuple[int, ...]
+    inplace_into: int | None
+
+    @property
+    def last_forward_use(self) -> int:
+        return max(self.consumers, default=self.producer)
+
+    @property
+    def last_backward_use(self) -> int | None:
+        return min(self.backward_users, default=None)
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    input_shape: Shape  # one sample, e.g. (3, 224, 224)
+    nodes: tuple[Node, ...]  # topological order, the loss last
+    description: str = ""
+
+    @staticmethod
+    def build(name: str, input_shape: Sequence[int], nodes: Iterable[Node],
+              description: str = "") -> Network:
+        """Validate names, inputs, arity and acyclicity, order the nodes
+        topologically (stable: profile order where it is free), check shapes."""
+        nodes = list(nodes)
+        if not nodes:
+            raise NetworkError(f"network '{name}' has no layers")
+        by_name: dict[str, Node] = {}
+        for node in nodes:
+            if node.name == DATA or node.name in by_name:
+                raise NetworkError(f"layer name '{node.name}' is used twice"
+                                   + (" (data is the network input)" if node.name == DATA else ""),
+                                   layer=node.name)
+            by_name[node.name] = node
+        for node in nodes:
+            arity = type(node.layer).ARITY
+            if arity is not None and len(node.inputs) != arity:
+                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) takes {arity} "
+                                   f"input(s), got {len(node.inputs)}", layer=node.name)
+            if arity is None and len(node.inputs) < 2:
+                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) takes two or "
+                                   f"more inputs, got {len(node.inputs)}", layer=node.name)
+            for source in node.inputs:
+                if source != DATA and source not in by_name:
+                    raise NetworkError(f"layer '{node.name}' reads '{source}', which is no "
+                                       f"layer (nor data)", layer=node.name)
+        ordered = _topological(nodes)
+        losses = [n for n in ordered if n.layer.IS_LOSS]
+        if len(losses) != 1 or ordered[-1] is not losses[0]:
+            raise NetworkError(f"network '{name}' must end in exactly one loss layer "
+                               f"(softmax_loss) that nothing reads",
+                               layer=losses[-1].name if losses else ordered[-1].name)
+        read = {source for node in ordered for source in node.inputs}
+        for node in ordered[:-1]:
+            if node.name not in read:
+                raise NetworkError(f"layer '{node.name}' is read by no layer: every layer but "
+                                   f"the loss must lead to it", layer=node.name)
+        network = Network(name, tuple(int(d) for d in input_shape), tuple(ordered), description)
+        network.shapes(1)  # raises ShapeError where shapes do not connect
+        return network
+
+    @staticmethod
+    def sequential(name: str, input_shape: Sequence[int], layers: Iterable[Layer],
+                   description: str = "") -> Network:
+        """A chain: each layer reads the one before it, the first reads data."""
+        nodes, previous = [], DATA
+        for layer in layers:
+            nodes.append(Node(layer, (previous,)))
+            previous = layer.name
+        return Network.build(name, input_shape, nodes, description)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {node.name: i for i, node in enumerate(self.nodes)}
+
+    @property
+    def loss(self) -> Node:
+        return self.nodes[-1]
+
+    @property
+    def logits(self) -> str:
+        """The tensor the loss reads: what evaluation turns into probabilities."""
+        return self.loss.inputs[0]
+
+    def shapes(self, batch: int) -> dict[str, Shape]:
+        """Every tensor's shape at this batch size, `data` included."""
+        shapes: dict[str, Shape] = {DATA: (batch, *self.input_shape)}
+        for node in self.nodes:
+            in_shapes = [shapes[s] for s in node.inputs]
+            try:
+                shapes[node.name] = tuple(node.layer.output_shape(in_shapes))
+            except ShapeError as exc:
+                if exc.layer is None:
+                    exc.layer = node.name
+                raise
+        return shapes
+
+    def in_shapes(self, node: Node, shapes: dict[str, Shape]) -> tuple[Shape, ...]:
+        return tuple(shapes[s] for s in node.inputs)
+
+    def param_shapes(self) -> dict[str, dict[str, Shape]]:
+        shapes = self.shapes(1)
+        return {n.name: n.layer.param_shapes(self.in_shapes(n, shapes)) for n in self.nodes}
+
+    def num_params(self) -> int:
+        return sum(numel(s) for params in self.param_shapes().values() for s in params.values())
+
+    def flops(self, batch: int) -> int:
+        """Forward FLOPs of one step at this batch size."""
+        shapes = self.shapes(batch)
+        return sum(n.layer.flops(self.in_shapes(n, shapes)) for n in self.nodes)
+
+    @cached_property
+    def lives(self) -> dict[str, TensorLife]:
+        return liveness(self)
+
+
+def _topological(nodes: list[Node]) -> list[Node]:
+    position = {n.name: i for i, n in enumerate(nodes)}
+    placed: set[str] = {DATA}
+    ordered: list[Node] = []
+    pending = list(nodes)
+    while pending:
+        ready = next((n for n in pending if all(s in placed for s in n.inputs)), None)
+        if ready is None:
+            stuck = min(pending, key=lambda n: position[n.name])
+            raise NetworkError(f"layers form a cycle through '{stuck.name}'", layer=stuck.name)
+        pending.remove(ready)
+        placed.add(ready.name)
+        ordered.append(ready)
+    return ordered
+
+
+def liveness(network: Network) -> dict[str, TensorLife]:
+    """Consumers, backward users and in-place ownership of every tensor.
+
+    A node runs in place (its output takes over its input's buffer) when its
+    layer allows it, its input is a layer's output read by no other node, and
+    nobody needs that input's value in the backward pass.
+    """
+    consumers: dict[str, list[int]] = {DATA: []} | {n.name: [] for n in network.nodes}
+    backward_users: dict[str, list[int]] = {name: [] for name in consumers}
+    for i, node in enumerate(network.nodes):
+        keeps = type(node.layer).KEEPS
+        for source in dict.fromkeys(node.inputs):  # a node reading a tensor twice counts once
+            consumers[source].append(i)
+            if Keeps.INPUT in keeps:
+                backward_users[source].append(i)
+        if Keeps.OUTPUT in keeps:
+            backward_users[node.name].append(i)
+    lives: dict[str, TensorLife] = {}
+    for name in consumers:
+        producer = network.index.get(name, -1)
+        only = consumers[name][0] if len(consumers[name]) == 1 else None
+        inplace_into = None
+        if (only is not None and producer >= 0 and not backward_users[name]
+                and type(network.nodes[only].layer).INPLACE):
+            inplace_into = only
+        lives[name] = TensorLife(name, producer, tuple(consumers[name]),
+                                 tuple(backward_users[name]), inplace_into)
+    return lives

@@ -1,0 +1,91 @@
+"""The device arena: byte-exact accounting of every device buffer.
+
+Every device buffer vmem keeps is a `Block` handed out here before its array is
+made, so a step that would exceed the capacity fails before it computes, and
+the figures (in use, peak, timeline) count what the runtime holds: parameters,
+their gradients, optimizer state, feature maps, gradient maps, saved layer
+state and workspace. Invariant: `in_use == sum(b.nbytes for b in live blocks)`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmem.errors import OutOfDeviceMemory
+
+
+class MemoryKind(enum.StrEnum):
+    WEIGHTS = "weights"
+    WEIGHT_GRADS = "weight_grads"
+    OPTIMIZER = "optimizer"
+    FEATURE_MAPS = "feature_maps"
+    GRADIENT_MAPS = "gradient_maps"
+    SAVED = "saved"  # layer-private state kept for backward (dropout masks, LRN scales)
+    WORKSPACE = "workspace"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Block:
+    id: int
+    nbytes: int
+    kind: MemoryKind
+    label: str
+
+
+@dataclass(frozen=True)
+class ArenaEvent:
+    """One allocation or free; `in_use` is the arena's total right after it."""
+
+    op: str  # "alloc" | "free"
+    block: Block
+    in_use: int
+
+
+class DeviceArena:
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self.peak = 0
+        self._live: dict[int, Block] = {}
+        self._ids = itertools.count()
+        # Called with each event; the executor stamps it with the stream time.
+        self.observers: list[Callable[[ArenaEvent], None]] = []
+
+    def allocate(self, nbytes: int, kind: MemoryKind, label: str) -> Block:
+        if nbytes < 0:
+            raise ValueError(f"negative allocation {nbytes} for {label}")
+        if self.capacity is not None and self.in_use + nbytes > self.capacity:
+            raise OutOfDeviceMemory(requested=nbytes, in_use=self.in_use,
+                                    capacity=self.capacity, what=f"{kind} '{label}'")
+        block = Block(next(self._ids), nbytes, kind, label)
+        self._live[block.id] = block
+        self.in_use += nbytes
+        self.peak = max(self.peak, self.in_use)
+        self._notify(ArenaEvent("alloc", block, self.in_use))
+        return block
+
+    def free(self, block: Block) -> None:
+        if self._live.pop(block.id, None) is None:
+            raise ValueError(f"double free of block {block.id} ({block.label})")
+        self.in_use -= block.nbytes
+        self._notify(ArenaEvent("free", block, self.in_use))
+
+    def live_blocks(self) -> tuple[Block, ...]:
+        return tuple(self._live.values())
+
+    def bytes_by_kind(self) -> dict[MemoryKind, int]:
+        totals: dict[MemoryKind, int] = {}
+        for block in self._live.values():
+            totals[block.kind] = totals.get(block.kind, 0) + block.nbytes
+        return totals
+
+    def reset_peak(self) -> None:
+        self.peak = self.in_use
+
+    def _notify(self, event: ArenaEvent) -> None:
+        for observer in self.observers:
+            observer(event)

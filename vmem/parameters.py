@@ -1,0 +1,64 @@
+"""Parameters, their gradients and optimizer state: device arrays that live for
+the runtime's whole life, each with its arena block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vmem.backends.base import Backend
+from vmem.graph import Network
+from vmem.memory import Block, MemoryKind
+from vmem.optim import SGD
+
+
+@dataclass
+class LayerParameters:
+    values: dict[str, Any] = field(default_factory=dict)
+    grads: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)  # param -> name -> array
+
+
+class ParameterStore:
+    def __init__(self, backend: Backend, network: Network, optimizer: SGD, dtype: np.dtype,
+                 seed: int) -> None:
+        self.backend, self.optimizer = backend, optimizer
+        self.layers: dict[str, LayerParameters] = {}
+        self.blocks: list[Block] = []
+        shapes = network.shapes(1)
+        rng = np.random.default_rng(seed)
+        try:
+            for node in network.nodes:
+                initial = node.layer.init_params(network.in_shapes(node, shapes), rng)
+                entry = self.layers[node.name] = LayerParameters()
+                for pname, host in initial.items():
+                    host = host.astype(dtype, copy=False)
+                    label = f"{node.name}.{pname}"
+                    entry.values[pname] = self._place(host, MemoryKind.WEIGHTS, label)
+                    entry.grads[pname] = self._place(np.zeros_like(host), MemoryKind.WEIGHT_GRADS,
+                                                     label + ".grad")
+                    entry.state[pname] = {
+                        s: self._place(np.zeros_like(host), MemoryKind.OPTIMIZER, f"{label}.{s}")
+                        for s in optimizer.state_names}
+        except BaseException:
+            self.release()
+            raise
+
+    def _place(self, host: np.ndarray, kind: MemoryKind, label: str) -> Any:
+        self.blocks.append(self.backend.arena.allocate(host.nbytes, kind, label))
+        return self.backend.asarray(host) if self.backend.runs_kernels else None
+
+    def update(self) -> None:
+        xp = self.backend.xp
+        for entry in self.layers.values():
+            for pname, value in entry.values.items():
+                self.optimizer.update(xp, value, entry.grads[pname], entry.state[pname],
+                                      decay=pname != "bias")
+
+    def release(self) -> None:
+        for block in self.blocks:
+            self.backend.arena.free(block)
+        self.blocks.clear()
+        self.layers.clear()

@@ -1,0 +1,385 @@
+"""TOML profile <-> `Network`, with errors that name the file, the line and the layer.
+
+A profile is a TOML file: top-level keys `name`, `description`, `input`, `batch`,
+`cpu_batch`, then one `[[layer]]` table per layer (`name`, `type`, optional
+`inputs`, and the layer type's own fields). `profiles/README.md` documents it.
+
+tomllib reports no line numbers for the values it returns, so the loader scans
+the text for each `[[layer]]` table and the keys inside it; where that scan
+cannot match the tables (layers written as inline tables), errors carry no line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from vmem.errors import NetworkError, ProfileError, UsageError, VmemError
+from vmem.graph import DATA, Network, Node
+from vmem.layers import LAYER_TYPES, Layer
+
+PROFILE_SUFFIX = ".toml"
+TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "layer")
+REQUIRED_TOP_LEVEL = ("name", "input", "batch", "layer")
+LAYER_KEYS = ("name", "type", "inputs")  # keys every [[layer]] table may have
+
+_LAYER_HEADER = re.compile(r"^\s*\[\[\s*layer\s*\]\]\s*(#.*)?$")
+_TABLE_HEADER = re.compile(r"^\s*\[")
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column \d+\)")
+
+
+@dataclass(frozen=True)
+class Profile:
+    network: Network
+    batch: int  # the batch the vDNN paper used: the CLI's default on a GPU
+    cpu_batch: int  # the CLI's default on the cpu backend
+    path: Path
+
+
+# ---------------------------------------------------------------- finding profiles
+
+def _shipped() -> Any:
+    return files("vmem.profiles")
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped with vmem, sorted."""
+    return sorted(entry.name.removesuffix(PROFILE_SUFFIX) for entry in _shipped().iterdir()
+                  if entry.name.endswith(PROFILE_SUFFIX))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A shipped profile by bare name (`alexnet`), or a file: a `Path`, or a string
+    that ends in `.toml` or contains a path separator."""
+    text_form = str(name_or_path)
+    is_path = (isinstance(name_or_path, Path) or text_form.endswith(PROFILE_SUFFIX)
+               or "/" in text_form or os.sep in text_form)
+    if not is_path:
+        entry = _shipped() / f"{text_form}{PROFILE_SUFFIX}"
+        if not entry.is_file():
+            known = ", ".join(list_profiles())
+            raise UsageError(f"unknown profile '{text_form}'; known profiles: {known} "
+                             f"(or give a path to a .toml file)")
+        return parse_profile(entry.read_text(encoding="utf-8"), str(entry))
+    path = Path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError("no such profile file", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"cannot read the profile: {exc}", path=str(path)) from None
+    return parse_profile(text, str(path))
+
+
+# ---------------------------------------------------------------- line numbers
+
+@dataclass(frozen=True)
+class _Table:
+    """Where one `[[layer]]` table lies in the text: 1-based lines, end exclusive."""
+
+    start: int
+    end: int
+    lines: tuple[str, ...]
+
+    def key_line(self, key: str) -> int | None:
+        pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*=""")
+        for offset, line in enumerate(self.lines):
+            if pattern.match(line):
+                return self.start + offset
+        return None
+
+    def line(self, key: str | None = None) -> int:
+        """The line of `key`, else of the table's name, else of its header."""
+        return ((self.key_line(key) if key else None) or self.key_line("name") or self.start)
+
+    def scanned_name(self) -> str | None:
+        for line in self.lines:
+            found = re.match(r"""^\s*name\s*=\s*["']([^"']*)["']""", line)
+            if found:
+                return found.group(1)
+        return None
+
+
+def _layer_tables(text: str) -> list[_Table]:
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if _LAYER_HEADER.match(line)]
+    tables = []
+    for start in starts:
+        end = next((j for j in range(start + 1, len(lines)) if _TABLE_HEADER.match(lines[j])),
+                   len(lines))
+        tables.append(_Table(start + 1, end + 1, tuple(lines[start:end])))
+    return tables
+
+
+def _top_key_line(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if _TABLE_HEADER.match(line):
+            return None
+        if pattern.match(line):
+            return number
+    return None
+
+
+# ---------------------------------------------------------------- field types
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return f"{kind} ({_format_value(value) if not isinstance(value, dict) else '{...}'})"
+
+
+def _expected(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in args if a is not type(None))
+    if origin in (tuple, list):
+        return f"a list of {_expected(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(_format_value(a) for a in args)
+    return {bool: "true or false", int: "an integer", float: "a number",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+_NO_MATCH = object()
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """`value` converted to the field type `hint`, or _NO_MATCH. TOML's bool is no
+    integer here (`bias = 1` is wrong); an integer is a fine float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            converted = _coerce(value, arg)
+            if converted is not _NO_MATCH:
+                return converted
+        return _NO_MATCH
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            return _NO_MATCH
+        repeated = origin is list or (len(args) == 2 and args[1] is Ellipsis)
+        item_hints = [args[0]] * len(value) if repeated else list(args)
+        if len(item_hints) != len(value):
+            return _NO_MATCH
+        items = [_coerce(v, h) for v, h in zip(value, item_hints, strict=True)]
+        return _NO_MATCH if _NO_MATCH in items else origin(items)
+    if origin is typing.Literal:
+        return value if value in args else _NO_MATCH
+    if hint is bool:
+        return value if isinstance(value, bool) else _NO_MATCH
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok else _NO_MATCH
+    if hint is str:
+        return value if isinstance(value, str) else _NO_MATCH
+    if hint is type(None):
+        return _NO_MATCH  # TOML has no null
+    return value  # a type this loader does not know: the layer checks it
+
+
+def _layer_fields(cls: type[Layer]) -> dict[str, dataclasses.Field[Any]]:
+    """A layer type's profile fields: its dataclass init fields but `name`."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "name"}
+
+
+def _type_hints(cls: type[Layer]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: skip type checks
+        return {}
+
+
+# ---------------------------------------------------------------- parsing
+
+def parse_profile(text: str, path: str) -> Profile:
+    """Build a profile from TOML text; `path` names the file in errors."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _toml_error(exc, text, path) from None
+    tables = _layer_tables(text)
+
+    def top_error(message: str, key: str | None = None) -> ProfileError:
+        return ProfileError(message, path=path, line=(_top_key_line(text, key) if key else 1) or 1)
+
+    unknown = [k for k in doc if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise top_error(f"unknown top-level key '{unknown[0]}'; accepted keys: "
+                        f"{', '.join(TOP_LEVEL_KEYS)}", unknown[0])
+    missing = [k for k in REQUIRED_TOP_LEVEL if k not in doc]
+    if missing:
+        raise top_error(f"missing top-level key '{missing[0]}' (required: "
+                        f"{', '.join(REQUIRED_TOP_LEVEL)})")
+    for key, hint in (("name", str), ("description", str), ("input", list[int]),
+                      ("batch", int), ("cpu_batch", int)):
+        if key in doc and _coerce(doc[key], hint) is _NO_MATCH:
+            raise top_error(f"'{key}' must be {_expected(hint)}, got {_describe(doc[key])}", key)
+    input_shape, batch = doc["input"], doc["batch"]
+    cpu_batch = doc.get("cpu_batch", batch)
+    if not input_shape or min(input_shape) < 1:
+        raise top_error(f"'input' must be a non-empty list of positive integers (one sample, "
+                        f"e.g. [3, 224, 224]), got {_format_value(input_shape)}", "input")
+    for key, value in (("batch", batch), ("cpu_batch", cpu_batch)):
+        if value < 1:
+            raise top_error(f"'{key}' must be a positive integer, got {value}", key)
+    layers = doc["layer"]
+    if not isinstance(layers, list) or not layers or not all(isinstance(t, dict) for t in layers):
+        raise top_error("'layer' must be one or more [[layer]] tables", "layer")
+    if len(tables) != len(layers):
+        tables = []  # layers written some other way: errors go without lines
+
+    nodes: list[Node] = []
+    previous = DATA
+    for index, table in enumerate(layers):
+        where = tables[index] if tables else None
+        node = _parse_layer(table, previous, path, where)
+        nodes.append(node)
+        previous = node.name
+    try:
+        network = Network.build(doc["name"], input_shape, nodes, doc.get("description", ""))
+    except NetworkError as exc:
+        line = None
+        if exc.layer is not None and tables:
+            # The last table of that name: for a name used twice, the second is at fault.
+            index = max((i for i, n in enumerate(nodes) if n.name == exc.layer), default=None)
+            line = tables[index].line() if index is not None else None
+        raise ProfileError(_unprefixed(str(exc), exc.layer), path=path, line=line,
+                           layer=exc.layer) from None
+    return Profile(network, batch, cpu_batch, Path(path))
+
+
+def _parse_layer(table: dict[str, Any], previous: str, path: str,
+                 where: _Table | None) -> Node:
+    name = table.get("name")
+    layer_name = name if isinstance(name, str) else (where.scanned_name() if where else None)
+
+    def error(message: str, key: str | None = None) -> ProfileError:
+        return ProfileError(message, path=path, line=where.line(key) if where else None,
+                            layer=layer_name)
+
+    if "name" not in table:
+        raise error("a [[layer]] table needs a 'name'")
+    if not isinstance(name, str) or not name:
+        raise error(f"'name' must be a non-empty string, got {_describe(name)}", "name")
+    if "type" not in table:
+        raise error(f"layer '{name}' needs a 'type'; known types: {', '.join(sorted(LAYER_TYPES))}")
+    kind = table["type"]
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:
+        shown = f"'{kind}'" if isinstance(kind, str) else _describe(kind)
+        raise error(f"unknown layer type {shown}; known types: {', '.join(sorted(LAYER_TYPES))}",
+                    "type")
+    cls = LAYER_TYPES[kind]
+
+    inputs = table.get("inputs", [previous])
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if (not isinstance(inputs, list) or not inputs
+            or not all(isinstance(s, str) and s for s in inputs)):
+        raise error(f"'inputs' must be a layer name or a list of layer names ('{DATA}' is the "
+                    f"network input), got {_describe(table['inputs'])}", "inputs")
+
+    fields = _layer_fields(cls)
+    hints = _type_hints(cls)
+    accepted = ", ".join(fields) or "none"
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in LAYER_KEYS:
+            continue
+        if key not in fields:
+            raise error(f"{kind} has no field '{key}'; accepted fields: {accepted} "
+                        f"(besides name, type, inputs)", key)
+        hint = hints.get(key)
+        converted = value if hint is None else _coerce(value, hint)
+        if converted is _NO_MATCH:
+            raise error(f"field '{key}' of {kind} must be {_expected(hint)}, "
+                        f"got {_describe(value)}", key)
+        values[key] = converted
+    for key, field in fields.items():
+        if (key not in values and field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING):
+            raise error(f"{kind} needs field '{key}'; accepted fields: {accepted}")
+    try:
+        layer = cls(name=name, **values)
+    except (VmemError, ValueError, TypeError) as exc:
+        raise error(_unprefixed(str(exc), name)) from None
+    return Node(layer, tuple(inputs))
+
+
+def _unprefixed(message: str, layer: str | None) -> str:
+    """A layer's message without its "layer 'NAME' (TYPE): " opening, which the
+    ProfileError's own prefix repeats."""
+    if layer is None:
+        return message
+    return re.sub(rf"^layer '{re.escape(layer)}' \(\w+\): ", "", message, count=1)
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError, text: str, path: str) -> ProfileError:
+    message = str(exc)
+    found = _TOML_POSITION.search(message)
+    line = int(found.group(1)) if found else None
+    message = _TOML_POSITION.sub("", message)
+    layer = None
+    if line is not None:
+        # The layer whose table holds the bad line, when its name can be read.
+        holding = [t for t in _layer_tables(text) if t.start <= line]
+        layer = holding[-1].scanned_name() if holding else None
+    return ProfileError(f"malformed TOML: {message}", path=path, line=line, layer=layer)
+
+
+# ---------------------------------------------------------------- dumping
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest round-tripping form; always has '.', 'e' or both
+    if isinstance(value, str):
+        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                   .replace("\t", "\\t").replace("\r", "\\r"))
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_profile(profile: Profile) -> str:
+    """TOML text that `parse_profile` turns back into an equal network. Fields at
+    their default are left out; `inputs` only where it is not the previous layer."""
+    network = profile.network
+    out = [f"name = {_format_value(network.name)}"]
+    if network.description:
+        out.append(f"description = {_format_value(network.description)}")
+    out += [f"input = {_format_value(list(network.input_shape))}",
+            f"batch = {profile.batch}", f"cpu_batch = {profile.cpu_batch}"]
+    previous = DATA
+    for node in network.nodes:
+        layer = node.layer
+        out += ["", "[[layer]]", f"name = {_format_value(layer.name)}",
+                f"type = {_format_value(layer.TYPE)}"]
+        if node.inputs != (previous,):
+            out.append(f"inputs = {_format_value(list(node.inputs))}")
+        for key, field in _layer_fields(type(layer)).items():
+            value = getattr(layer, key)
+            default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                       else field.default)
+            if value != default:
+                out.append(f"{key} = {_format_value(value)}")
+        previous = layer.name
+    return "\n".join(out) + "\n"

@@ -1,0 +1,43 @@
+"""What the executor reports, with times in milliseconds from the step's start.
+Every backend emits the same events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    t_ms: float
+    op: str  # "alloc" | "free"
+    nbytes: int
+    kind: str  # a vmem.memory.MemoryKind value
+    label: str
+    in_use: int  # device bytes in use right after this event
+
+
+@dataclass(frozen=True)
+class Span:
+    """Work on one stream: a layer's kernel, a copy, or a wait."""
+
+    name: str  # layer name, or "sgd"
+    phase: str  # "forward" | "backward" | "update"
+    stream: str  # "compute" | "memory"
+    start_ms: float
+    end_ms: float
+    kind: str = "kernel"  # "kernel" | "copy_d2h" | "copy_h2d" | "wait"
+    nbytes: int = 0
+
+    @property
+    def ms(self) -> float:
+        return self.end_ms - self.start_ms
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    duration_ms: float
+    start_in_use: int  # device bytes in use when the step began (weights, optimizer state)
+    memory: tuple[MemoryEvent, ...]
+    spans: tuple[Span, ...]
+    loss: float | None = None

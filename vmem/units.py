@@ -1,0 +1,41 @@
+"""Byte sizes: parse what users type, format what users read."""
+
+from __future__ import annotations
+
+import re
+
+from vmem.errors import UsageError
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+ACCEPTED_SIZES = "a number with a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (e.g. 4GiB, 512MB)"
+
+
+def parse_size(text: str | int, flag: str = "size") -> int:
+    """'4GiB' -> 4294967296. A bare integer is bytes. Raises UsageError naming the flag."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise UsageError(f"{flag}: must be positive, got {text}")
+        return text
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or (unit and unit not in _UNITS):
+        raise UsageError(f"{flag}: cannot read '{text}' as a size; expected {ACCEPTED_SIZES}")
+    nbytes = int(float(match.group(1)) * _UNITS[unit or "b"])
+    if nbytes <= 0:
+        raise UsageError(f"{flag}: must be positive, got '{text}'")
+    return nbytes
+
+
+def format_bytes(nbytes: float) -> str:
+    """1536 -> '1.50 KiB'; binary units, three significant figures."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
