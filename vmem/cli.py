@@ -37,6 +37,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmem", description="GPU memory virtualization runtime and profiler "
                      "for DNN training.")
@@ -59,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", default="none", help="memory policy (default: none)")
     run.add_argument("--memory-limit", help="device memory capacity to emulate, e.g. 4GiB or "
                      "512MB (B, KB/MB/GB, KiB/MiB/GiB)")
+    run.add_argument("--lr", type=positive_float, default=0.001, help="SGD learning rate "
+                     "(momentum 0.9, weight decay 5e-4; default: 0.001)")
     run.add_argument("--seed", type=int, default=0, help="seed for weights and data (default: 0)")
     run.add_argument("--json", action="store_true", help="print one JSON object for programs")
     return parser
@@ -131,11 +143,13 @@ def synthetic_batch(input_shape: Sequence[int], classes: int, batch: int,
 def cmd_run(args: argparse.Namespace) -> int:
     from vmem.profile import load_profile
     from vmem.profiler.analysis import average_bytes, peak_bytes
+    from vmem.optim import SGD
     from vmem.runtime import Runtime
 
     profile = load_profile(args.profile)
     with Runtime(profile.network, device=args.device, policy=args.policy,
-                 memory_limit=args.memory_limit, seed=args.seed) as runtime:
+                 memory_limit=args.memory_limit, optimizer=SGD(lr=args.lr),
+                 seed=args.seed) as runtime:
         on_cpu = runtime.backend.name == "cpu"
         batch = args.batch or (profile.cpu_batch if on_cpu else profile.batch)
         x, y = synthetic_batch(profile.network.input_shape, runtime.num_classes, batch, args.seed)

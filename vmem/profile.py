@@ -272,13 +272,13 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str,
         raise error("a [[layer]] table needs a 'name'")
     if not isinstance(name, str) or not name:
         raise error(f"'name' must be a non-empty string, got {_describe(name)}", "name")
+    known_types = ", ".join(sorted(LAYER_TYPES))
     if "type" not in table:
-        raise error(f"layer '{name}' needs a 'type'; known types: {', '.join(sorted(LAYER_TYPES))}")
+        raise error(f"a [[layer]] table needs a 'type'; known types: {known_types}")
     kind = table["type"]
     if not isinstance(kind, str) or kind not in LAYER_TYPES:
         shown = f"'{kind}'" if isinstance(kind, str) else _describe(kind)
-        raise error(f"unknown layer type {shown}; known types: {', '.join(sorted(LAYER_TYPES))}",
-                    "type")
+        raise error(f"unknown layer type {shown}; known types: {known_types}", "type")
     cls = LAYER_TYPES[kind]
 
     inputs = table.get("inputs", [previous])

@@ -1,0 +1,132 @@
+"""The command line: output for people and programs, and one clear line with
+exit code 2 for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmem.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse exits for its own errors
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_profiles_json_lists_shipped_networks(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "profiles", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert {"alexnet", "overfeat", "googlenet", "vgg16", "digits"} <= set(rows)
+    assert rows["vgg16"]["parameters"] == 138_357_544
+    assert rows["vgg16"]["input"] == [3, 224, 224]
+    # VGG-16 forward: 15.47 G multiply-adds per sample, 2 FLOPs each (plus biases)
+    assert 30.9 < rows["vgg16"]["gflops_per_sample"] < 31.1
+
+
+def test_profiles_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "profiles")
+    assert code == 0 and "138,357,544" in out and "googlenet" in out
+
+
+def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "run", "digits", "--steps", "3", "--device", "cpu",
+                           "--batch", "16", "--json")
+    assert code == 0
+    result = json.loads(out)
+    for key in ("profile", "batch", "device", "policy", "memory_limit_bytes", "peak_bytes",
+                "average_bytes", "step_ms", "losses"):
+        assert key in result
+    assert result["batch"] == 16 and result["device"] == "cpu" and result["policy"] == "none"
+    assert len(result["losses"]) == 3 and result["memory_limit_bytes"] is None
+    assert 0 < result["average_bytes"] <= result["peak_bytes"]
+
+
+def test_run_under_a_memory_limit_reports_it(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "run", "digits", "--steps", "1", "--device", "cpu",
+                           "--memory-limit", "2MiB", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["memory_limit_bytes"] == 2 * 2**20
+    assert result["peak_bytes"] <= 2 * 2**20
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["run", "nosuchnet"], ["unknown profile 'nosuchnet'", "alexnet", "vgg16"]),
+    (["run", "digits", "--batch", "0"], ["--batch", "positive integer", "'0'"]),
+    (["run", "digits", "--batch", "two"], ["--batch", "positive integer"]),
+    (["run", "digits", "--steps", "-3"], ["--steps", "positive integer"]),
+    (["run", "digits", "--memory-limit", "4XB"], ["--memory-limit", "'4XB'", "GiB"]),
+    (["run", "digits", "--memory-limit", "-1GB"], ["--memory-limit"]),
+    (["run", "digits", "--device", "tpu"], ["--device", "'tpu'", "cpu", "cuda:N"]),
+    (["run", "digits", "--device", "cuda"], ["cuda", "cpu"]),
+    (["run", "digits", "--policy", "magic"], ["--policy", "'magic'", "none"]),
+    (["run", "digits", "--device", "cpu", "--memory-limit", "100KB"],
+     ["out of device memory", "capacity"]),
+])
+def test_bad_input_gets_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                            fragments: list[str]) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_device_cuda_without_gpu_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmem.backends import cuda
+
+    if cuda.available():
+        pytest.skip("this machine has a CUDA device")
+    code, _, err = run_cli(capsys, "run", "digits", "--device", "cuda:0")
+    assert_one_line_error(code, err, "cuda")
+
+
+def test_bad_profile_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    malformed = tmp_path / "malformed.toml"
+    malformed.write_text('name = "x"\ninput = [1, 8, 8]\n[[layer]\nname = "a"\n')
+    code, _, err = run_cli(capsys, "run", str(malformed))
+    assert_one_line_error(code, err, "malformed.toml", ":3")
+
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('name = "x"\ninput = [1, 8, 8]\n\n[[layer]]\nname = "c1"\n'
+                       'type = "convolution"\n')
+    code, _, err = run_cli(capsys, "run", str(unknown))
+    assert_one_line_error(code, err, "unknown.toml", "c1", "convolution", "conv")
+
+    disconnected = tmp_path / "shapes.toml"
+    disconnected.write_text(
+        'name = "x"\ninput = [1, 8, 8]\n\n'
+        '[[layer]]\nname = "c1"\ntype = "conv"\nout_channels = 4\nkernel = 3\n\n'
+        '[[layer]]\nname = "c2"\ntype = "conv"\ninputs = "data"\nout_channels = 4\nkernel = 5\n\n'
+        '[[layer]]\nname = "cat"\ntype = "concat"\ninputs = ["c1", "c2"]\n\n'
+        '[[layer]]\nname = "fc"\ntype = "linear"\nout_features = 10\n\n'
+        '[[layer]]\nname = "loss"\ntype = "softmax_loss"\n')
+    code, _, err = run_cli(capsys, "run", str(disconnected))
+    assert_one_line_error(code, err, "shapes.toml", "cat", "c1", "c2")
+
+
+def test_alexnet_with_defaults_from_the_installed_command() -> None:
+    """`vmem run alexnet --device cpu` with its defaults finishes and prints the table."""
+    done = subprocess.run([sys.executable, "-m", "vmem.cli", "run", "alexnet", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"})
+    assert done.returncode == 0, done.stderr
+    assert "peak device memory" in done.stdout and "alexnet" in done.stdout
+    assert "warm-up" in done.stdout

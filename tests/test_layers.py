@@ -1,0 +1,552 @@
+"""Every layer family against float64 central finite differences and naive
+references, plus shapes, bytes, FLOPs, errors and purity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vmem.errors import ShapeError
+from vmem.layers import (
+    DIRECT,
+    LAYER_TYPES,
+    LRN,
+    Add,
+    Algorithm,
+    AvgPool,
+    Concat,
+    Context,
+    Conv,
+    Dropout,
+    Flatten,
+    Keeps,
+    Layer,
+    Linear,
+    MaxPool,
+    ReLU,
+    SoftmaxLoss,
+)
+from vmem.layers.conv import chunk_sizes
+
+EPS = 1e-6
+TOL = 1e-6
+
+
+# ---------------------------------------------------------------- helpers
+
+def distinct_input(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Values in (-2, 2), all distinct and spaced 4/numel apart, none near 0: no
+    ReLU kink, max-pool tie or argmax change within a finite-difference step."""
+    size = int(np.prod(shape))
+    perm = np.random.default_rng(seed).permutation(size)
+    return ((perm + 0.5 - size / 2) * (4.0 / size)).reshape(shape)
+
+
+def make_params(layer: Layer, in_shapes: Sequence[tuple[int, ...]], seed: int = 1
+                ) -> dict[str, np.ndarray]:
+    """float64 parameters of the declared shapes, biases non-zero."""
+    rng = np.random.default_rng(seed)
+    params = layer.init_params(in_shapes, rng)
+    return {k: (v.astype(np.float64) if k == "weight" else rng.standard_normal(v.shape))
+            for k, v in params.items()}
+
+
+def make_ctx(layer: Layer, in_shapes: Sequence[tuple[int, ...]], train: bool = True
+             ) -> Context:
+    if layer.IS_LOSS:
+        n, c = in_shapes[0][:2]
+        return Context(train=train, seed=3, labels=np.random.default_rng(9).integers(0, c, n))
+    return Context(train=train, seed=3)
+
+
+def run_backward(layer: Layer, xs: list[np.ndarray], params: dict[str, np.ndarray], y: Any,
+                 saved: tuple, dy: Any, algo: Algorithm = DIRECT,
+                 needs_dx: Sequence[bool] | None = None) -> tuple[list, dict]:
+    kept_xs = [x if Keeps.INPUT in layer.KEEPS else None for x in xs]
+    kept_y = y if Keeps.OUTPUT in layer.KEEPS else None
+    needs = [True] * len(xs) if needs_dx is None else list(needs_dx)
+    return layer.backward(np, dy, kept_xs, kept_y, params, saved, algo,
+                          [x.shape for x in xs], needs)
+
+
+def numeric_grad(f, arr: np.ndarray) -> np.ndarray:
+    grad = np.empty_like(arr)
+    flat = arr.reshape(-1)  # a view: arr is contiguous
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + EPS
+        up = f()
+        flat[i] = old - EPS
+        down = f()
+        flat[i] = old
+        grad.flat[i] = (up - down) / (2 * EPS)
+    return grad
+
+
+def rel_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+    return float(np.linalg.norm(analytic - numeric) / max(np.linalg.norm(numeric), 1e-300))
+
+
+def check_gradients(layer: Layer, xs: list[np.ndarray], params: dict[str, np.ndarray],
+                    ctx: Context, algo: Algorithm = DIRECT) -> None:
+    y, saved = layer.forward(np, xs, params, algo, ctx)
+    r = None if layer.IS_LOSS else np.random.default_rng(5).standard_normal(y.shape)
+
+    def objective() -> float:
+        out, _ = layer.forward(np, xs, params, algo, ctx)
+        return float(out) if layer.IS_LOSS else float(np.sum(out * r))
+
+    dy = None if r is None else r.copy()
+    dxs, grads = run_backward(layer, xs, params, y, saved, dy, algo)
+    if r is not None:
+        np.testing.assert_array_equal(dy, r)  # backward leaves dy alone
+    assert sorted(grads) == sorted(params)
+    for i, (x, dx) in enumerate(zip(xs, dxs, strict=True)):
+        assert dx.shape == x.shape and dx.dtype == x.dtype
+        err = rel_error(dx, numeric_grad(objective, x))
+        assert err < TOL, f"input {i}: relative error {err:.2e}"
+    for name, p in params.items():
+        g = grads[name]
+        assert g.shape == p.shape and g.dtype == p.dtype
+        err = rel_error(g, numeric_grad(objective, p))
+        assert err < TOL, f"param {name}: relative error {err:.2e}"
+
+
+# ---------------------------------------------------------------- cases
+
+CASES: dict[str, tuple[Layer, list[tuple[int, ...]]]] = {
+    "conv_g1_s2_p1": (Conv(name="c", out_channels=3, kernel=3, stride=2, pad=1), [(2, 4, 5, 5)]),
+    "conv_g2_s1_p1_nobias": (Conv(name="c", out_channels=4, kernel=3, pad=1, groups=2,
+                                  bias=False), [(2, 4, 4, 4)]),
+    "conv_g2_s2_k2": (Conv(name="c", out_channels=6, kernel=2, stride=2, groups=2),
+                      [(1, 4, 5, 5)]),
+    "maxpool_k3_s2": (MaxPool(name="p", kernel=3, stride=2), [(2, 2, 7, 7)]),
+    "maxpool_k3_s2_ceil": (MaxPool(name="p", kernel=3, stride=2, ceil_mode=True),
+                           [(2, 2, 6, 6)]),
+    "maxpool_k3_s2_p1": (MaxPool(name="p", kernel=3, stride=2, pad=1), [(2, 2, 6, 6)]),
+    "maxpool_k3_s2_p1_ceil": (MaxPool(name="p", kernel=3, stride=2, pad=1, ceil_mode=True),
+                              [(2, 2, 6, 5)]),
+    "maxpool_k2": (MaxPool(name="p", kernel=2), [(1, 2, 4, 5)]),
+    "avgpool_k3_s2": (AvgPool(name="p", kernel=3, stride=2), [(2, 2, 7, 7)]),
+    "avgpool_k3_s2_ceil": (AvgPool(name="p", kernel=3, stride=2, ceil_mode=True),
+                           [(2, 2, 6, 6)]),
+    "avgpool_k3_s2_p1": (AvgPool(name="p", kernel=3, stride=2, pad=1), [(2, 2, 6, 6)]),
+    "avgpool_k3_s2_p1_ceil": (AvgPool(name="p", kernel=3, stride=2, pad=1, ceil_mode=True),
+                              [(2, 2, 6, 5)]),
+    "avgpool_k2": (AvgPool(name="p", kernel=2), [(1, 2, 4, 5)]),
+    "relu": (ReLU(name="r"), [(2, 3, 4)]),
+    "lrn_default": (LRN(name="n"), [(2, 6, 3, 3)]),
+    "lrn_even_strong": (LRN(name="n", size=4, alpha=0.5, beta=0.75, k=1.0), [(2, 7, 2, 3)]),
+    "lrn_rank2": (LRN(name="n", size=3, alpha=2.0, beta=0.5, k=1.5), [(3, 5)]),
+    "linear_2d": (Linear(name="fc", out_features=4), [(3, 5)]),
+    "linear_4d_nobias": (Linear(name="fc", out_features=3, bias=False), [(2, 3, 2, 2)]),
+    "dropout_train": (Dropout(name="drop", p=0.3), [(3, 4, 2, 2)]),
+    "softmax_loss": (SoftmaxLoss(name="loss"), [(4, 5)]),
+    "softmax_loss_4d": (SoftmaxLoss(name="loss"), [(3, 6, 1, 1)]),
+    "concat_3": (Concat(name="cat"), [(2, 1, 3, 3), (2, 3, 3, 3), (2, 2, 3, 3)]),
+    "concat_last_axis": (Concat(name="cat", axis=-1), [(2, 3, 2), (2, 3, 4)]),
+    "add_2": (Add(name="sum"), [(2, 3, 4, 4), (2, 3, 4, 4)]),
+    "add_3": (Add(name="sum"), [(2, 5), (2, 5), (2, 5)]),
+    "flatten": (Flatten(name="flat"), [(2, 3, 2, 2)]),
+}
+
+
+def case_inputs(in_shapes: Sequence[tuple[int, ...]], dtype: Any = np.float64
+                ) -> list[np.ndarray]:
+    return [distinct_input(s, seed=10 + i).astype(dtype) for i, s in enumerate(in_shapes)]
+
+
+def test_every_type_is_registered_and_covered():
+    assert set(LAYER_TYPES) == {"conv", "maxpool", "avgpool", "relu", "lrn", "linear",
+                                "dropout", "softmax_loss", "concat", "add", "flatten"}
+    assert {layer.TYPE for layer, _ in CASES.values()} == set(LAYER_TYPES)
+    for type_name, cls in LAYER_TYPES.items():
+        assert cls.TYPE == type_name
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gradients_match_finite_differences(case):
+    layer, in_shapes = CASES[case]
+    xs = case_inputs(in_shapes)
+    check_gradients(layer, xs, make_params(layer, in_shapes), make_ctx(layer, in_shapes))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shapes_bytes_dtype_and_purity(case, dtype):
+    layer, in_shapes = CASES[case]
+    xs = case_inputs(in_shapes, dtype)
+    originals = [x.copy() for x in xs]
+    params = {k: v.astype(dtype) for k, v in make_params(layer, in_shapes).items()}
+    assert {k: v.shape for k, v in params.items()} == layer.param_shapes(in_shapes)
+    itemsize = np.dtype(dtype).itemsize
+    for algo in layer.algorithms(in_shapes, itemsize):
+        y, saved = layer.forward(np, xs, params, algo, make_ctx(layer, in_shapes))
+        assert y.shape == layer.output_shape(in_shapes)
+        assert y.dtype == dtype
+        assert sum(a.nbytes for a in saved) == layer.saved_bytes(in_shapes, itemsize)
+        assert all(a.dtype == dtype for a in saved)
+        for x, orig in zip(xs, originals, strict=True):
+            np.testing.assert_array_equal(x, orig)  # forward leaves its inputs alone
+        y_copy = y.copy()
+        dy = None if layer.IS_LOSS else np.ones_like(y)
+        dxs, grads = run_backward(layer, xs, params, y, saved, dy, algo)
+        for x, orig in zip(xs, originals, strict=True):
+            np.testing.assert_array_equal(x, orig)  # so does backward
+        np.testing.assert_array_equal(y, y_copy)
+        assert all(dx.dtype == dtype and dx.shape == x.shape for dx, x in zip(dxs, xs,
+                                                                              strict=True))
+        assert all(g.dtype == dtype for g in grads.values())
+        # every dx is its own buffer
+        buffers = [dx for dx in dxs] + ([] if dy is None else [dy]) + list(xs) + list(saved)
+        for i, a in enumerate(dxs):
+            assert not any(np.shares_memory(a, b) for b in buffers[:i] + buffers[i + 1:])
+    # eval mode saves nothing
+    _, saved = layer.forward(np, xs, params, DIRECT, make_ctx(layer, in_shapes, train=False))
+    assert saved == ()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_needs_dx_false_gives_none(case):
+    layer, in_shapes = CASES[case]
+    xs = case_inputs(in_shapes)
+    params = make_params(layer, in_shapes)
+    y, saved = layer.forward(np, xs, params, DIRECT, make_ctx(layer, in_shapes))
+    dy = None if layer.IS_LOSS else np.ones_like(y)
+    dxs, grads = run_backward(layer, xs, params, y, saved, dy, needs_dx=[False] * len(xs))
+    assert dxs == [None] * len(xs)
+    _, full = run_backward(layer, xs, params, y, saved, dy)
+    for k in full:
+        np.testing.assert_array_equal(grads[k], full[k])
+
+
+def test_concat_partial_needs_dx():
+    layer, in_shapes = CASES["concat_3"]
+    xs = case_inputs(in_shapes)
+    y, _ = layer.forward(np, xs, {}, DIRECT, Context())
+    dxs, _ = run_backward(layer, xs, {}, y, (), y, needs_dx=[False, True, False])
+    assert dxs[0] is None and dxs[2] is None
+    np.testing.assert_array_equal(dxs[1], xs[1])
+    assert dxs[1].flags.c_contiguous
+
+
+# ---------------------------------------------------------------- convolution
+
+def naive_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, pad: int,
+               groups: int) -> np.ndarray:
+    n, c, h, wd = x.shape
+    o, cg, k, _ = w.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    og = o // groups
+    y = np.zeros((n, o, ho, wo))
+    for oc in range(o):
+        g = oc // og
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp_[:, g * cg:(g + 1) * cg, i * stride:i * stride + k,
+                            j * stride:j * stride + k]
+                y[:, oc, i, j] = np.sum(patch * w[oc], axis=(1, 2, 3))
+        if b is not None:
+            y[:, oc] += b[oc]
+    return y
+
+
+@pytest.mark.parametrize("case", [c for c in sorted(CASES) if c.startswith("conv")])
+def test_conv_forward_matches_naive(case):
+    layer, in_shapes = CASES[case]
+    (x,) = case_inputs(in_shapes)
+    params = make_params(layer, in_shapes)
+    y, _ = layer.forward(np, [x], params, DIRECT, Context())
+    expected = naive_conv(x, params["weight"], params.get("bias"), layer.stride, layer.pad,
+                          layer.groups)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_chunk_sizes():
+    assert chunk_sizes(1) == [1]
+    assert chunk_sizes(2) == [2, 1]
+    assert chunk_sizes(5) == [5, 4, 2, 1]
+    assert chunk_sizes(8) == [8, 4, 2, 1]
+    assert chunk_sizes(9) == [9, 8, 4, 2, 1]
+
+
+def test_conv_algorithms_and_workspace():
+    layer = Conv(name="c", out_channels=6, kernel=3, pad=1, groups=2)
+    shapes = [(6, 4, 5, 5)]
+    algos = layer.algorithms(shapes, 4)
+    assert [a.name for a in algos] == ["im2col:6", "im2col:4", "im2col:2", "im2col:1"]
+    assert [a.chunk for a in algos] == [6, 4, 2, 1]
+    dw_temp = 6 * 2 * 3 * 3 * 4
+    for a in algos:
+        assert a.workspace_bytes == a.chunk * 4 * 9 * 25 * 4 + dw_temp
+    (single,) = layer.algorithms([(1, 4, 5, 5)], 8)
+    assert single == Algorithm("im2col:1", 4 * 9 * 25 * 8, 1)  # one sample: no dW temp
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_every_chunk_equals_whole_batch(groups, dtype):
+    layer = Conv(name="c", out_channels=4, kernel=3, stride=2, pad=1, groups=groups)
+    in_shapes = [(5, 4, 7, 6)]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(in_shapes[0]).astype(dtype)
+    params = {k: rng.standard_normal(v.shape).astype(dtype)
+              for k, v in make_params(layer, in_shapes).items()}
+    algos = layer.algorithms(in_shapes, np.dtype(dtype).itemsize)
+    assert algos[0].chunk == 5 and [a.chunk for a in algos[1:]] == [4, 2, 1]
+    y_ref, _ = layer.forward(np, [x], params, algos[0], Context())
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    (dx_ref,), g_ref = layer.backward(np, dy, [x], None, params, (), algos[0], in_shapes,
+                                      [True])
+    for algo in [*algos[1:], DIRECT]:
+        y, _ = layer.forward(np, [x], params, algo, Context())
+        (dx,), g = layer.backward(np, dy, [x], None, params, (), algo, in_shapes, [True])
+        # bit-identical: per-sample GEMMs and dW accumulated in sample order
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(dx, dx_ref)
+        for k in g_ref:
+            np.testing.assert_array_equal(g[k], g_ref[k])
+
+
+def test_conv_chunked_gradients_match_finite_differences():
+    layer = Conv(name="c", out_channels=2, kernel=3, stride=2, pad=1, groups=2)
+    in_shapes = [(3, 2, 5, 5)]
+    algo = layer.algorithms(in_shapes, 8)[1]
+    assert algo.chunk == 2  # 3 samples: a full chunk and a partial one
+    check_gradients(layer, case_inputs(in_shapes), make_params(layer, in_shapes), Context(),
+                    algo)
+
+
+def test_conv_and_linear_flops():
+    conv1 = Conv(name="conv1", out_channels=96, kernel=11, stride=4)  # AlexNet
+    assert conv1.output_shape([(1, 3, 227, 227)]) == (1, 96, 55, 55)
+    assert conv1.flops([(1, 3, 227, 227)]) == 2 * 96 * 55 * 55 * 3 * 11 * 11 + 96 * 55 * 55
+    assert conv1.flops([(1, 3, 227, 227)]) == 211_120_800
+    conv2 = Conv(name="conv2", out_channels=256, kernel=5, pad=2, groups=2)
+    assert conv2.flops([(1, 96, 27, 27)]) == 448_084_224
+    assert Conv(name="c", out_channels=8, kernel=1, bias=False).flops([(2, 4, 3, 3)]) == (
+        2 * 2 * 8 * 9 * 4)
+    fc6 = Linear(name="fc6", out_features=4096)
+    assert fc6.flops([(2, 256, 6, 6)]) == 151_003_136
+    assert Linear(name="fc", out_features=10, bias=False).flops([(4, 20)]) == 2 * 4 * 20 * 10
+
+
+def test_init_params_he_normal():
+    rng = np.random.default_rng(0)
+    conv = Conv(name="c", out_channels=64, kernel=3, groups=2)
+    p = conv.init_params([(1, 32, 8, 8)], rng)
+    assert p["weight"].shape == (64, 16, 3, 3) and p["weight"].dtype == np.float32
+    assert p["weight"].std() == pytest.approx(np.sqrt(2 / (16 * 9)), rel=0.05)
+    assert p["bias"].dtype == np.float32 and not p["bias"].any()
+    again = conv.init_params([(1, 32, 8, 8)], np.random.default_rng(0))
+    np.testing.assert_array_equal(p["weight"], again["weight"])
+    fc = Linear(name="fc", out_features=200, bias=False)
+    q = fc.init_params([(1, 50, 2, 2)], np.random.default_rng(1))
+    assert list(q) == ["weight"] and q["weight"].shape == (200, 200)
+    assert q["weight"].dtype == np.float32
+    assert q["weight"].std() == pytest.approx(np.sqrt(2 / 200), rel=0.05)
+
+
+# ---------------------------------------------------------------- pooling, LRN references
+
+def naive_pool(x: np.ndarray, layer: MaxPool | AvgPool) -> np.ndarray:
+    """PyTorch semantics: -inf padding for max; count_include_pad with windows
+    clipped at the padded edge for average."""
+    n, c, h, w = x.shape
+    k, s, p = layer.kernel, layer.step, layer.pad
+    _, _, ho, wo = layer.output_shape([x.shape])
+    y = np.empty((n, c, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            r0, c0 = i * s - p, j * s - p
+            r1, c1 = min(r0 + k, h + p), min(c0 + k, w + p)
+            window = x[:, :, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+            if isinstance(layer, MaxPool):
+                y[:, :, i, j] = window.max(axis=(2, 3))
+            else:
+                y[:, :, i, j] = window.sum(axis=(2, 3)) / ((r1 - r0) * (c1 - c0))
+    return y
+
+
+@pytest.mark.parametrize("case", [c for c in sorted(CASES) if "pool" in c])
+def test_pool_forward_matches_naive(case):
+    layer, in_shapes = CASES[case]
+    x = np.random.default_rng(4).standard_normal(in_shapes[0])
+    y, _ = layer.forward(np, [x], {}, DIRECT, Context())
+    np.testing.assert_allclose(y, naive_pool(x, layer), rtol=1e-13, atol=1e-13)
+
+
+def test_avgpool_ceil_divides_by_clipped_area():
+    layer = AvgPool(name="p", kernel=3, stride=2, pad=1, ceil_mode=True)
+    x = np.ones((1, 1, 4, 4))
+    y, _ = layer.forward(np, [x], {}, DIRECT, Context())
+    # rows/cols: window 0 covers pad + 2 inputs (area 3), window 1 covers 3 inputs,
+    # window 2 covers 1 input + right pad, clipped past the padded edge (area 2)
+    np.testing.assert_allclose(y[0, 0], np.outer([2, 3, 1], [2, 3, 1]) /
+                               np.outer([3, 3, 2], [3, 3, 2]))
+
+
+def test_maxpool_first_maximum_wins():
+    layer = MaxPool(name="p", kernel=2, stride=1)
+    x = np.zeros((1, 1, 3, 3))
+    y, saved = layer.forward(np, [x], {}, DIRECT, Context())
+    (dx,), _ = layer.backward(np, np.ones_like(y), [x], None, {}, saved, DIRECT, [x.shape],
+                              [True])
+    # each of the 4 windows sends its gradient to its top-left element
+    np.testing.assert_array_equal(dx[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def naive_lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
+    c = x.shape[1]
+    y = np.empty_like(x)
+    for ch in range(c):
+        lo, hi = max(0, ch - size // 2), min(c, ch + (size - 1) // 2 + 1)
+        s = np.sum(x[:, lo:hi] ** 2, axis=1)
+        y[:, ch] = x[:, ch] / (k + alpha / size * s) ** beta
+    return y
+
+
+@pytest.mark.parametrize("case", [c for c in sorted(CASES) if c.startswith("lrn")])
+def test_lrn_forward_matches_naive(case):
+    layer, in_shapes = CASES[case]
+    x = np.random.default_rng(4).standard_normal(in_shapes[0]) * 3
+    y, _ = layer.forward(np, [x], {}, DIRECT, Context())
+    expected = naive_lrn(x, layer.size, layer.alpha, layer.beta, layer.k)
+    np.testing.assert_allclose(y, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_linear_forward_and_dx_shape():
+    layer = Linear(name="fc", out_features=3)
+    x = np.random.default_rng(0).standard_normal((2, 2, 2, 2))
+    params = make_params(layer, [x.shape])
+    y, _ = layer.forward(np, [x], params, DIRECT, Context())
+    np.testing.assert_allclose(y, x.reshape(2, 8) @ params["weight"].T + params["bias"])
+    (dx,), _ = layer.backward(np, np.ones_like(y), [x], None, params, (), DIRECT, [x.shape],
+                              [True])
+    assert dx.shape == x.shape
+
+
+# ---------------------------------------------------------------- dropout
+
+def test_dropout_masks_are_deterministic():
+    layer = Dropout(name="drop6", p=0.5)
+    x = np.ones((8, 64), dtype=np.float32)
+
+    def mask(seed: int, name: str = "drop6") -> np.ndarray:
+        y, (m,) = Dropout(name=name, p=0.5).forward(np, [x], {}, DIRECT,
+                                                    Context(seed=seed))
+        np.testing.assert_array_equal(y, x * m)
+        return m
+
+    m = mask(11)
+    assert m.dtype == np.float32
+    assert set(np.unique(m)) == {0.0, 2.0}  # stored already scaled by 1 / (1 - p)
+    assert 0.3 < (m == 0).mean() < 0.7
+    np.testing.assert_array_equal(mask(11), m)
+    assert not np.array_equal(mask(12), m)
+    assert not np.array_equal(mask(11, "drop7"), m)
+    # float32 and float64 runs drop the same elements
+    _, (m64,) = layer.forward(np, [x.astype(np.float64)], {}, DIRECT, Context(seed=11))
+    np.testing.assert_array_equal(m64 == 0, m == 0)
+
+
+def test_dropout_eval_is_identity():
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    y, saved = Dropout(name="d", p=0.5).forward(np, [x], {}, DIRECT, Context(train=False))
+    assert y is x and saved == ()
+
+
+def test_dropout_p_zero_keeps_everything():
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    y, (m,) = Dropout(name="d", p=0.0).forward(np, [x], {}, DIRECT, Context())
+    np.testing.assert_array_equal(y, x)
+    assert np.all(m == 1)
+
+
+# ---------------------------------------------------------------- softmax loss
+
+def test_softmax_loss_value_and_gradient():
+    layer = SoftmaxLoss(name="loss")
+    logits = np.random.default_rng(0).standard_normal((4, 3)) * 5
+    labels = np.array([0, 2, 1, 2])
+    loss, (grad,) = layer.forward(np, [logits], {}, DIRECT, Context(labels=labels))
+    assert loss.shape == ()
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert float(loss) == pytest.approx(-logp[np.arange(4), labels].mean(), rel=1e-12)
+    (dx,), _ = layer.backward(np, None, [None], None, {}, (grad,), DIRECT, [logits.shape],
+                              [True])
+    onehot = np.eye(3)[labels]
+    np.testing.assert_allclose(dx, (np.exp(logp) - onehot) / 4, rtol=1e-12, atol=1e-15)
+    eval_loss, saved = layer.forward(np, [logits], {}, DIRECT,
+                                     Context(train=False, labels=labels))
+    assert saved == () and float(eval_loss) == float(loss)
+
+
+def test_softmax_loss_label_errors():
+    layer = SoftmaxLoss(name="loss")
+    logits = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="labels"):
+        layer.forward(np, [logits], {}, DIRECT, Context(labels=None))
+    with pytest.raises(ShapeError, match=r"layer 'loss' \(softmax_loss\)"):
+        layer.forward(np, [logits], {}, DIRECT, Context(labels=np.array([0, 1, 2])))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        layer.forward(np, [logits], {}, DIRECT, Context(labels=np.array([0, 3])))
+
+
+# ---------------------------------------------------------------- errors
+
+SHAPE_ERRORS = [
+    (Conv(name="conv1", out_channels=4, kernel=5), [(1, 3, 3, 3)], r"kernel 5 .*\(1, 3, 3, 3\)"),
+    (Conv(name="conv1", out_channels=4, kernel=3, groups=2), [(1, 3, 5, 5)], "divisible"),
+    (Conv(name="conv1", out_channels=4, kernel=3), [(1, 3, 5)], r"NCHW.*\(1, 3, 5\)"),
+    (Conv(name="conv1", out_channels=4, kernel=3), [(1, 3, 5, 5)] * 2, "1 input"),
+    (Conv(name="conv1", out_channels=4, kernel=1), [(0, 3, 5, 5)], "non-positive"),
+    (MaxPool(name="pool1", kernel=4), [(1, 3, 3, 3)], "kernel 4"),
+    (AvgPool(name="pool1", kernel=3, pad=1), [(1, 3, 5)], "NCHW"),
+    (Linear(name="fc6", out_features=4), [(5,)], r"rank >= 2.*\(5,\)"),
+    (Concat(name="cat"), [(1, 2, 3, 3), (1, 2, 4, 4)], r"\(1, 2, 3, 3\), \(1, 2, 4, 4\)"),
+    (Concat(name="cat"), [(1, 2, 3, 3)], "two or more"),
+    (Concat(name="cat"), [(1, 2, 3, 3), (1, 2, 3)], "ranks"),
+    (Concat(name="cat", axis=4), [(1, 2, 3, 3), (1, 2, 3, 3)], "axis 4"),
+    (Add(name="res"), [(1, 2, 3, 3), (1, 2, 3, 4)], r"\(1, 2, 3, 3\), \(1, 2, 3, 4\)"),
+    (SoftmaxLoss(name="loss"), [(2, 3, 4)], r"\(2, 3, 4\)"),
+    (Flatten(name="flat"), [(6,)], "rank >= 2"),
+]
+
+
+@pytest.mark.parametrize(("layer", "in_shapes", "pattern"), SHAPE_ERRORS,
+                         ids=[f"{e[0].TYPE}-{i}" for i, e in enumerate(SHAPE_ERRORS)])
+def test_shape_errors_name_layer_and_shapes(layer, in_shapes, pattern):
+    with pytest.raises(ShapeError, match=rf"^layer '{layer.name}' \({layer.TYPE}\): "
+                                         rf".*{pattern}"):
+        layer.output_shape(in_shapes)
+
+
+@pytest.mark.parametrize(("cls", "config"), [
+    (Conv, {"out_channels": 4, "kernel": 3, "stride": 0}),
+    (Conv, {"out_channels": 5, "kernel": 3, "groups": 2}),
+    (Conv, {"out_channels": 4, "kernel": 2.5}),
+    (MaxPool, {"kernel": 3, "pad": 2}),
+    (AvgPool, {"kernel": 2, "stride": 0}),
+    (Dropout, {"p": 1.0}),
+    (Dropout, {"p": -0.1}),
+    (Concat, {"axis": 0}),
+    (Linear, {"out_features": 0}),
+    (LRN, {"size": 0}),
+])
+def test_bad_configuration_raises_value_error(cls, config):
+    with pytest.raises(ValueError, match=rf"^layer 'x' \({cls.TYPE}\): "):
+        cls(name="x", **config)
+
+
+def test_layers_are_frozen_and_keyword_only():
+    layer = Conv(name="c", out_channels=4, kernel=3)
+    with pytest.raises(AttributeError):
+        layer.kernel = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Conv("c", 4, 3)  # type: ignore[misc]
+    assert hash(layer) == hash(Conv(name="c", out_channels=4, kernel=3))
