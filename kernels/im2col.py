@@ -62,5 +62,6 @@ def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, 
         out.fill(0)
     cols6 = cols.reshape(n, c, k, k, ho, wo)
     for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
-        out[:, :, irow, icol] += cols6[:, :, ki, kj, orow, ocol]
+        view = out[:, :, irow, icol]
+        view += cols6[:, :, ki, kj, orow, ocol]
     return out

@@ -23,12 +23,12 @@ def channel_window_sum(xp: Any, a: Array, before: int, after: int) -> Array:
     """out[:, c] = sum of a[:, c'] for c' in [c - before, c + after] within [0, C)."""
     out = a.copy()
     channels = a.shape[1]
-    for d in range(1, after + 1):
-        if d < channels:
-            out[:, : channels - d] += a[:, d:]
-    for d in range(1, before + 1):
-        if d < channels:
-            out[:, d:] += a[:, : channels - d]
+    for d in range(1, min(after, channels - 1) + 1):
+        view = out[:, : channels - d]
+        view += a[:, d:]
+    for d in range(1, min(before, channels - 1) + 1):
+        view = out[:, d:]
+        view += a[:, : channels - d]
     return out
 
 

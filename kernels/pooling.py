@@ -54,7 +54,8 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
         still = pending[:, :, orow, ocol]
         hit &= still
         still ^= hit  # hit is a subset of still: clears the windows found here
-        dx[:, :, irow, icol] += xp.where(hit, dy[:, :, orow, ocol], 0)
+        view = dx[:, :, irow, icol]
+        view += xp.where(hit, dy[:, :, orow, ocol], 0)
     return dx
 
 
@@ -78,7 +79,8 @@ def avg_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
     y = xp.zeros((n, c, ho, wo), dtype=x.dtype)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
-        y[:, :, orow, ocol] += x[:, :, irow, icol]
+        view = y[:, :, orow, ocol]
+        view += x[:, :, irow, icol]
     y /= avg_pool_divisor(xp, x.shape, k, stride, pad, ceil_mode, x.dtype)
     return y
 
@@ -90,5 +92,6 @@ def avg_pool_backward(xp: Any, dy: Array, x_shape: tuple[int, ...], k: int, stri
     g = dy / avg_pool_divisor(xp, x_shape, k, stride, pad, ceil_mode, dy.dtype)
     dx = xp.zeros(tuple(x_shape), dtype=dy.dtype)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
-        dx[:, :, irow, icol] += g[:, :, orow, ocol]
+        view = dx[:, :, irow, icol]
+        view += g[:, :, orow, ocol]
     return dx

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmem.layers.base import Layer, Shape
-
 from vmem.errors import ShapeError
+from vmem.layers.base import Layer, Shape
 
 
 def where(layer: Layer) -> str:

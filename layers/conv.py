@@ -17,6 +17,11 @@ then, when dx is needed, write dcol over the same buffer and col2im it into dx.
 Because dW is accumulated in sample order and every other value is computed per
 sample, the results are the same for every chunk size (bit-identical where the
 GEMM library is deterministic for equal shapes, as OpenBLAS and cuBLAS are).
+
+Backward's GEMMs are 2-D, one per (sample, group), with transposed operands as
+views: both NumPy and CuPy pass 2-D transposes to BLAS as flags, whereas CuPy's
+batched matmul copies any non-contiguous operand, which would be scratch beyond
+the declared workspace. Forward's one batched matmul has contiguous operands.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
@@ -155,7 +161,7 @@ class Conv(Layer):
         n, c, h, w, ho, wo, g, og, kdim, hw = self._dims(tuple(x.shape))
         k, s, p = self.kernel, self.stride, self.pad
         chunk = self._chunk(algo, n)
-        weight_t = params["weight"].reshape(g, og, kdim).swapaxes(1, 2)  # (G, K, Og) view
+        weight = params["weight"].reshape(g, og, kdim)
         dy4 = xp.ascontiguousarray(dy).reshape(n, g, og, hw)
         cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
         dw = xp.empty((g, og, kdim), dtype=x.dtype)
@@ -166,12 +172,16 @@ class Conv(Layer):
             lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m]).reshape(m, g, kdim, hw)
             for i in range(m):
                 target = dw if n0 + i == 0 else dw_temp
-                xp.matmul(dy4[n0 + i], lowered[i].swapaxes(1, 2), out=target)
+                for gi in range(g):  # dW[g] (+)= dy[n, g] @ cols[n, g].T
+                    xp.matmul(dy4[n0 + i, gi], lowered[i, gi].T, out=target[gi])
                 if target is not dw:
                     dw += target
-            if dx is not None:
-                xp.matmul(weight_t, dy4[n0:n0 + m], out=lowered)  # dcol over the columns
-                col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
+            if dx is None:
+                continue
+            for i in range(m):  # dcol[n, g] = W[g].T @ dy[n, g], over the columns
+                for gi in range(g):
+                    xp.matmul(weight[gi].T, dy4[n0 + i, gi], out=lowered[i, gi])
+            col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
         grads = {"weight": dw.reshape(params["weight"].shape)}
         if self.bias:
             grads["bias"] = dy.sum(axis=(0, 2, 3))

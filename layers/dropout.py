@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
 from vmem.layers._checks import config_error, inputs
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
 from vmem.layers._checks import config_error, inputs, require_int
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
 

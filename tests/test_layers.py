@@ -164,7 +164,7 @@ def test_every_type_is_registered_and_covered():
                                 "dropout", "softmax_loss", "concat", "add", "flatten"}
     assert {layer.TYPE for layer, _ in CASES.values()} == set(LAYER_TYPES)
     for type_name, cls in LAYER_TYPES.items():
-        assert cls.TYPE == type_name
+        assert type_name == cls.TYPE
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

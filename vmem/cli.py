@@ -115,15 +115,15 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table(title="vmem profiles")
-    for column in ("profile", "input", "parameters", "GFLOPs/sample", "layers", "batch",
-                   "description"):
-        table.add_column(column, justify="right" if column in {"parameters", "GFLOPs/sample",
-                                                                "layers", "batch"} else "left")
+    table = Table(title="vmem profiles", caption="descriptions: vmem profiles --json")
+    for column in ("profile", "input", "parameters", "GFLOPs/sample", "layers", "batch"):
+        table.add_column(column, no_wrap=True, justify="left" if column in {"profile", "input"}
+                         else "right")
+
     for row in rows:
         table.add_row(row["name"], "×".join(map(str, row["input"])), f"{row['parameters']:,}",
                       f"{row['gflops_per_sample']:.3f}", str(row["layers"]),
-                      f"{row['batch']} (cpu {row['cpu_batch']})", row["description"])
+                      f"{row['batch']} (cpu {row['cpu_batch']})")
     _console().print(table)
     return 0
 
@@ -141,9 +141,9 @@ def synthetic_batch(input_shape: Sequence[int], classes: int, batch: int,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from vmem.optim import SGD
     from vmem.profile import load_profile
     from vmem.profiler.analysis import average_bytes, peak_bytes
-    from vmem.optim import SGD
     from vmem.runtime import Runtime
 
     profile = load_profile(args.profile)

@@ -1,8 +1,9 @@
 """TOML profile <-> `Network`, with errors that name the file, the line and the layer.
 
-A profile is a TOML file: top-level keys `name`, `description`, `input`, `batch`,
-`cpu_batch`, then one `[[layer]]` table per layer (`name`, `type`, optional
-`inputs`, and the layer type's own fields). `profiles/README.md` documents it.
+A profile is a TOML file: top-level keys `input` and optional `name` (the file's
+stem), `description`, `batch` (32) and `cpu_batch` (min(batch, 8)), then one
+`[[layer]]` table per layer (`name`, `type`, optional `inputs`, and the layer
+type's own fields). `profiles/README.md` documents it.
 
 tomllib reports no line numbers for the values it returns, so the loader scans
 the text for each `[[layer]]` table and the keys inside it; where that scan
@@ -23,13 +24,15 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from vmem.errors import NetworkError, ProfileError, UsageError, VmemError
+from vmem.errors import NetworkError, ProfileError, ShapeError, UsageError, VmemError
 from vmem.graph import DATA, Network, Node
 from vmem.layers import LAYER_TYPES, Layer
 
 PROFILE_SUFFIX = ".toml"
 TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "layer")
-REQUIRED_TOP_LEVEL = ("name", "input", "batch", "layer")
+REQUIRED_TOP_LEVEL = ("input", "layer")
+DEFAULT_BATCH = 32  # where a profile gives no batch
+DEFAULT_CPU_BATCH_CAP = 8  # where it gives no cpu_batch: min(batch, 8) keeps a cpu step short
 LAYER_KEYS = ("name", "type", "inputs")  # keys every [[layer]] table may have
 
 _LAYER_HEADER = re.compile(r"^\s*\[\[\s*layer\s*\]\]\s*(#.*)?$")
@@ -74,7 +77,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ProfileError("no such profile file", path=str(path)) from None
+        hint = (f" (the shipped profile is named '{path.stem}', without .toml)"
+                if path.stem in list_profiles() and not path.parent.parts else "")
+        raise ProfileError(f"no such profile file{hint}", path=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"cannot read the profile: {exc}", path=str(path)) from None
     return parse_profile(text, str(path))
@@ -225,8 +230,9 @@ def parse_profile(text: str, path: str) -> Profile:
                       ("batch", int), ("cpu_batch", int)):
         if key in doc and _coerce(doc[key], hint) is _NO_MATCH:
             raise top_error(f"'{key}' must be {_expected(hint)}, got {_describe(doc[key])}", key)
-    input_shape, batch = doc["input"], doc["batch"]
-    cpu_batch = doc.get("cpu_batch", batch)
+    input_shape = doc["input"]
+    batch = doc.get("batch", DEFAULT_BATCH)
+    cpu_batch = doc.get("cpu_batch", min(batch, DEFAULT_CPU_BATCH_CAP))
     if not input_shape or min(input_shape) < 1:
         raise top_error(f"'input' must be a non-empty list of positive integers (one sample, "
                         f"e.g. [3, 224, 224]), got {_format_value(input_shape)}", "input")
@@ -247,15 +253,16 @@ def parse_profile(text: str, path: str) -> Profile:
         nodes.append(node)
         previous = node.name
     try:
-        network = Network.build(doc["name"], input_shape, nodes, doc.get("description", ""))
+        network = Network.build(doc.get("name", Path(path).stem), input_shape, nodes,
+                                doc.get("description", ""))
     except NetworkError as exc:
-        line = None
-        if exc.layer is not None and tables:
-            # The last table of that name: for a name used twice, the second is at fault.
-            index = max((i for i, n in enumerate(nodes) if n.name == exc.layer), default=None)
-            line = tables[index].line() if index is not None else None
-        raise ProfileError(_unprefixed(str(exc), exc.layer), path=path, line=line,
-                           layer=exc.layer) from None
+        # The last node of that name: for a name used twice, the second is at fault.
+        index = max((i for i, n in enumerate(nodes) if n.name == exc.layer), default=None)
+        line = tables[index].line() if index is not None and tables else None
+        message = _unprefixed(str(exc), exc.layer)
+        if isinstance(exc, ShapeError) and index is not None:
+            message += f" (it reads {', '.join(nodes[index].inputs)})"
+        raise ProfileError(message, path=path, line=line, layer=exc.layer) from None
     return Profile(network, batch, cpu_batch, Path(path))
 
 
@@ -339,6 +346,16 @@ def _toml_error(exc: tomllib.TOMLDecodeError, text: str, path: str) -> ProfileEr
 
 # ---------------------------------------------------------------- dumping
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    """One character of a TOML basic string: control characters must be escaped."""
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return f"\\u{ord(char):04x}" if ord(char) < 0x20 or ord(char) == 0x7F else char
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -351,9 +368,7 @@ def _format_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)  # shortest round-tripping form; always has '.', 'e' or both
     if isinstance(value, str):
-        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-                   .replace("\t", "\\t").replace("\r", "\\r"))
-        return f'"{escaped}"'
+        return '"' + "".join(_escape(c) for c in value) + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_format_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -65,6 +65,29 @@ class Backend(ABC):
         """Make `stream` wait, without blocking the host, until `event` is done."""
 
     @abstractmethod
+    def host_wait(self, event: Event) -> None:
+        """Block the host until `event` is done (vDNN's end-of-layer synchronization:
+        a device buffer is released only after its offload copy has completed)."""
+
+    @abstractmethod
+    def pinned_empty(self, nbytes: int) -> np.ndarray | None:
+        """A host buffer of `nbytes` bytes (uint8), page-locked where the device
+        needs that for asynchronous copies; None on a backend without data."""
+
+    @abstractmethod
+    def copy_to_host(self, stream: Stream, src: Any, dst: np.ndarray | None,
+                     cost_ms: float = 0.0) -> None:
+        """Copy device array `src` into host array `dst` on `stream`, asynchronously.
+        The caller keeps `src` alive until an event recorded after it is done."""
+
+    @abstractmethod
+    def copy_to_device(self, stream: Stream, src: np.ndarray | None, cost_ms: float = 0.0
+                       ) -> Any:
+        """A new device array holding host array `src`, filled on `stream`: its
+        contents are valid once an event recorded after this call is done. The
+        array's memory is ordered with the compute stream's allocations."""
+
+    @abstractmethod
     def mark(self, stream: Stream) -> Mark: ...
 
     @abstractmethod

@@ -92,6 +92,25 @@ class CpuBackend(Backend):
         assert isinstance(event, CpuEvent)
         self.launch(stream, event.block)
 
+    def host_wait(self, event: Event) -> None:
+        assert isinstance(event, CpuEvent)
+        event.block()
+
+    def pinned_empty(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, dtype=np.uint8)  # host memory is all the cpu backend has
+
+    def copy_to_host(self, stream: Stream, src: Any, dst: np.ndarray | None,
+                     cost_ms: float = 0.0) -> None:
+        assert dst is not None
+        self.launch(stream, lambda: np.copyto(dst, src))
+
+    def copy_to_device(self, stream: Stream, src: np.ndarray | None, cost_ms: float = 0.0
+                       ) -> np.ndarray:
+        assert src is not None
+        dst = np.empty_like(src)
+        self.launch(stream, lambda: np.copyto(dst, src))
+        return dst
+
     def mark(self, stream: Stream) -> Mark:
         mark = CpuMark()
 
@@ -116,9 +135,9 @@ class CpuBackend(Backend):
         return np.array(host, copy=True)
 
     def facts(self) -> dict[str, Any]:
+        import os
         import platform
 
-        import os
         return {"backend": self.name, "processor": platform.processor() or platform.machine(),
                 "cores": os.cpu_count()}
 

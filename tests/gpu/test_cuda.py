@@ -1,0 +1,270 @@
+"""The cuda backend against its contract and against the cpu backend.
+
+Skipped as a folder (conftest.py) where CuPy sees no CUDA device; cupy is
+imported inside the tests so that collection works without it.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import vmem
+from vmem.backends import get_backend
+from vmem.backends.cuda import CudaBackend
+from vmem.errors import DeviceUnavailable, OutOfDeviceMemory
+from vmem.profile import load_profile
+
+MiB = 2**20
+# CUPY_TF32=1 lets cuBLAS round float32 GEMM inputs to 10-bit mantissas: losses then
+# agree with NumPy to about 1e-3, not 1e-7.
+LOSS_RTOL = 2e-2 if os.environ.get("CUPY_TF32") == "1" else 1e-4
+
+
+@pytest.fixture
+def cp() -> Any:
+    import cupy
+
+    return cupy
+
+
+@pytest.fixture
+def backend() -> Iterator[CudaBackend]:
+    b = CudaBackend(0)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _batch(network: str, batch: int, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded synthetic batch: inputs N(0, 1), labels uniform over the classes."""
+    net = load_profile(network).network
+    classes = int(np.prod(net.shapes(1)[net.logits][1:]))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *net.input_shape)).astype(np.float32)
+    y = rng.integers(0, classes, size=batch)
+    return x, y
+
+
+# -- (a) the backend contract on cuda ------------------------------------------------
+
+
+def test_identity_and_facts(backend: CudaBackend, cp: Any) -> None:
+    assert backend.name == "cuda:0"
+    assert backend.xp is cp
+    assert backend.runs_kernels
+    facts = backend.facts()
+    assert facts["backend"] == "cuda:0"
+    assert isinstance(facts["device"], str) and facts["device"]
+    assert facts["total_memory_bytes"] > 0
+    assert facts["cupy"] == cp.__version__
+    # NVML facts, or one line saying why there are none
+    assert "nvml_driver" in facts or str(facts.get("nvml", "")).startswith("unavailable: ")
+
+
+def test_streams_are_distinct_and_non_blocking(backend: CudaBackend, cp: Any) -> None:
+    compute = backend._cupy_stream(backend.compute)
+    memory = backend._cupy_stream(backend.memory)
+    assert compute.ptr != memory.ptr
+    assert compute.ptr != cp.cuda.Stream.null.ptr
+    if hasattr(compute, "is_non_blocking"):
+        assert compute.is_non_blocking and memory.is_non_blocking
+
+
+def test_launch_runs_the_op_on_the_named_stream(backend: CudaBackend, cp: Any) -> None:
+    seen: dict[str, int] = {}
+    for stream in (backend.compute, backend.memory):
+        backend.launch(stream, lambda s=stream: seen.__setitem__(
+            s.name, cp.cuda.get_current_stream().ptr))
+    assert seen["compute"] == backend._cupy_stream(backend.compute).ptr
+    assert seen["memory"] == backend._cupy_stream(backend.memory).ptr
+    # between launches, stray array work goes to the compute stream, in order with it
+    assert cp.cuda.get_current_stream().ptr == backend._cupy_stream(backend.compute).ptr
+
+
+def test_compute_waits_for_a_copy_on_the_memory_stream(backend: CudaBackend, cp: Any) -> None:
+    n = 32 * MiB // 4  # large enough that an unordered read would see zeros
+    host = backend.pinned_empty((n,), np.float32)
+    host[:] = np.arange(n, dtype=np.float32) % 1021
+    device = cp.zeros(n, dtype=cp.float32)
+    backend.synchronize()
+
+    backend.copy_to_device(backend.memory, host, device)
+    copied = backend.record(backend.memory)
+    backend.wait(backend.compute, copied)
+    out: dict[str, Any] = {}
+    backend.launch(backend.compute, lambda: out.setdefault("y", device * 2 + 1))
+    backend.synchronize()
+
+    assert copied.done()
+    np.testing.assert_array_equal(backend.to_host(out["y"]), host * 2 + 1)
+
+
+def test_memory_stream_waits_for_compute_then_offloads(backend: CudaBackend, cp: Any) -> None:
+    n = 32 * MiB // 4
+    out: dict[str, Any] = {}
+    backend.launch(backend.compute, lambda: out.setdefault(
+        "y", (cp.arange(n, dtype=cp.float32) % 977) * 3))
+    produced = backend.record(backend.compute)
+    backend.wait(backend.memory, produced)
+    host = backend.pinned_empty((n,), np.float32)
+    host[:] = -1
+    backend.copy_to_host(backend.memory, out["y"], host)
+    offloaded = backend.record(backend.memory)
+    backend.synchronize()
+
+    assert produced.done() and offloaded.done()
+    np.testing.assert_array_equal(host, (np.arange(n, dtype=np.float32) % 977) * 3)
+
+
+def test_copies_launched_as_ops_use_the_memory_stream(backend: CudaBackend, cp: Any) -> None:
+    host = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32)
+    out: dict[str, Any] = {}
+    backend.launch(backend.memory, lambda: out.setdefault("d", cp.asarray(host)))
+    arrived = backend.record(backend.memory)
+    backend.wait(backend.compute, arrived)
+    backend.launch(backend.compute, lambda: out.setdefault("s", out["d"].sum(axis=0)))
+    backend.synchronize()
+    np.testing.assert_allclose(backend.to_host(out["s"]), host.sum(axis=0), rtol=1e-5,
+                               atol=1e-4)
+
+
+def test_marks_time_the_work_between_them(backend: CudaBackend, cp: Any) -> None:
+    a = cp.ones((2048, 2048), dtype=cp.float32)
+    backend.synchronize()
+    start = backend.mark(backend.compute)
+    out: dict[str, Any] = {}
+    backend.launch(backend.compute, lambda: out.setdefault("c", a @ a @ a))
+    end = backend.mark(backend.compute)
+    backend.synchronize()
+    elapsed = backend.elapsed_ms(start, end)
+    assert 0 < elapsed < 10_000
+    assert backend.elapsed_ms(start, start) == 0
+
+
+def test_asarray_and_to_host_round_trip(backend: CudaBackend, cp: Any) -> None:
+    host = np.random.default_rng(1).standard_normal((3, 5, 7)).astype(np.float32)
+    device = backend.asarray(host)
+    assert isinstance(device, cp.ndarray)
+    back = backend.to_host(device)
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, host)
+    assert float(backend.to_host(device.sum())) == pytest.approx(float(host.sum()), rel=1e-5)
+
+
+def test_pool_overflow_inside_launch_is_out_of_device_memory(cp: Any) -> None:
+    pool = cp.get_default_memory_pool()
+    limit_before = pool.get_limit()
+    b = CudaBackend(0, capacity=64 * MiB)
+    try:
+        assert pool.get_limit() == 64 * MiB
+        with pytest.raises(OutOfDeviceMemory, match="CuPy pool"):
+            b.launch(b.compute, lambda: cp.empty(128 * MiB, dtype=cp.uint8))
+        b.synchronize()
+        assert b.pool_reserved_bytes() <= 64 * MiB
+        kept: dict[str, Any] = {}
+        b.launch(b.compute, lambda: kept.setdefault("x", cp.zeros(16 * MiB, dtype=cp.uint8)))
+        b.synchronize()
+    finally:
+        b.close()
+    assert pool.get_limit() == limit_before
+
+
+def test_close_restores_stream_and_is_idempotent(cp: Any) -> None:
+    before = cp.cuda.get_current_stream().ptr
+    b = CudaBackend(0)
+    assert cp.cuda.get_current_stream().ptr == b._cupy_stream(b.compute).ptr
+    b.close()
+    b.close()
+    assert cp.cuda.get_current_stream().ptr == before
+
+
+def test_device_index_out_of_range_names_the_count(cp: Any) -> None:
+    count = cp.cuda.runtime.getDeviceCount()
+    with pytest.raises(DeviceUnavailable) as info:
+        get_backend(f"cuda:{count}")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{count} CUDA device" in message and "cuda:N" in message
+
+
+def test_auto_picks_cuda() -> None:
+    b = get_backend("auto")
+    try:
+        assert b.name == "cuda:0"
+    finally:
+        b.close()
+
+
+# -- (b) cuda gives the cpu's numbers ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("network", "batch", "steps"), [("digits", 64, 10),
+                                                          ("alexnet-tiny", 8, 3)])
+def test_training_matches_cpu(network: str, batch: int, steps: int) -> None:
+    x, y = _batch(network, batch)
+    losses: dict[str, list[float]] = {}
+    peaks: dict[str, int] = {}
+    for device in ("cpu", "cuda"):
+        with vmem.Runtime(network, device=device, seed=7) as rt:
+            losses[device] = [rt.train_step(x, y) for _ in range(steps)]
+            peaks[device] = rt.arena.peak
+    for step, (cpu, cuda) in enumerate(zip(losses["cpu"], losses["cuda"], strict=True)):
+        assert math.isfinite(cuda), f"step {step}: cuda loss {cuda}"
+        assert cuda == pytest.approx(cpu, rel=LOSS_RTOL), (
+            f"step {step}: cuda {cuda!r} vs cpu {cpu!r}; all: {losses}")
+    assert peaks["cuda"] == peaks["cpu"]  # the arena counts the same bytes on both
+
+
+def test_last_record_has_cuda_times() -> None:
+    x, y = _batch("digits", 32)
+    with vmem.Runtime("digits", device="cuda", seed=0) as rt:
+        rt.train_step(x, y)
+        record = rt.last_record
+    assert record is not None
+    assert record.duration_ms > 0
+    assert record.spans and all(s.end_ms >= s.start_ms for s in record.spans)
+
+
+# -- (c) a memory limit on cuda -----------------------------------------------------------
+
+
+def test_memory_limit_below_peak_fails_cleanly_then_a_larger_one_trains(cp: Any) -> None:
+    network, batch = "digits", 64
+    x, y = _batch(network, batch)
+    with vmem.Runtime(network, device="cuda", seed=0) as rt:
+        rt.train_step(x, y)
+        peak, resident = rt.arena.peak, rt.last_record.start_in_use
+    assert resident < peak
+
+    gc.collect()  # arrays of earlier tests held by reference cycles would count
+    pool = cp.get_default_memory_pool()
+    limit_before = pool.get_limit()
+    limit = (resident + peak) // 2
+    rt = vmem.Runtime(network, device="cuda", memory_limit=limit, seed=0)
+    try:
+        assert pool.get_limit() == limit
+        before = rt.arena.in_use
+        with pytest.raises(vmem.OutOfDeviceMemory):
+            rt.train_step(x, y)
+        assert rt.arena.in_use == before
+        assert rt.backend.pool_reserved_bytes() <= limit
+    finally:
+        rt.close()
+    assert pool.get_limit() == limit_before
+
+    # Room for the arena's peak plus CuPy's own: temporaries, 512-byte rounding.
+    larger = 4 * peak + 64 * MiB
+    with vmem.Runtime(network, device="cuda", memory_limit=larger, seed=0) as rt:
+        losses = [rt.train_step(x, y) for _ in range(3)]
+        assert rt.arena.peak <= larger
+        assert rt.backend.pool_reserved_bytes() <= larger
+    assert all(math.isfinite(loss) for loss in losses)
+    assert pool.get_limit() == limit_before

@@ -1,0 +1,390 @@
+"""The `cuda` backend: CuPy arrays on one GPU, two non-blocking CuPy streams
+(compute and memory), CUDA events for ordering and timing.
+
+CuPy is imported lazily: this module imports (and `available()` answers) on a
+machine without CuPy or without a GPU.
+
+Mechanism below the contract:
+- CuPy sends array work to the *current* stream, so `launch` makes the named
+  stream current around the op; the executor always names the stream.
+- The compute stream is also this thread's current stream while the backend
+  is open, so array work the caller does outside `launch` (a gradient added
+  into another, a cast) stays in order with the compute stream instead of
+  racing it on the legacy default stream, which non-blocking streams do not
+  synchronize with.
+- The arena bounds what vmem declares; the CuPy pool's limit is set to the same
+  capacity so the bytes CuPy really holds (kernel temporaries, 512-byte
+  rounding) are bounded too. A pool failure inside `launch` is reported as
+  `OutOfDeviceMemory`, never as a bare CuPy error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from vmem.backends import ACCEPTED_DEVICES
+from vmem.backends.base import Backend, Event, Mark, Stream
+from vmem.errors import DeviceUnavailable, OutOfDeviceMemory
+from vmem.memory import DeviceArena
+
+INSTALL_HINT = "pip install 'vmem-dnn[cuda12]' or [cuda13]"
+POOL_WHAT = "CuPy pool (kernel temporaries beyond the declared workspace)"
+DEVICE_FULL_WHAT = "CuPy pool (the device itself is full)"
+
+_probe_result: tuple[bool, str] | None = None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
+
+
+def _probe() -> tuple[bool, str]:
+    """(usable, reason); never raises. Cached: CuPy and the driver do not change
+    under a running process."""
+    global _probe_result
+    if _probe_result is not None:
+        return _probe_result
+    try:
+        import cupy
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != "cupy":
+            result = (False, f"cupy cannot be imported: {_one_line(exc)}")
+        else:
+            result = (False, f"cupy is not installed ({INSTALL_HINT})")
+    except Exception as exc:  # a broken install: missing CUDA libraries, wrong wheel
+        result = (False, f"cupy cannot be imported: {_one_line(exc)}")
+    else:
+        try:
+            count = int(cupy.cuda.runtime.getDeviceCount())
+        except Exception as exc:  # no driver, no device, driver too old
+            result = (False, f"no CUDA device: {_one_line(exc)}")
+        else:
+            result = (True, "") if count > 0 else (
+                False, "no CUDA device: the CUDA runtime reports 0 devices")
+    _probe_result = result
+    return result
+
+
+def available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device. Never raises."""
+    return _probe()[0]
+
+
+def unavailable_reason() -> str:
+    """Why `available()` is False, in one line ("" when it is True)."""
+    return _probe()[1]
+
+
+def _format_cuda_version(version: int) -> str:
+    """12040 -> '12.4' (CUDA encodes major * 1000 + minor * 10)."""
+    return f"{version // 1000}.{(version % 1000) // 10}"
+
+
+class CudaEvent(Event):
+    def __init__(self, event: Any) -> None:
+        self.event = event  # cupy.cuda.Event, recorded on a stream
+
+    def done(self) -> bool:
+        return bool(self.event.done)
+
+
+class CudaMark(Mark):
+    def __init__(self, event: Any) -> None:
+        self.event = event  # cupy.cuda.Event with timing, recorded on a stream
+
+
+class CudaBackend(Backend):
+    def __init__(self, index: int = 0, capacity: int | None = None) -> None:
+        usable, reason = _probe()
+        if not usable:
+            raise DeviceUnavailable(f"--device cuda: {reason}; "
+                                    f"--device accepts {ACCEPTED_DEVICES}")
+        import cupy
+
+        count = int(cupy.cuda.runtime.getDeviceCount())
+        if not 0 <= index < count:
+            devices = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise DeviceUnavailable(
+                f"--device cuda:{index}: this machine has {count} CUDA "
+                f"device{'s' if count != 1 else ''} ({devices}); "
+                f"--device accepts {ACCEPTED_DEVICES}")
+        self.name = f"cuda:{index}"
+        self.index = index
+        self.xp = cupy
+        self.arena = DeviceArena(capacity)
+        self._cupy = cupy
+        self._oom_error: type[BaseException] = cupy.cuda.memory.OutOfMemoryError
+        self._closed = False
+        try:
+            self._device = cupy.cuda.Device(index)
+            self._previous_device = cupy.cuda.runtime.getDevice()
+            self._device.use()
+            self._pool = cupy.get_default_memory_pool()
+            self._previous_limit = int(self._pool.get_limit())
+            if capacity is not None:
+                # Cached blocks from earlier work in this process would count
+                # against the limit: start from what is really in use.
+                self._pool.free_all_blocks()
+                self._pool.set_limit(size=capacity)
+            # Streams belong to the current device: create them after use().
+            self._streams = {self.compute: cupy.cuda.Stream(non_blocking=True),
+                             self.memory: cupy.cuda.Stream(non_blocking=True)}
+            self._previous_stream = cupy.cuda.get_current_stream()
+            self._streams[self.compute].use()
+        except Exception as exc:
+            self._restore_limit()
+            raise DeviceUnavailable(f"--device cuda:{index}: cannot set up the device: "
+                                    f"{_one_line(exc)}; --device accepts "
+                                    f"{ACCEPTED_DEVICES}") from exc
+
+    # -- streams -----------------------------------------------------------------
+
+    def _cupy_stream(self, stream: Stream) -> Any:
+        try:
+            return self._streams[stream]
+        except KeyError:
+            raise ValueError(f"unknown stream {stream!r}; this backend has "
+                             f"{', '.join(s.name for s in self._streams)}") from None
+
+    @contextlib.contextmanager
+    def _on(self, stream: Stream) -> Iterator[Any]:
+        """Make `stream` current, with the retrying allocator, then put back what
+        was current. (Not `with cupy_stream:`: leaving such a block makes the
+        thread's stream stack base current, not the compute stream made current
+        with use() in __init__.)"""
+        target = self._cupy_stream(stream)
+        previous = self._cupy.cuda.get_current_stream()
+        target.use()
+        try:
+            with self._cupy.cuda.using_allocator(self._malloc):
+                yield target
+        finally:
+            previous.use()
+
+    def _malloc(self, nbytes: int) -> Any:
+        """The pool's malloc, retried as CuPy retries a failed cudaMalloc: after
+        releasing cached blocks, then after collecting garbage too. The pool
+        counts its cached free blocks (of every stream) against the limit, and
+        on reaching the limit raises without releasing them."""
+        try:
+            return self._pool.malloc(nbytes)
+        except self._oom_error:
+            self._pool.free_all_blocks()
+        try:
+            return self._pool.malloc(nbytes)
+        except self._oom_error:
+            gc.collect()  # arrays held only by reference cycles (tracebacks)
+            self._pool.free_all_blocks()
+        return self._pool.malloc(nbytes)
+
+    def _out_of_memory(self, exc: BaseException) -> OutOfDeviceMemory:
+        from vmem.units import format_bytes
+
+        requested = int(getattr(exc, "_size", 0) or 0)
+        pool_total = getattr(exc, "_total", None)
+        if not isinstance(pool_total, int) or pool_total < 0:
+            pool_total = self.pool_reserved_bytes() or 0
+        limit = int(getattr(exc, "_limit", 0) or 0)
+        if self.arena.capacity is not None:
+            capacity, what = self.arena.capacity, POOL_WHAT
+        else:
+            capacity, what = limit or self._total_memory(), DEVICE_FULL_WHAT
+        hint = (f"the arena accounts for {format_bytes(self.arena.in_use)}; give a larger "
+                "--memory-limit or a policy that keeps less on the device")
+        return OutOfDeviceMemory(requested=requested, in_use=pool_total, capacity=capacity,
+                                 what=what, hint=hint)
+
+    def _total_memory(self) -> int:
+        try:
+            props = self._cupy.cuda.runtime.getDeviceProperties(self.index)
+            return int(props["totalGlobalMem"])
+        except Exception:
+            return 0
+
+    # -- the contract --------------------------------------------------------------
+
+    def launch(self, stream: Stream, op: Callable[[], Any], cost_ms: float = 0.0) -> None:
+        try:
+            with self._on(stream):
+                op()
+        except self._oom_error as exc:
+            raise self._out_of_memory(exc) from exc
+
+    def record(self, stream: Stream) -> Event:
+        event = self._cupy.cuda.Event(disable_timing=True)
+        event.record(self._cupy_stream(stream))
+        return CudaEvent(event)
+
+    def wait(self, stream: Stream, event: Event) -> None:
+        if not isinstance(event, CudaEvent):
+            raise TypeError(f"cuda backend cannot wait for {type(event).__name__}")
+        self._cupy_stream(stream).wait_event(event.event)
+
+    def mark(self, stream: Stream) -> Mark:
+        event = self._cupy.cuda.Event()  # timing enabled (the default)
+        event.record(self._cupy_stream(stream))
+        return CudaMark(event)
+
+    def elapsed_ms(self, start: Mark, end: Mark) -> float:
+        if not isinstance(start, CudaMark) or not isinstance(end, CudaMark):
+            raise TypeError("elapsed_ms needs two marks made by the cuda backend")
+        if not (start.event.done and end.event.done):
+            raise RuntimeError("elapsed_ms on a mark its stream has not reached; "
+                               "synchronize() first")
+        return float(self._cupy.cuda.get_elapsed_time(start.event, end.event))
+
+    def synchronize(self) -> None:
+        # A failure in a stream's work surfaces here as a CUDARuntimeError.
+        for cupy_stream in self._streams.values():
+            cupy_stream.synchronize()
+        self._device.synchronize()
+
+    def asarray(self, host: np.ndarray) -> Any:
+        """Copy a host array to the device on the compute stream. CuPy stages the
+        data through a pinned buffer, so `host` may be reused on return."""
+        try:
+            with self._on(self.compute):
+                return self._cupy.asarray(host)
+        except self._oom_error as exc:
+            raise self._out_of_memory(exc) from exc
+
+    def to_host(self, array: Any) -> np.ndarray:
+        if not isinstance(array, self._cupy.ndarray):
+            return np.asarray(array)
+        compute = self._cupy_stream(self.compute)
+        host = array.get(stream=compute)
+        compute.synchronize()  # older CuPy copies asynchronously when given a stream
+        return host
+
+    # -- copies between device arrays and pinned host buffers ---------------------------
+
+    def pinned_empty(self, shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A NumPy array in page-locked host memory (the target of async copies)."""
+        import cupyx
+
+        return cupyx.empty_pinned(shape, dtype=dtype)
+
+    def copy_to_host(self, stream: Stream, src: Any, dst: np.ndarray) -> None:
+        """Enqueue src (device) -> dst (pinned host) on `stream`; returns at once.
+        dst holds the data once an event recorded after this call is done."""
+        _check_copy(src, dst)
+        src.data.copy_to_host_async(dst.ctypes.data, src.nbytes, self._cupy_stream(stream))
+
+    def copy_to_device(self, stream: Stream, src: np.ndarray, dst: Any) -> None:
+        """Enqueue src (pinned host) -> dst (device) on `stream`; returns at once.
+        src must stay untouched until an event recorded after this call is done."""
+        _check_copy(dst, src)
+        dst.data.copy_from_host_async(src.ctypes.data, src.nbytes, self._cupy_stream(stream))
+
+    # -- reporting -------------------------------------------------------------------
+
+    def pool_reserved_bytes(self) -> int | None:
+        with self._device:
+            return int(self._pool.total_bytes())
+
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"backend": self.name}
+        runtime = self._cupy.cuda.runtime
+        try:
+            props = runtime.getDeviceProperties(self.index)
+            name = props["name"]
+            facts["device"] = name.decode() if isinstance(name, bytes) else str(name)
+            facts["total_memory_bytes"] = int(props["totalGlobalMem"])
+            facts["compute_capability"] = f"{props['major']}.{props['minor']}"
+            facts["multiprocessors"] = int(props["multiProcessorCount"])
+        except Exception as exc:
+            facts["device"] = f"unavailable: {_one_line(exc)}"
+        for key, read in (("cuda_runtime", runtime.runtimeGetVersion),
+                          ("cuda_driver", runtime.driverGetVersion)):
+            try:
+                facts[key] = _format_cuda_version(int(read()))
+            except Exception as exc:
+                facts[key] = f"unavailable: {_one_line(exc)}"
+        facts["cupy"] = getattr(self._cupy, "__version__", "unknown")
+        facts["tf32"] = os.environ.get("CUPY_TF32", "0") == "1"
+        try:
+            facts["pool_limit_bytes"] = int(self._pool.get_limit())
+            facts["pool_reserved_bytes"] = self.pool_reserved_bytes()
+        except Exception as exc:
+            facts["pool_limit_bytes"] = f"unavailable: {_one_line(exc)}"
+        facts.update(self._nvml_facts())
+        return facts
+
+    def _nvml_facts(self) -> dict[str, Any]:
+        try:
+            import pynvml
+        except Exception:
+            return {"nvml": "unavailable: pynvml is not installed (pip install nvidia-ml-py)"}
+        try:
+            pynvml.nvmlInit()
+        except Exception as exc:
+            return {"nvml": f"unavailable: {_one_line(exc)}"}
+        facts: dict[str, Any] = {}
+        try:
+            try:
+                bus_id = self._cupy.cuda.runtime.deviceGetPCIBusId(self.index)
+                handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+            except Exception:  # NVML and CUDA agree on indices unless devices are masked
+                handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+            readers: dict[str, Callable[[], Any]] = {
+                "nvml_driver": pynvml.nvmlSystemGetDriverVersion,
+                "memory_used_bytes": lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used,
+                "pcie_generation": lambda: pynvml.nvmlDeviceGetCurrPcieLinkGeneration(handle),
+                "pcie_generation_max": lambda: pynvml.nvmlDeviceGetMaxPcieLinkGeneration(
+                    handle),
+                "pcie_width": lambda: pynvml.nvmlDeviceGetCurrPcieLinkWidth(handle),
+                "pcie_width_max": lambda: pynvml.nvmlDeviceGetMaxPcieLinkWidth(handle),
+            }
+            for key, read in readers.items():
+                try:
+                    value = read()
+                    facts[key] = value.decode() if isinstance(value, bytes) else value
+                except Exception as exc:
+                    facts[key] = f"unavailable: {_one_line(exc)}"
+        except Exception as exc:
+            facts["nvml"] = f"unavailable: {_one_line(exc)}"
+        finally:
+            with contextlib.suppress(Exception):
+                pynvml.nvmlShutdown()
+        return facts
+
+    # -- teardown --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Wait for both streams, give the pool's cached blocks back to the driver
+        and put back the pool limit, current stream and device found at start.
+        Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.synchronize()
+        finally:
+            with contextlib.suppress(Exception):
+                self._previous_stream.use()
+            with contextlib.suppress(Exception), self._device:
+                self._pool.free_all_blocks()
+                self._cupy.get_default_pinned_memory_pool().free_all_blocks()
+            self._restore_limit()
+            with contextlib.suppress(Exception):
+                self._cupy.cuda.runtime.setDevice(self._previous_device)
+
+    def _restore_limit(self) -> None:
+        if self.arena.capacity is None or not hasattr(self, "_pool"):
+            return
+        with contextlib.suppress(Exception), self._device:
+            self._pool.set_limit(size=self._previous_limit)
+
+
+def _check_copy(device_array: Any, host: np.ndarray) -> None:
+    if not (device_array.flags.c_contiguous and host.flags.c_contiguous):
+        raise ValueError("async copies need C-contiguous arrays on both sides")
+    if device_array.nbytes != host.nbytes:
+        raise ValueError(f"copy between {device_array.nbytes} and {host.nbytes} bytes")

@@ -1,0 +1,96 @@
+"""The `sim` backend: buffers with shapes and no data, and two stream clocks
+driven by a cost model. The same executor, plan and arena as on a real device,
+so its memory figures are the real ones to the byte; its times are the model's.
+
+Each stream's clock is the time its queued work ends; the host's clock is when
+the host may issue work (it moves only when the host waits for an event or
+synchronizes). Work starts at max(stream clock, host clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from vmem.backends.base import Backend, Event, Mark, Stream
+from vmem.costs import CostModel, GpuSpec
+from vmem.memory import DeviceArena
+
+
+class SimEvent(Event):
+    def __init__(self, t_ms: float) -> None:
+        self.t_ms = t_ms
+
+    def done(self) -> bool:
+        return True  # the modeled work is "done" in simulated time
+
+
+class SimMark(Mark):
+    def __init__(self, t_ms: float) -> None:
+        self.t_ms = t_ms
+
+
+class SimBackend(Backend):
+    def __init__(self, gpu: GpuSpec | None, capacity: int | None = None) -> None:
+        self.gpu = gpu
+        self.name = f"sim:{gpu.name}" if gpu else "sim"
+        self.xp = None
+        if gpu is not None:
+            capacity = gpu.memory_bytes if capacity is None else min(capacity, gpu.memory_bytes)
+        self.arena = DeviceArena(capacity)
+        self.costs = CostModel(gpu) if gpu else None
+        self._clock = {self.compute: 0.0, self.memory: 0.0}
+        self._host = 0.0
+
+    def _start(self, stream: Stream) -> float:
+        return max(self._clock[stream], self._host)
+
+    def launch(self, stream: Stream, op: Callable[[], Any], cost_ms: float = 0.0) -> None:
+        self._clock[stream] = self._start(stream) + cost_ms
+
+    def record(self, stream: Stream) -> Event:
+        return SimEvent(self._start(stream))
+
+    def wait(self, stream: Stream, event: Event) -> None:
+        assert isinstance(event, SimEvent)
+        self._clock[stream] = max(self._start(stream), event.t_ms)
+
+    def host_wait(self, event: Event) -> None:
+        assert isinstance(event, SimEvent)
+        self._host = max(self._host, event.t_ms)
+
+    def mark(self, stream: Stream) -> Mark:
+        return SimMark(self._start(stream))
+
+    def elapsed_ms(self, start: Mark, end: Mark) -> float:
+        assert isinstance(start, SimMark) and isinstance(end, SimMark)
+        return end.t_ms - start.t_ms
+
+    def synchronize(self) -> None:
+        self._host = max(self._host, *self._clock.values())
+
+    def pinned_empty(self, nbytes: int) -> None:
+        return None
+
+    def copy_to_host(self, stream: Stream, src: Any, dst: np.ndarray | None,
+                     cost_ms: float = 0.0) -> None:
+        self.launch(stream, lambda: None, cost_ms)
+
+    def copy_to_device(self, stream: Stream, src: np.ndarray | None, cost_ms: float = 0.0
+                       ) -> None:
+        self.launch(stream, lambda: None, cost_ms)
+        return None
+
+    def asarray(self, host: np.ndarray) -> None:
+        return None
+
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"backend": self.name}
+        if self.gpu:
+            facts.update(gpu=self.gpu.name, description=self.gpu.description,
+                         memory_bytes=self.gpu.memory_bytes, tflops=self.gpu.tflops,
+                         bandwidth_gbps=self.gpu.bandwidth_gbps, d2h_gbps=self.gpu.d2h_gbps,
+                         h2d_gbps=self.gpu.h2d_gbps)
+        return facts
