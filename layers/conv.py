@@ -37,6 +37,10 @@ from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
 
+# A GEMM of this many FLOPs keeps a large GPU busy for tens of microseconds, far
+# past its launch cost (about 40 us on an H100 at 100 TFLOP/s against ~5 us).
+GEMM_SATURATION_FLOPS = 4e9
+
 
 def chunk_sizes(n: int) -> list[int]:
     """n, then the powers of two below n, descending to 1."""
@@ -118,10 +122,18 @@ class Conv(Layer):
         dw_temp = o * (c // self.groups) * kk if n > 1 else 0
         return (cols + dw_temp) * itemsize
 
-    def algorithms(self, in_shapes: Sequence[Shape], itemsize: int) -> tuple[Algorithm, ...]:
+    def saturating_chunk(self, in_shapes: Sequence[Shape]) -> int:
+        """The fewest samples whose GEMM reaches GEMM_SATURATION_FLOPS (at most N):
+        lowering more at once makes no GEMM faster, it only costs workspace."""
         n = self.output_shape(in_shapes)[0]
+        per_sample = max(1, self.flops([(1, *in_shapes[0][1:])]))
+        return max(1, min(n, -(-int(GEMM_SATURATION_FLOPS) // per_sample)))
+
+    def algorithms(self, in_shapes: Sequence[Shape], itemsize: int) -> tuple[Algorithm, ...]:
+        """Fastest first: the saturating chunk, then the powers of two below it,
+        down to one sample (the least workspace)."""
         return tuple(Algorithm(f"im2col:{chunk}", self.workspace_bytes(in_shapes, itemsize, chunk),
-                               chunk) for chunk in chunk_sizes(n))
+                               chunk) for chunk in chunk_sizes(self.saturating_chunk(in_shapes)))
 
     def _dims(self, x_shape: Shape) -> tuple[int, ...]:
         """(N, C, H, W, Ho, Wo, G, Og, K = C/G*k*k, L = Ho*Wo)."""

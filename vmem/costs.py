@@ -93,10 +93,12 @@ class CostModel:
         # reads those and the output gradient, and writes input and parameter
         # gradients: about twice the traffic. im2col writes and reads its columns.
         nbytes = (activations + params) * self.itemsize * (1 if forward else 2)
-        nbytes += 2 * algo.workspace_bytes * (1 if forward else 2)
         launches = 1
         if algo.chunk:
-            launches = 2 * -(-in_shapes[0][0] // algo.chunk)  # im2col + GEMM per chunk
+            chunks = -(-in_shapes[0][0] // algo.chunk)
+            launches = 2 * chunks  # im2col and a GEMM per chunk
+            # im2col writes its columns and the GEMM reads them, chunk by chunk
+            nbytes += 2 * algo.workspace_bytes * chunks * (1 if forward else 2)
         seconds = max(flops / (self.gpu.tflops * 1e12), nbytes / (self.gpu.bandwidth_gbps * 1e9))
         return seconds * 1e3 + launches * self.gpu.launch_us * 1e-3
 

@@ -58,7 +58,31 @@ class OutOfDeviceMemory(VmemError):
         self.requested, self.in_use, self.capacity = requested, in_use, capacity
         self.layer, self.phase, self.what = layer, phase, what
 
+        self.hint = hint
+
     def at(self, layer: str, phase: str) -> OutOfDeviceMemory:
         """The same error, placed in a layer and phase."""
         return OutOfDeviceMemory(requested=self.requested, in_use=self.in_use,
                                  capacity=self.capacity, what=self.what, layer=layer, phase=phase)
+
+    def with_hint(self, hint: str) -> OutOfDeviceMemory:
+        """The same error, saying what would fit."""
+        return OutOfDeviceMemory(requested=self.requested, in_use=self.in_use,
+                                 capacity=self.capacity, what=self.what, layer=self.layer,
+                                 phase=self.phase, hint=hint)
+
+
+class OutOfHostMemory(VmemError):
+    """The pinned host pool cannot hold what a plan offloads within its capacity."""
+
+    def __init__(self, *, requested: int, reserved: int, capacity: int, what: str) -> None:
+        from vmem.units import format_bytes
+
+        super().__init__(
+            f"out of pinned host memory: {what} needs {format_bytes(requested)} more with "
+            f"{format_bytes(reserved)} pinned of a {format_bytes(capacity)} host-memory limit")
+        self.requested, self.reserved, self.capacity = requested, reserved, capacity
+
+
+class MemoryLimitTooSmall(VmemError):
+    """A memory limit no policy can meet, refused before the first step."""

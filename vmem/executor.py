@@ -1,11 +1,17 @@
 """The executor: one training step (forward, loss, backward, update) under a
-plan on a backend, with every device buffer accounted in the arena.
+plan on a backend, with every device buffer accounted in the arena, and, where
+the plan says so, feature maps moved to pinned host memory during the forward
+pass and back during the backward pass on the memory stream (vDNN).
 
 Invariants:
 - a buffer's block is allocated before the kernel that fills it is launched, so
   a step that would exceed the capacity fails before it computes;
 - a feature map lives until its last forward consumer when nothing needs it in
   the backward pass, else until the backward pass of its earliest backward user;
+- an offloaded feature map leaves the device after its last forward consumer,
+  once its copy to the host has completed (the host waits for the copy's event,
+  vDNN's end-of-layer synchronization), and returns before its first backward
+  user, which waits for the copy's event on the compute stream;
 - a gradient map lives from the first backward pass that produces it to the
   backward pass of its producer;
 - after any failure inside a step, every block the step allocated is freed.
@@ -13,20 +19,22 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vmem.backends.base import Backend
+from vmem.backends.base import Backend, Event
+from vmem.costs import CostModel
 from vmem.errors import OutOfDeviceMemory
 from vmem.graph import DATA, Network, Node
 from vmem.kernels.softmax import softmax
 from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
-from vmem.memory import Block, MemoryKind
+from vmem.memory import Block, HostBuffer, MemoryKind, PinnedHostPool
 from vmem.parameters import ParameterStore
-from vmem.plan import Plan
+from vmem.plan import Plan, offloaded_tensors
 from vmem.profiler.events import StepRecord
 from vmem.profiler.recorder import StepRecorder
 
@@ -35,8 +43,12 @@ FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"
 
 @dataclass
 class Tensor:
-    block: Block
-    array: Any  # None on a backend that runs no kernels
+    """A feature or gradient map. `block` is None while it lives on the host only;
+    `ready` is the event its prefetch must reach before a kernel reads it."""
+
+    block: Block | None
+    array: Any  # None on a backend that runs no kernels, or while on the host
+    ready: Event | None = None
 
 
 @dataclass(frozen=True)
@@ -46,19 +58,39 @@ class StepResult:
 
 
 class Executor:
-    def __init__(self, backend: Backend, network: Network, plan: Plan,
-                 params: ParameterStore, dtype: np.dtype) -> None:
+    def __init__(self, backend: Backend, network: Network, plan: Plan, params: ParameterStore,
+                 dtype: np.dtype, host_pool: PinnedHostPool,
+                 costs: CostModel | None = None) -> None:
         self.backend, self.network, self.plan, self.params = backend, network, plan, params
         self.dtype = np.dtype(dtype)
+        self.costs = costs
         self.batch = plan.batch
         self.shapes = network.shapes(self.batch)
         self.lives = network.lives
         self.algorithms = {node.name: self._algorithm(node) for node in network.nodes}
+        self.offloaded = offloaded_tensors(network, plan)
+        # Pinned once for the executor's life and reused every step; a host
+        # limit too small for the plan fails here, before the first step.
+        self.host_pool = host_pool
+        self._host: dict[str, HostBuffer] = {}
+        try:
+            for name in self.offloaded:
+                self._host[name] = host_pool.acquire(self._tensor_bytes(name),
+                                                     f"offloading '{name}'")
+        except BaseException:
+            self.close()
+            raise
         self._where: tuple[str | None, str | None] = (None, None)
         self._tensors: dict[str, Tensor] = {}
         self._grads: dict[str, Tensor] = {}
         self._saved: dict[str, tuple[Block | None, tuple[Any, ...]]] = {}
         self._loose: list[Block] = []  # workspace and temporaries of the launch in flight
+        self._on_host: set[str] = set()  # offloaded, not yet prefetched this step
+
+    def close(self) -> None:
+        for buffer in self._host.values():
+            self.host_pool.release(buffer)
+        self._host.clear()
 
     def _algorithm(self, node: Node) -> Algorithm:
         choice = self.plan.for_layer(node.name).algorithm
@@ -79,7 +111,7 @@ class Executor:
         try:
             ctx = Context(train=True, seed=seed, labels=self._labels(labels))
             loss_tensor = self._forward(x, ctx, recorder)
-            self._backward(recorder, ctx)
+            self._backward(recorder)
             self._update(recorder)
             loss = self._read_scalar(loss_tensor)
             self._free(self._tensors.pop(self.network.loss.name).block)
@@ -90,7 +122,7 @@ class Executor:
 
     def evaluate(self, x: Any) -> np.ndarray | None:
         """Class probabilities for x as a host array (no loss, nothing kept for
-        backward); None on a backend that runs no kernels."""
+        backward, nothing offloaded); None on a backend that runs no kernels."""
         recorder = StepRecorder(self.backend)
         try:
             logits = self._forward(x, Context(train=False, seed=0), recorder,
@@ -98,8 +130,8 @@ class Executor:
             self._where = ("softmax", FORWARD)
             block = self._allocate_loose(logits.block.nbytes, MemoryKind.FEATURE_MAPS,
                                          "probabilities")
-            probabilities = self._launch(recorder, "softmax", FORWARD, lambda: softmax(
-                self.backend.xp, logits.array.reshape(self.batch, -1)))
+            probabilities = self._launch(recorder, "softmax", FORWARD, 0.0, softmax,
+                                         self.backend.xp, _flat(logits.array, self.batch))
             host = None if probabilities is None else self.backend.to_host(probabilities)
             self._free(block)
             self._free(self._tensors.pop(self.network.logits).block)
@@ -113,15 +145,14 @@ class Executor:
         """Return the arena to where it was before the step: wait for both streams
         (a copy in flight still reads its buffer), then free what the step held."""
         recorder.detach()
-        try:
+        with contextlib.suppress(BaseException):  # the original error is the one to report
             self.backend.synchronize()
-        except BaseException:  # the original error is the one to report
-            pass
-        blocks = [t.block for t in self._tensors.values()] + [t.block for t in self._grads.values()]
-        blocks += [b for b, _ in self._saved.values() if b is not None] + self._loose
-        for block in {b.id: b for b in blocks}.values():
+        blocks = [t.block for t in (*self._tensors.values(), *self._grads.values())]
+        blocks += [b for b, _ in self._saved.values()] + self._loose
+        for block in {b.id: b for b in blocks if b is not None}.values():
             self.backend.arena.free(block)
         self._tensors.clear(), self._grads.clear(), self._saved.clear(), self._loose.clear()
+        self._on_host.clear()
 
     # -- memory ----------------------------------------------------------------
 
@@ -130,7 +161,7 @@ class Executor:
             return self.backend.arena.allocate(nbytes, kind, label)
         except OutOfDeviceMemory as exc:
             layer, phase = self._where
-            raise exc.at(layer, phase) if layer else exc from None
+            raise (exc.at(layer, phase) if layer else exc) from None
 
     def _allocate_loose(self, nbytes: int, kind: MemoryKind, label: str) -> Block | None:
         if nbytes <= 0:
@@ -139,32 +170,93 @@ class Executor:
         self._loose.append(block)
         return block
 
-    def _free(self, block: Block | None) -> None:
-        if block is None:
-            return
-        if block in self._loose:
+    def _settle(self, block: Block | None) -> Block | None:
+        """A loose block now owned by a tensor."""
+        if block is not None and block in self._loose:
             self._loose.remove(block)
-        self.backend.arena.free(block)
+        return block
+
+    def _free(self, block: Block | None) -> None:
+        if block is not None:
+            self._settle(block)
+            self.backend.arena.free(block)
 
     def _tensor_bytes(self, name: str) -> int:
         return numel(self.shapes[name]) * self.dtype.itemsize
 
-    # -- passes ----------------------------------------------------------------
+    # -- work on the streams -------------------------------------------------------
 
-    def _launch(self, recorder: StepRecorder, name: str, phase: str,
-                op: Callable[[], Any]) -> Any:
-        """Run op on the compute stream and record its span; returns op's result
-        (None on a backend that runs no kernels)."""
+    def _launch(self, recorder: StepRecorder, name: str, phase: str, cost_ms: float,
+                op: Callable[..., Any], *args: Any) -> Any:
+        """Run op(*args) on the compute stream and record its span; returns op's
+        result (None on a backend that runs no kernels, which only advances its
+        clock by cost_ms)."""
         backend, result = self.backend, None
 
         def run() -> None:
             nonlocal result
-            result = op()
+            result = op(*args)
 
         start = backend.mark(backend.compute)
-        backend.launch(backend.compute, run if backend.runs_kernels else (lambda: None))
+        try:
+            backend.launch(backend.compute, run if backend.runs_kernels else _nothing, cost_ms)
+        except OutOfDeviceMemory as exc:  # the array library's own pool ran out
+            raise exc.at(name, phase) from None
         recorder.span(name, phase, backend.compute, start, backend.mark(backend.compute))
         return result
+
+    def _layer_ms(self, node: Node, phase: str) -> float:
+        if self.costs is None:
+            return 0.0
+        return self.costs.layer_ms(node.layer, self._in_shapes(node), self.shapes[node.name],
+                                   self.algorithms[node.name], phase)
+
+    def _offload(self, recorder: StepRecorder, name: str) -> Event:
+        """Copy a feature map to its host buffer on the memory stream, after the
+        compute stream has produced it; returns the copy's completion event."""
+        backend, tensor, buffer = self.backend, self._tensors[name], self._host[name]
+        backend.wait(backend.memory, backend.record(backend.compute))
+        host = None if buffer.array is None else _view(buffer.array, self.shapes[name],
+                                                       self.dtype)
+        cost = self.costs.copy_ms(buffer.nbytes, to_host=True) if self.costs else 0.0
+        start = backend.mark(backend.memory)
+        backend.copy_to_host(backend.memory, tensor.array, host, cost)
+        recorder.span(name, self._where[1] or FORWARD, backend.memory, start,
+                      backend.mark(backend.memory), "copy_d2h", buffer.nbytes)
+        return backend.record(backend.memory)
+
+    def _prefetch(self, recorder: StepRecorder, name: str) -> None:
+        """Bring an offloaded feature map back on the memory stream. The memory
+        stream first waits for the compute work issued so far, since the block it
+        writes may have been freed by that work a moment ago."""
+        backend, buffer = self.backend, self._host[name]
+        self._on_host.discard(name)
+        block = self._allocate(buffer.nbytes, MemoryKind.FEATURE_MAPS, name)
+        backend.wait(backend.memory, backend.record(backend.compute))
+        host = None if buffer.array is None else _view(buffer.array, self.shapes[name],
+                                                       self.dtype)
+        cost = self.costs.copy_ms(buffer.nbytes, to_host=False) if self.costs else 0.0
+        start = backend.mark(backend.memory)
+        array = backend.copy_to_device(backend.memory, host, cost)
+        recorder.span(name, BACKWARD, backend.memory, start, backend.mark(backend.memory),
+                      "copy_h2d", buffer.nbytes)
+        self._tensors[name] = Tensor(block, array, backend.record(backend.memory))
+
+    def _await(self, recorder: StepRecorder, names: Sequence[str]) -> None:
+        """Make the compute stream wait for the prefetches of these tensors; the
+        time it stalls is recorded as a wait span."""
+        backend = self.backend
+        for name in names:
+            tensor = self._tensors[name]
+            if tensor.ready is None:
+                continue
+            start = backend.mark(backend.compute)
+            backend.wait(backend.compute, tensor.ready)
+            recorder.span(name, BACKWARD, backend.compute, start, backend.mark(backend.compute),
+                          "wait")
+            tensor.ready = None
+
+    # -- passes ----------------------------------------------------------------
 
     def _forward(self, x: Any, ctx: Context, recorder: StepRecorder,
                  stop_at: str | None = None) -> Tensor:
@@ -173,47 +265,74 @@ class Executor:
         to free."""
         xp, lives = self.backend.xp, self.lives
         self._where = (DATA, FORWARD)
-        data = Tensor(self._allocate(self._tensor_bytes(DATA), MemoryKind.FEATURE_MAPS, DATA),
-                      self._to_device(x))
-        self._tensors[DATA] = data
+        self._tensors[DATA] = Tensor(self._allocate(self._tensor_bytes(DATA),
+                                                    MemoryKind.FEATURE_MAPS, DATA),
+                                     self._to_device(x))
         for i, node in enumerate(self.network.nodes):
             if stop_at is not None and node.layer.IS_LOSS:
                 break
             layer, algo = node.layer, self.algorithms[node.name]
             self._where = (node.name, FORWARD)
             in_shapes = self._in_shapes(node)
+            sources = tuple(dict.fromkeys(node.inputs))
             inplace = lives[node.inputs[0]].inplace_into == i
             out_block = (self._tensors[node.inputs[0]].block if inplace else
-                         self._allocate(self._tensor_bytes(node.name), MemoryKind.FEATURE_MAPS,
-                                        node.name))
-            if not inplace:
-                self._loose.append(out_block)
+                         self._allocate_loose(self._tensor_bytes(node.name),
+                                              MemoryKind.FEATURE_MAPS, node.name))
             saved_bytes = layer.saved_bytes(in_shapes, self.dtype.itemsize) if ctx.train else 0
             saved_block = self._allocate_loose(saved_bytes, MemoryKind.SAVED, f"{node.name}.saved")
             workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
                                              f"{node.name}.workspace")
+            # Offload on the memory stream while this layer computes: the input
+            # is read-only now, and this is its last forward consumer.
+            offloads = {name: self._offload(recorder, name) for name in sources
+                        if ctx.train and name in self.offloaded
+                        and lives[name].last_forward_use == i}
             xs = [self._tensors[s].array for s in node.inputs]
-            values = self.params.layers[node.name].values
-            result = self._launch(recorder, node.name, FORWARD,
-                                  lambda: layer.forward(xp, xs, values, algo, ctx))
+            result = self._launch(recorder, node.name, FORWARD, self._layer_ms(node, FORWARD),
+                                  layer.forward, xp, xs,
+                                  self.params.layers[node.name].values, algo, ctx)
             self._free(workspace)
             y, saved = result if result is not None else (None, ())
-            if not inplace:
-                self._loose.remove(out_block)
-            if saved_block is not None:
-                self._loose.remove(saved_block)
-            self._tensors[node.name] = Tensor(out_block, y)
+            self._tensors[node.name] = Tensor(self._settle(out_block), y)
             if ctx.train:
-                self._saved[node.name] = (saved_block, saved)
-            for source in dict.fromkeys(node.inputs):
+                self._saved[node.name] = (self._settle(saved_block), saved)
+            for source in sources:
                 life = lives[source]
                 if life.inplace_into == i:
                     del self._tensors[source]  # its block now holds this node's output
+                elif source in offloads:
+                    self.backend.host_wait(offloads[source])
+                    self._free(self._tensors.pop(source).block)
+                    self._on_host.add(source)
                 elif life.last_forward_use == i and not (ctx.train and life.backward_users):
                     self._free(self._tensors.pop(source).block)
         return self._tensors[stop_at or self.network.loss.name]
 
-    def _backward(self, recorder: StepRecorder, ctx: Context) -> None:
+    def _backward_reads(self, node: Node) -> tuple[str, ...]:
+        """Feature maps a node's backward pass reads."""
+        keeps = type(node.layer).KEEPS
+        reads = list(node.inputs) if Keeps.INPUT in keeps else []
+        if Keeps.OUTPUT in keeps:
+            reads.append(node.name)
+        return tuple(dict.fromkeys(reads))
+
+    def _prefetch_for(self, recorder: StepRecorder, i: int) -> None:
+        """vDNN's prefetch: what layer i reads and is still on the host comes back
+        now; then, to overlap with layer i, the offloaded inputs of the nearest
+        earlier layer that has any, searching no further than a convolution."""
+        nodes = self.network.nodes
+        for name in self._backward_reads(nodes[i]):
+            if name in self._on_host:
+                self._prefetch(recorder, name)
+        for j in range(i - 1, -1, -1):
+            pending = [n for n in self._backward_reads(nodes[j]) if n in self._on_host]
+            for name in pending:
+                self._prefetch(recorder, name)
+            if pending or nodes[j].layer.TYPE == "conv":
+                break
+
+    def _backward(self, recorder: StepRecorder) -> None:
         xp, lives, nodes = self.backend.xp, self.lives, self.network.nodes
         for i in reversed(range(len(nodes))):
             node = nodes[i]
@@ -223,6 +342,7 @@ class Executor:
             dy = None if layer.IS_LOSS else self._grads.pop(node.name)
             if dy is not None:
                 self._loose.append(dy.block)
+            self._prefetch_for(recorder, i)
             workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
                                              f"{node.name}.workspace")
             # One gradient buffer per distinct input; a second contribution to a
@@ -232,73 +352,91 @@ class Executor:
                 if source == DATA:
                     continue
                 if lives[source].inplace_into == i and dy is not None:
-                    self._loose.remove(dy.block)
-                    targets[source] = (dy.block, False)
+                    targets[source] = (dy.block, False)  # written over the output gradient
                     continue
                 accumulate = source in self._grads
                 block = self._allocate_loose(self._tensor_bytes(source), MemoryKind.GRADIENT_MAPS,
                                              f"d{source}" + (".partial" if accumulate else ""))
                 targets[source] = (block, accumulate)
+            reads = self._backward_reads(node)
+            self._await(recorder, reads)
             needs_dx = [s in targets for s in node.inputs]
             xs = [self._tensors[s].array if Keeps.INPUT in keeps else None for s in node.inputs]
             y = self._tensors[node.name].array if Keeps.OUTPUT in keeps else None
             saved_block, saved = self._saved.pop(node.name)
             entry = self.params.layers[node.name]
-            in_shapes = self._in_shapes(node)
-            result = self._launch(recorder, node.name, BACKWARD, lambda: layer.backward(
-                xp, None if dy is None else dy.array, xs, y, entry.values, saved, algo,
-                in_shapes, needs_dx))
-            dxs, dparams = result if result is not None else ([None] * len(node.inputs), {})
-            for pname, grad in dparams.items():
-                entry.grads[pname] = grad
-            dx_by_source = _sum_duplicates(node.inputs, dxs, xp)
+            into = {s: self._grads[s].array for s, (_, accumulate) in targets.items()
+                    if accumulate}
+            result = self._launch(recorder, node.name, BACKWARD, self._layer_ms(node, BACKWARD),
+                                  _backward_and_accumulate, node, xp,
+                                  None if dy is None else dy.array, xs, y, entry.values, saved,
+                                  algo, self._in_shapes(node), needs_dx, into)
+            dx_by_source, dparams = result if result is not None else ({}, {})
+            entry.grads.update(dparams)
             for source, (block, accumulate) in targets.items():
-                array = dx_by_source.get(source)
                 if accumulate:
-                    existing = self._grads[source]
-                    if array is not None:
-                        existing.array += array
-                    self._free(block)
+                    self._free(block)  # its contribution is added in
                 else:
-                    if block in self._loose:
-                        self._loose.remove(block)
-                    self._grads[source] = Tensor(block, array)
+                    self._grads[source] = Tensor(self._settle(block), dx_by_source.get(source))
             self._free(workspace)
-            if dy is not None and dy.block not in [b for b, _ in targets.values()]:
+            if dy is not None and all(dy.block != b for b, _ in targets.values()):
                 self._free(dy.block)
             self._free(saved_block)
             for name in dict.fromkeys((*node.inputs, node.name)):
                 if lives[name].last_backward_use == i and name in self._tensors:
                     self._free(self._tensors.pop(name).block)
-        self._grads.clear()  # nothing is left but gradients of data, never made
+        self._grads.clear()  # nothing is left: gradients of data are never made
 
     def _update(self, recorder: StepRecorder) -> None:
         self._where = ("sgd", UPDATE)
-        self._launch(recorder, "sgd", UPDATE, self.params.update)
+        cost = self.costs.update_ms(sum(b.nbytes for b in self.params.blocks
+                                        if b.kind == MemoryKind.WEIGHTS)) if self.costs else 0.0
+        self._launch(recorder, "sgd", UPDATE, cost, self.params.update)
 
     # -- host boundary ----------------------------------------------------------
 
     def _to_device(self, x: Any) -> Any:
         if not self.backend.runs_kernels:
             return None
-        return self.backend.asarray(np.asarray(x, dtype=self.dtype)) \
-            if isinstance(x, np.ndarray) else x.astype(self.dtype, copy=False)
+        if isinstance(x, np.ndarray):
+            return self.backend.asarray(np.asarray(x, dtype=self.dtype))
+        return x.astype(self.dtype, copy=False)
 
     def _labels(self, labels: Any) -> Any:
         if not self.backend.runs_kernels:
             return None
-        return self.backend.asarray(np.asarray(labels)) if isinstance(labels, np.ndarray) \
-            else labels
+        return self.backend.asarray(labels) if isinstance(labels, np.ndarray) else labels
 
     def _read_scalar(self, tensor: Tensor) -> float | None:
         return None if tensor.array is None else float(self.backend.to_host(tensor.array))
 
 
-def _sum_duplicates(inputs: Sequence[str], dxs: Sequence[Any], xp: Any) -> dict[str, Any]:
-    """Gradients by input tensor; a tensor read twice by one node gets both."""
+def _nothing() -> None:
+    return None
+
+
+def _flat(array: Any, batch: int) -> Any:
+    return array.reshape(batch, -1)
+
+
+def _view(buffer: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:
+    """A host buffer (uint8) seen as a tensor of this shape and dtype."""
+    return buffer.view(dtype).reshape(shape)
+
+
+def _backward_and_accumulate(node: Node, xp: Any, dy: Any, xs: Sequence[Any], y: Any,
+                             params: dict[str, Any], saved: tuple[Any, ...], algo: Algorithm,
+                             in_shapes: Sequence[Shape], needs_dx: Sequence[bool],
+                             into: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A node's backward pass as one op on the compute stream: input gradients by
+    tensor (a tensor read twice by the node gets both contributions), those of
+    tensors in `into` added to the gradient maps already there."""
+    dxs, dparams = node.layer.backward(xp, dy, xs, y, params, saved, algo, in_shapes, needs_dx)
     by_source: dict[str, Any] = {}
-    for source, dx in zip(inputs, dxs, strict=True):
-        if dx is None:
-            continue
-        by_source[source] = dx if source not in by_source else by_source[source] + dx
-    return by_source
+    for source, dx in zip(node.inputs, dxs, strict=True):
+        if dx is not None:
+            by_source[source] = dx if source not in by_source else by_source[source] + dx
+    for source, gradient in into.items():
+        if source in by_source:
+            gradient += by_source.pop(source)
+    return by_source, dparams

@@ -31,22 +31,27 @@ class ParameterStore:
         rng = np.random.default_rng(seed)
         try:
             for node in network.nodes:
-                initial = node.layer.init_params(network.in_shapes(node, shapes), rng)
+                in_shapes = network.in_shapes(node, shapes)
+                if backend.runs_kernels:
+                    initial = node.layer.init_params(in_shapes, rng)
+                else:  # no data: shapes are all a data-less backend needs
+                    initial = {p: _Shaped(shape, np.dtype(dtype)) for p, shape in
+                               node.layer.param_shapes(in_shapes).items()}
                 entry = self.layers[node.name] = LayerParameters()
                 for pname, host in initial.items():
                     host = host.astype(dtype, copy=False)
                     label = f"{node.name}.{pname}"
                     entry.values[pname] = self._place(host, MemoryKind.WEIGHTS, label)
-                    entry.grads[pname] = self._place(np.zeros_like(host), MemoryKind.WEIGHT_GRADS,
+                    entry.grads[pname] = self._place(_zeros_like(host), MemoryKind.WEIGHT_GRADS,
                                                      label + ".grad")
                     entry.state[pname] = {
-                        s: self._place(np.zeros_like(host), MemoryKind.OPTIMIZER, f"{label}.{s}")
+                        s: self._place(_zeros_like(host), MemoryKind.OPTIMIZER, f"{label}.{s}")
                         for s in optimizer.state_names}
         except BaseException:
             self.release()
             raise
 
-    def _place(self, host: np.ndarray, kind: MemoryKind, label: str) -> Any:
+    def _place(self, host: Any, kind: MemoryKind, label: str) -> Any:
         self.blocks.append(self.backend.arena.allocate(host.nbytes, kind, label))
         return self.backend.asarray(host) if self.backend.runs_kernels else None
 
@@ -62,3 +67,23 @@ class ParameterStore:
             self.backend.arena.free(block)
         self.blocks.clear()
         self.layers.clear()
+
+
+@dataclass(frozen=True)
+class _Shaped:
+    """A parameter's shape and dtype, standing in for its values where a backend
+    holds no data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def astype(self, dtype: Any, copy: bool = False) -> _Shaped:
+        return _Shaped(self.shape, np.dtype(dtype))
+
+
+def _zeros_like(host: Any) -> Any:
+    return host if isinstance(host, _Shaped) else np.zeros_like(host)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmem.graph import Network
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,15 @@ class Plan:
             rows.append(f"{lp.layer:<24} {lp.algorithm:<14} {format_bytes(lp.workspace_bytes):>12}"
                         f"  {'yes' if lp.offload_input else '-'}")
         return "\n".join(rows)
+
+
+def offloaded_tensors(network: Network, plan: Plan) -> frozenset[str]:
+    """The feature maps a plan moves to the host: inputs of the layers whose entry
+    says offload, where a backward pass needs them later and no layer writes over
+    them in place. A tensor read by several layers is offloaded once, after the
+    last of them (GoogLeNet's forks)."""
+    asked = {entry.layer for entry in plan.layers if entry.offload_input}
+    lives = network.lives
+    return frozenset(source for node in network.nodes if node.name in asked
+                     for source in node.inputs
+                     if lives[source].backward_users and lives[source].inplace_into is None)

@@ -14,15 +14,19 @@ from typing import Any
 import numpy as np
 
 from vmem.backends import get_backend
-from vmem.errors import UsageError
+from vmem.dryrun import PeakOracle
+from vmem.errors import OutOfDeviceMemory, UsageError, VmemError
 from vmem.executor import Executor
 from vmem.graph import DATA, Network
 from vmem.layers.base import numel
+from vmem.memory import PinnedHostPool
 from vmem.optim import SGD
 from vmem.parameters import ParameterStore
-from vmem.policies import make_plan
+from vmem.plan import Plan
+from vmem.planning import make_budget, plan_with
+from vmem.policies import POLICIES, Budget, check_policy
 from vmem.profiler.events import StepRecord
-from vmem.units import parse_size
+from vmem.units import format_bytes, parse_size
 
 DTYPES = ("float32", "float64")
 
@@ -39,7 +43,11 @@ def resolve_network(network: str | os.PathLike[str] | Network) -> Network:
 class Runtime:
     def __init__(self, network: str | os.PathLike[str] | Network, *, device: str = "auto",
                  policy: str = "none", memory_limit: int | str | None = None,
-                 optimizer: SGD | None = None, seed: int = 0, dtype: str = "float32") -> None:
+                 host_memory_limit: int | str | None = None, optimizer: SGD | None = None,
+                 seed: int = 0, dtype: str = "float32", oracular: bool = False) -> None:
+        """`oracular`: a device with memory for everything, the reference that
+        slowdowns are measured against (on sim, not even the modeled GPU's
+        memory bounds it)."""
         self.network = resolve_network(network)
         if dtype not in DTYPES:
             raise UsageError(f"dtype: unknown '{dtype}'; accepted: {', '.join(DTYPES)}")
@@ -48,10 +56,15 @@ class Runtime:
         self.seed = seed
         self.memory_limit = None if memory_limit is None else parse_size(memory_limit,
                                                                          "--memory-limit")
-        make_plan(policy, self.network, 1, self.dtype.itemsize)  # an unknown policy fails here
-        self.backend = get_backend(device, self.memory_limit)
+        host_limit = None if host_memory_limit is None else parse_size(host_memory_limit,
+                                                                       "--host-memory-limit")
+        check_policy(policy)
+        self.optimizer = optimizer or SGD()
+        self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
+        self.host_pool = PinnedHostPool(self.backend.pinned_empty, host_limit)
+        self._peak = PeakOracle(self.network, self.dtype, self.optimizer)
         try:
-            self.params = ParameterStore(self.backend, self.network, optimizer or SGD(),
+            self.params = ParameterStore(self.backend, self.network, self.optimizer,
                                          self.dtype, seed)
         except BaseException:
             self.backend.close()
@@ -67,8 +80,12 @@ class Runtime:
         """One step of SGD on a batch; returns the batch's mean loss."""
         batch = self._check_inputs(x)
         labels = self._check_labels(y, batch)
-        result = self.executor(batch).train_step(x, labels, self.steps,
-                                                 seed=(self.seed << 32) + self.steps)
+        executor = self.executor(batch)
+        try:
+            result = executor.train_step(x, labels, self.steps,
+                                         seed=(self.seed << 32) + self.steps)
+        except OutOfDeviceMemory as exc:
+            raise exc.with_hint(self._fitting_policies(batch)) from None
         self.steps += 1
         self.last_record = result.record
         return float(result.loss) if result.loss is not None else float("nan")
@@ -78,18 +95,52 @@ class Runtime:
         return self.executor(self._check_inputs(x)).evaluate(x)
 
     def executor(self, batch: int) -> Executor:
-        """The executor for this batch size (a plan depends on the batch)."""
+        """The executor for this batch size (a plan depends on the batch). A memory
+        limit that no policy can meet is refused here, before the first step."""
         if batch not in self._executors:
-            plan = make_plan(self.policy, self.network, batch, self.dtype.itemsize)
-            self._executors[batch] = Executor(self.backend, self.network, plan, self.params,
-                                              self.dtype)
+            self._executors[batch] = Executor(self.backend, self.network, self.plan(batch),
+                                              self.params, self.dtype, self.host_pool,
+                                              self.backend.costs)
         return self._executors[batch]
+
+    def budget(self) -> Budget:
+        return make_budget(self.network, self.backend.arena.capacity, self._peak,
+                           self.backend.costs)
+
+    def plan(self, batch: int, policy: str | None = None) -> Plan:
+        """The plan a policy makes for this batch under this runtime's budget."""
+        return plan_with(self.network, policy or self.policy, batch, self.dtype.itemsize,
+                         self.budget())
+
+    def peak_bytes(self, plan: Plan) -> int:
+        """Exact device peak of a step under a plan, from a dry run."""
+        return self._peak(plan)
+
+    def _fitting_policies(self, batch: int) -> str:
+        """Which policies would fit the capacity, for an out-of-memory message."""
+        fitting = []
+        for name in POLICIES:
+            if name == self.policy:
+                continue
+            try:
+                plan = self.plan(batch, name)
+            except VmemError:
+                continue
+            peak = self._peak(plan)
+            if self.budget().fits(plan):
+                fitting.append(f"{name} (peak {format_bytes(peak)})")
+        if not fitting:
+            return "no policy fits this limit"
+        return "fits with --policy " + ", ".join(fitting)
 
     def set_memory_limit(self, memory_limit: int | str | None) -> None:
         """Change the emulated device capacity between steps (None: no limit)."""
         self.memory_limit = None if memory_limit is None else parse_size(memory_limit,
                                                                          "memory_limit")
         self.backend.set_capacity(self.memory_limit)
+        for executor in self._executors.values():  # plans depend on the budget
+            executor.close()
+        self._executors.clear()
 
     @property
     def parameters(self) -> dict[str, dict[str, Any]]:
@@ -107,6 +158,10 @@ class Runtime:
         return self.backend.arena
 
     def close(self) -> None:
+        for executor in self._executors.values():
+            executor.close()
+        self._executors.clear()
+        self.host_pool.trim()
         self.params.release()
         self.backend.close()
 

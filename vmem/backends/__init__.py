@@ -1,4 +1,4 @@
-"""Backends behind one contract: `get_backend("auto" | "cpu" | "cuda[:N]")`."""
+"""Backends behind one contract: `get_backend("auto" | "cpu" | "cuda[:N]" | "sim:GPU")`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import re
 from vmem.backends.base import COMPUTE, MEMORY, Backend, Event, Mark, Stream
 from vmem.errors import UsageError
 
-ACCEPTED_DEVICES = "auto, cpu, cuda, cuda:N"
+ACCEPTED_DEVICES = "auto, cpu, cuda, cuda:N, sim:GPU (a preset) or sim:FILE.toml"
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
-def get_backend(spec: str = "auto", capacity: int | None = None) -> Backend:
-    """Make the backend a --device value names; `capacity` bounds its arena."""
-    spec = spec.strip().lower()
+def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool = True
+                ) -> Backend:
+    """Make the backend a --device value names; `capacity` bounds its arena, and
+    so, on sim and unless `bounded` is False, does the modeled GPU's memory."""
+    spec = spec.strip()
+    if not spec.startswith("sim:"):
+        spec = spec.lower()
     if spec == "auto":
         from vmem.backends import cuda
 
@@ -22,6 +26,11 @@ def get_backend(spec: str = "auto", capacity: int | None = None) -> Backend:
         from vmem.backends.cpu import CpuBackend
 
         return CpuBackend(capacity)
+    if spec.startswith("sim:"):
+        from vmem.backends.sim import SimBackend
+        from vmem.costs import load_gpu
+
+        return SimBackend(load_gpu(spec.removeprefix("sim:")), capacity, bounded)
     match = _CUDA.match(spec)
     if match:
         from vmem.backends.cuda import CudaBackend

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vmem.costs import CostModel
 from vmem.memory import DeviceArena
 
 
@@ -35,7 +36,7 @@ class Event(ABC):
     def done(self) -> bool: ...
 
 
-class Mark(ABC):
+class Mark:  # noqa: B903 - a marker type each backend subclasses
     """A timestamp taken when a stream reaches it; readable after synchronize()."""
 
 
@@ -47,6 +48,8 @@ class Backend(ABC):
     arena: DeviceArena
     compute: Stream = COMPUTE
     memory: Stream = MEMORY
+    #: the cost model a backend without kernels advances its clocks by
+    costs: CostModel | None = None
 
     @property
     def runs_kernels(self) -> bool:
@@ -117,5 +120,5 @@ class Backend(ABC):
         """Bytes the array library's own pool holds, where there is one."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Stop worker threads and release what the backend holds."""

@@ -47,15 +47,23 @@ class _Worker:
         self._queue.put(op)
 
     def _run(self) -> None:
+        # Every op runs, even after one failed, so the events behind it are set
+        # and nobody waits forever; the first failure is re-raised at drain().
         while (op := self._queue.get()) is not None:
             try:
-                if self._error is None:  # after a failure the stream only drains
-                    op()
-            except BaseException as exc:  # re-raised on the host at synchronize()
-                self._error = exc
+                op()
+            except BaseException as exc:
+                self._error = self._error or exc
             finally:
                 self._queue.task_done()
         self._queue.task_done()
+
+    def check(self) -> None:
+        """Re-raise a failure of an op that has run, so the host stops before it
+        reads what the failed op should have written."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def drain(self) -> BaseException | None:
         self._queue.join()
@@ -91,10 +99,13 @@ class CpuBackend(Backend):
     def wait(self, stream: Stream, event: Event) -> None:
         assert isinstance(event, CpuEvent)
         self.launch(stream, event.block)
+        if self._is_compute(stream):
+            self._memory_worker.check()
 
     def host_wait(self, event: Event) -> None:
         assert isinstance(event, CpuEvent)
         event.block()
+        self._memory_worker.check()
 
     def pinned_empty(self, nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)  # host memory is all the cpu backend has

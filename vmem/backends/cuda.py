@@ -12,6 +12,8 @@ Mechanism below the contract:
   into another, a cast) stays in order with the compute stream instead of
   racing it on the legacy default stream, which non-blocking streams do not
   synchronize with.
+- One backend drives one device from the thread that made it (CuPy's current
+  stream and device are per thread).
 - The arena bounds what vmem declares; the CuPy pool's limit is set to the same
   capacity so the bytes CuPy really holds (kernel temporaries, 512-byte
   rounding) are bounded too. A pool failure inside `launch` is reported as
@@ -122,17 +124,14 @@ class CudaBackend(Backend):
         self._cupy = cupy
         self._oom_error: type[BaseException] = cupy.cuda.memory.OutOfMemoryError
         self._closed = False
+        self._limit_changed = False
         try:
             self._device = cupy.cuda.Device(index)
             self._previous_device = cupy.cuda.runtime.getDevice()
             self._device.use()
             self._pool = cupy.get_default_memory_pool()
             self._previous_limit = int(self._pool.get_limit())
-            if capacity is not None:
-                # Cached blocks from earlier work in this process would count
-                # against the limit: start from what is really in use.
-                self._pool.free_all_blocks()
-                self._pool.set_limit(size=capacity)
+            self._apply_pool_limit(capacity)
             # Streams belong to the current device: create them after use().
             self._streams = {self.compute: cupy.cuda.Stream(non_blocking=True),
                              self.memory: cupy.cuda.Stream(non_blocking=True)}
@@ -140,9 +139,33 @@ class CudaBackend(Backend):
             self._streams[self.compute].use()
         except Exception as exc:
             self._restore_limit()
+            with contextlib.suppress(Exception):
+                cupy.cuda.runtime.setDevice(self._previous_device)
             raise DeviceUnavailable(f"--device cuda:{index}: cannot set up the device: "
                                     f"{_one_line(exc)}; --device accepts "
                                     f"{ACCEPTED_DEVICES}") from exc
+
+    # -- capacity ----------------------------------------------------------------
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """Change the emulated capacity: the arena's and the CuPy pool's limit."""
+        self.arena.capacity = capacity
+        self._apply_pool_limit(capacity)
+
+    def _apply_pool_limit(self, capacity: int | None) -> None:
+        """Limit the pool to `capacity` bytes, or put back the limit found at start
+        (CUPY_GPU_MEMORY_LIMIT, another user's, or none) when `capacity` is None."""
+        with self._device:
+            if capacity is None:
+                if self._limit_changed:
+                    self._pool.set_limit(size=self._previous_limit)
+                    self._limit_changed = False
+                return
+            # Cached blocks from earlier work in this process count against the
+            # limit: start from what is really in use.
+            self._pool.free_all_blocks()
+            self._pool.set_limit(size=int(capacity))
+            self._limit_changed = True
 
     # -- streams -----------------------------------------------------------------
 
@@ -184,6 +207,15 @@ class CudaBackend(Backend):
             self._pool.free_all_blocks()
         return self._pool.malloc(nbytes)
 
+    @contextlib.contextmanager
+    def _translate_oom(self) -> Iterator[None]:
+        """CuPy's OutOfMemoryError (over the pool limit, or the device full)
+        becomes the OutOfDeviceMemory every backend raises."""
+        try:
+            yield
+        except self._oom_error as exc:
+            raise self._out_of_memory(exc) from exc
+
     def _out_of_memory(self, exc: BaseException) -> OutOfDeviceMemory:
         from vmem.units import format_bytes
 
@@ -211,11 +243,8 @@ class CudaBackend(Backend):
     # -- the contract --------------------------------------------------------------
 
     def launch(self, stream: Stream, op: Callable[[], Any], cost_ms: float = 0.0) -> None:
-        try:
-            with self._on(stream):
-                op()
-        except self._oom_error as exc:
-            raise self._out_of_memory(exc) from exc
+        with self._translate_oom(), self._on(stream):
+            op()
 
     def record(self, stream: Stream) -> Event:
         event = self._cupy.cuda.Event(disable_timing=True)
@@ -249,11 +278,8 @@ class CudaBackend(Backend):
     def asarray(self, host: np.ndarray) -> Any:
         """Copy a host array to the device on the compute stream. CuPy stages the
         data through a pinned buffer, so `host` may be reused on return."""
-        try:
-            with self._on(self.compute):
-                return self._cupy.asarray(host)
-        except self._oom_error as exc:
-            raise self._out_of_memory(exc) from exc
+        with self._translate_oom(), self._on(self.compute):
+            return self._cupy.asarray(host)
 
     def to_host(self, array: Any) -> np.ndarray:
         if not isinstance(array, self._cupy.ndarray):
@@ -263,25 +289,62 @@ class CudaBackend(Backend):
         compute.synchronize()  # older CuPy copies asynchronously when given a stream
         return host
 
+    def host_wait(self, event: Event) -> None:
+        if not isinstance(event, CudaEvent):
+            raise TypeError(f"cuda backend cannot wait for {type(event).__name__}")
+        event.event.synchronize()
+
     # -- copies between device arrays and pinned host buffers ---------------------------
 
-    def pinned_empty(self, shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A NumPy array in page-locked host memory (the target of async copies)."""
-        import cupyx
+    def pinned_empty(self, nbytes: int) -> np.ndarray:
+        """`nbytes` of page-locked host memory (cudaHostAlloc) as a uint8 array: the
+        host memory cudaMemcpyAsync copies without staging. Not from CuPy's pinned
+        pool, which would keep a dropped buffer pinned: here the memory is unpinned
+        when the array and its views are gone, so vmem's host pool is the only
+        cache and its `reserved` figure is what is really pinned."""
+        cuda = self._cupy.cuda
+        flags = int(getattr(cuda.runtime, "hostAllocPortable", 0))
+        memory = cuda.PinnedMemory(int(nbytes), flags)
+        return np.ndarray((int(nbytes),), dtype=np.uint8,
+                          buffer=cuda.PinnedMemoryPointer(memory, 0))
 
-        return cupyx.empty_pinned(shape, dtype=dtype)
+    def copy_to_host(self, stream: Stream, src: Any, dst: np.ndarray | None,
+                     cost_ms: float = 0.0) -> None:
+        """Enqueue a byte copy of device array `src` into host array `dst` (same
+        number of bytes, C-contiguous, pinned for the copy to be asynchronous) on
+        `stream`; returns at once."""
+        if dst is None:
+            raise ValueError("copy_to_host needs a host buffer on the cuda backend")
+        if not dst.flags.c_contiguous or dst.nbytes != src.nbytes:
+            raise ValueError(f"copy_to_host: the host buffer ({dst.nbytes} bytes, "
+                             f"contiguous={dst.flags.c_contiguous}) must be C-contiguous and "
+                             f"as large as the device array ({src.nbytes} bytes)")
+        with self._translate_oom(), self._on(stream) as cupy_stream:
+            # A strided view is packed first, on the same stream; its temporary
+            # goes back to this stream's pool, so no later work reuses it early.
+            packed = src if src.flags.c_contiguous else self._cupy.ascontiguousarray(src)
+            packed.data.copy_to_host_async(dst.ctypes.data, packed.nbytes, cupy_stream)
 
-    def copy_to_host(self, stream: Stream, src: Any, dst: np.ndarray) -> None:
-        """Enqueue src (device) -> dst (pinned host) on `stream`; returns at once.
-        dst holds the data once an event recorded after this call is done."""
-        _check_copy(src, dst)
-        src.data.copy_to_host_async(dst.ctypes.data, src.nbytes, self._cupy_stream(stream))
-
-    def copy_to_device(self, stream: Stream, src: np.ndarray, dst: Any) -> None:
-        """Enqueue src (pinned host) -> dst (device) on `stream`; returns at once.
-        src must stay untouched until an event recorded after this call is done."""
-        _check_copy(dst, src)
-        dst.data.copy_from_host_async(src.ctypes.data, src.nbytes, self._cupy_stream(stream))
+    def copy_to_device(self, stream: Stream, src: np.ndarray | None,
+                       cost_ms: float = 0.0) -> Any:
+        """A new device array holding `src`, filled on `stream`. It is allocated
+        from the compute stream's pool, where it is used and later freed; a block
+        from that pool may still be read by compute work already enqueued, so the
+        copy first waits for the compute stream to pass this point."""
+        if src is None:
+            raise ValueError("copy_to_device needs a host array on the cuda backend")
+        # vmem passes views of pinned buffers, already contiguous (ascontiguousarray
+        # would also turn a 0-d array into a 1-d one)
+        host = src if src.flags.c_contiguous else np.ascontiguousarray(src)
+        with self._translate_oom():
+            with self._on(self.compute):
+                dst = self._cupy.empty(host.shape, dtype=host.dtype)
+            target = self._cupy_stream(stream)
+            if stream != self.compute:
+                target.wait_event(self._cupy_stream(self.compute).record(
+                    self._cupy.cuda.Event(disable_timing=True)))
+            dst.data.copy_from_host_async(host.ctypes.data, host.nbytes, target)
+        return dst
 
     # -- reporting -------------------------------------------------------------------
 
@@ -371,20 +434,13 @@ class CudaBackend(Backend):
                 self._previous_stream.use()
             with contextlib.suppress(Exception), self._device:
                 self._pool.free_all_blocks()
+                # CuPy's own staging buffers (asarray), not vmem's host pool
                 self._cupy.get_default_pinned_memory_pool().free_all_blocks()
             self._restore_limit()
             with contextlib.suppress(Exception):
                 self._cupy.cuda.runtime.setDevice(self._previous_device)
 
     def _restore_limit(self) -> None:
-        if self.arena.capacity is None or not hasattr(self, "_pool"):
-            return
-        with contextlib.suppress(Exception), self._device:
-            self._pool.set_limit(size=self._previous_limit)
+        with contextlib.suppress(Exception):
+            self._apply_pool_limit(None)
 
-
-def _check_copy(device_array: Any, host: np.ndarray) -> None:
-    if not (device_array.flags.c_contiguous and host.flags.c_contiguous):
-        raise ValueError("async copies need C-contiguous arrays on both sides")
-    if device_array.nbytes != host.nbytes:
-        raise ValueError(f"copy between {device_array.nbytes} and {host.nbytes} bytes")

@@ -33,11 +33,13 @@ class SimMark(Mark):
 
 
 class SimBackend(Backend):
-    def __init__(self, gpu: GpuSpec | None, capacity: int | None = None) -> None:
+    def __init__(self, gpu: GpuSpec | None, capacity: int | None = None,
+                 bounded: bool = True) -> None:
+        """`capacity` bounds the arena, and so does the GPU's memory if `bounded`."""
         self.gpu = gpu
         self.name = f"sim:{gpu.name}" if gpu else "sim"
         self.xp = None
-        if gpu is not None:
+        if gpu is not None and bounded:
             capacity = gpu.memory_bytes if capacity is None else min(capacity, gpu.memory_bytes)
         self.arena = DeviceArena(capacity)
         self.costs = CostModel(gpu) if gpu else None

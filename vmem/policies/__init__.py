@@ -1,8 +1,15 @@
-"""Policies: pure functions `(network, batch, itemsize) -> Plan`.
+"""Policies: pure functions `(network, batch, itemsize, budget) -> Plan`.
 
-`none` keeps everything on the device and runs every layer with its fastest
-algorithm: with no memory limit it is the oracular reference every other
-policy is measured against.
+- `none`: nothing offloaded, fastest algorithms; with no memory limit it is the
+  oracular reference every other policy is measured against.
+- `vdnn-all`: offload the input of every layer that keeps it for backward.
+- `vdnn-conv`: offload only the inputs of convolutions.
+- `vdnn-dyn`: vDNN's dynamic policy, which searches those configurations and
+  the convolution algorithms for the fastest one that fits the budget.
+
+A policy never measures memory itself: the budget carries a `peak(plan)` oracle
+(a dry run of the executor on a data-less backend, exact to the byte) and, where
+known, a per-layer cost.
 """
 
 from __future__ import annotations
@@ -11,27 +18,29 @@ from collections.abc import Callable
 
 from vmem.errors import UsageError
 from vmem.graph import Network
-from vmem.plan import LayerPlan, Plan
+from vmem.plan import Plan
+from vmem.policies.vdnn import Budget, none, vdnn_all, vdnn_conv, vdnn_dyn
 
-Policy = Callable[[Network, int, int], Plan]
+Policy = Callable[[Network, int, int, Budget], Plan]
 
-
-def none(network: Network, batch: int, itemsize: int) -> Plan:
-    shapes = network.shapes(batch)
-    entries = []
-    for node in network.nodes:
-        fastest = node.layer.algorithms(network.in_shapes(node, shapes), itemsize)[0]
-        entries.append(LayerPlan(node.name, fastest.name, fastest.workspace_bytes))
-    return Plan("none", batch, tuple(entries))
-
-
-POLICIES: dict[str, Policy] = {"none": none}
+POLICIES: dict[str, Policy] = {
+    "none": none,
+    "vdnn-all": vdnn_all,
+    "vdnn-conv": vdnn_conv,
+    "vdnn-dyn": vdnn_dyn,
+}
 
 
-def make_plan(policy: str, network: Network, batch: int, itemsize: int) -> Plan:
+def check_policy(name: str) -> Policy:
     try:
-        make = POLICIES[policy]
+        return POLICIES[name]
     except KeyError:
-        raise UsageError(f"--policy: unknown policy '{policy}'; known: "
+        raise UsageError(f"--policy: unknown policy '{name}'; known: "
                          f"{', '.join(POLICIES)}") from None
-    return make(network, batch, itemsize)
+
+
+def make_plan(name: str, network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
+    return check_policy(name)(network, batch, itemsize, budget)
+
+
+__all__ = ["POLICIES", "Budget", "Policy", "check_policy", "make_plan"]

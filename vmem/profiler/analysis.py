@@ -32,3 +32,19 @@ def time_by_layer(record: StepRecord) -> dict[tuple[str, str], float]:
         if span.kind == "kernel":
             totals[(span.name, span.phase)] += span.ms
     return dict(totals)
+
+
+def copied_bytes(record: StepRecord, kind: str) -> int:
+    """Bytes moved by copies of one kind: "copy_d2h" (offloaded) or "copy_h2d"
+    (prefetched)."""
+    return sum(span.nbytes for span in record.spans if span.kind == kind)
+
+
+def stall_ms(record: StepRecord) -> float:
+    """Time the compute stream waited for prefetches."""
+    return sum(span.ms for span in record.spans if span.kind == "wait")
+
+
+def compute_ms(record: StepRecord) -> float:
+    """Time of the layers' kernels alone: the step as if every copy were free."""
+    return sum(span.ms for span in record.spans if span.kind == "kernel")

@@ -1,0 +1,1177 @@
+"""Softmax kernels for CuPy in CUDA C (RawModule, compiled by NVRTC on first use).
+
+**Not yet run on a GPU.** The CUDA C below compiles with nvcc 13.0 for sm_90, and its
+logic (indexing, barriers, warp shuffles, the merges) has run on the CPU under a
+thread-per-CUDA-thread emulator against the NumPy references of
+`vmem.kernels.softmax`; it has never executed on a real device, so its speed and its
+behaviour under the real memory model are unverified until `tests/gpu/` and
+`vmem bench` run on one.
+
+float32 only (the layers' dtype). Every function takes C-contiguous CuPy arrays,
+works along the last axis (rows = everything before it), and returns CuPy arrays.
+
+Kernels (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"):
+
+- safe softmax, three passes (max; sum of exponentials; output): the paper's baseline.
+- online softmax: one pass for the pair (m, d) -- running max and normaliser -- merged
+  across threads, warps and blocks with the paper's operator
+  [m_a, d_a] (+) [m_b, d_b] = [max, d_a e^(m_a - max) + d_b e^(m_b - max)], then the
+  output pass. Four ways to cover a row, chosen by `plan_rows`:
+  * ``warp``: one warp per row (rows up to 1024 columns), the row held in registers:
+    read once, written once, no block barrier;
+  * ``block``: one block per row (up to 16384 columns), the row held in registers;
+  * ``stream``: one block per row for longer rows when there are enough rows to fill
+    the GPU: a pass for (m, d), then a pass that re-reads (mostly from L2) and writes;
+  * ``split``: few long rows (16 x 1,048,576): each row is cut into chunks, one block
+    per chunk writes its partial (m, d); a second kernel, one block per chunk, merges
+    the row's partials (the same merge in every block, so every block gets the same
+    bits) and writes its chunk -- in reverse block order, so the chunks read last by
+    the first kernel are still in L2.
+- fused online softmax + top-k (k <= 32): one read of the input; each thread keeps
+  (m, d) and a sorted list of its k best (logit, index) codes in registers; the lists
+  of a row are merged by k rounds of a warp/block arg-max. Few long rows: partial
+  lists and pairs per chunk, merged by a small second kernel.
+- log-softmax; softmax + per-row cross-entropy (the loss layer's forward); the fused
+  gradient of the mean cross-entropy (p - onehot) / N; the gradient from saved
+  probabilities; softmax backward dx = y (dy - sum(y dy)).
+
+Special values follow the NumPy references: an entry -inf gets probability 0; a row
+that is all -inf, or holds +inf or NaN, gives NaN throughout. Top-k ranks by the
+logit (softmax is monotonic), NaN above +inf, -0.0 equal to +0.0, exact ties by the
+lower index.
+
+CuPy is imported lazily: this module imports on a machine without CuPy.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+#: NVRTC options. CuPy adds the architecture of the current device itself.
+NVRTC_OPTIONS = ("--std=c++17",)
+
+#: The largest k the fused top-k kernels accept.
+MAX_TOPK = 32
+#: Per-thread top-k list lengths compiled (k is rounded up to one of these).
+TOPK_LIST_SIZES = (4, 8, 16, 32)
+
+#: Floats of a row one thread holds in registers in the ``warp`` and ``block`` paths.
+REGISTER_FLOATS = 32
+#: Longest row held in registers (512 threads x 32 floats).
+REGISTER_COLS = 16384
+#: Longest row of the ``warp`` path.
+WARP_COLS = 32 * REGISTER_FLOATS
+#: Threads per block of the ``stream`` and ``split`` paths and of top-k blocks.
+STREAM_THREADS = 512
+SPLIT_THREADS = 256
+TOPK_THREADS = 256
+#: A split path cuts rows into chunks of at least this many elements ...
+MIN_CHUNK = 4096
+#: ... aiming at this many blocks per multiprocessor.
+BLOCKS_PER_SM = 8
+
+MODE_SOFTMAX, MODE_LOG_SOFTMAX, MODE_CROSS_ENTROPY, MODE_CE_GRAD = 0, 1, 2, 3
+METHODS = ("auto", "warp", "block", "stream", "split")
+
+SOURCE = r"""
+// vmem softmax kernels, float32. Not yet run on a GPU (see kernels/cuda_softmax.py).
+#define VMEM_FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float vmem_neg_inf() { return __uint_as_float(0xff800000u); }
+
+__device__ __forceinline__ long long vmem_min_ll(long long a, long long b) { return a < b ? a : b; }
+
+// ---------------------------------------------------------------- (m, d) pairs
+
+struct MD { float m; float d; };
+
+__device__ __forceinline__ MD md_make(float m, float d) { MD r; r.m = m; r.d = d; return r; }
+
+__device__ __forceinline__ MD md_identity() { return md_make(vmem_neg_inf(), 0.0f); }
+
+// The point exponentials are taken against: the max, or 0 when the max is -inf (every
+// element -inf or NaN), so that exp(-inf - ref) = 0 and a NaN stays NaN.
+__device__ __forceinline__ float md_ref(float m) { return m == vmem_neg_inf() ? 0.0f : m; }
+
+// The paper's operator. Commutative bit for bit (max, and a sum of two products).
+__device__ __forceinline__ MD md_merge(MD a, MD b) {
+    const float m = fmaxf(a.m, b.m);
+    const float r = md_ref(m);
+    return md_make(m, a.d * __expf(a.m - r) + b.d * __expf(b.m - r));
+}
+
+// The pair of N values (-inf pads contribute nothing).
+template <int N>
+__device__ __forceinline__ MD md_of(const float (&v)[N]) {
+    float m = vmem_neg_inf();
+#pragma unroll
+    for (int i = 0; i < N; ++i) m = fmaxf(m, v[i]);
+    const float r = md_ref(m);
+    float d = 0.0f;
+#pragma unroll
+    for (int i = 0; i < N; ++i) d += __expf(v[i] - r);
+    return md_make(m, d);
+}
+
+// Butterfly over a warp: every lane ends with the same bits.
+__device__ __forceinline__ MD md_warp_reduce(MD v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const MD w = md_make(__shfl_xor_sync(VMEM_FULL_MASK, v.m, o),
+                             __shfl_xor_sync(VMEM_FULL_MASK, v.d, o));
+        v = md_merge(v, w);
+    }
+    return v;
+}
+
+// Over the TPR threads of a row (a warp, or the whole block); every thread gets the result.
+template <int TPR>
+__device__ __forceinline__ MD md_row_reduce(MD v) {
+    v = md_warp_reduce(v);
+    if constexpr (TPR > 32) {
+        __shared__ MD md_part[32];
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        if (lane == 0) md_part[warp] = v;
+        __syncthreads();
+        v = md_warp_reduce(lane < TPR / 32 ? md_part[lane] : md_identity());
+        __syncthreads();  // md_part may be written again by a later reduction
+    }
+    return v;
+}
+
+__device__ __forceinline__ float op_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ float op_sum(float a, float b) { return a + b; }
+
+template <bool MAX>
+__device__ __forceinline__ float warp_reduce_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(VMEM_FULL_MASK, v, o);
+        v = MAX ? op_max(v, w) : op_sum(v, w);
+    }
+    return v;
+}
+
+template <int TPR, bool MAX>
+__device__ __forceinline__ float row_reduce_f(float v) {
+    v = warp_reduce_f<MAX>(v);
+    if constexpr (TPR > 32) {
+        __shared__ float f_part[32];
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        if (lane == 0) f_part[warp] = v;
+        __syncthreads();
+        v = warp_reduce_f<MAX>(lane < TPR / 32 ? f_part[lane] : (MAX ? vmem_neg_inf() : 0.0f));
+        __syncthreads();
+    }
+    return v;
+}
+
+// ---------------------------------------------------------------- vector access
+
+// Index i counts vectors of VEC floats; VEC = 4 needs 16-byte aligned rows.
+template <int VEC> struct Vec;
+
+template <> struct Vec<1> {
+    static __device__ __forceinline__ void load(const float* p, long long i, float* v) {
+        v[0] = p[i];
+    }
+    static __device__ __forceinline__ void store(float* p, long long i, const float* v) {
+        p[i] = v[0];
+    }
+};
+
+template <> struct Vec<4> {
+    static __device__ __forceinline__ void load(const float* p, long long i, float* v) {
+        const float4 t = reinterpret_cast<const float4*>(p)[i];
+        v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+    }
+    static __device__ __forceinline__ void store(float* p, long long i, const float* v) {
+        reinterpret_cast<float4*>(p)[i] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+
+template <int VEC>
+__device__ __forceinline__ void load_or_pad(const float* p, long long i, long long n, float* v) {
+    if (i < n) {
+        Vec<VEC>::load(p, i, v);
+    } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[e] = vmem_neg_inf();
+    }
+}
+
+// ---------------------------------------------------------------- outputs
+
+// MODE 0 softmax, 1 log-softmax, 2 softmax (+ the row's loss elsewhere),
+// 3 gradient of the mean cross-entropy, (p - onehot) * scale.
+template <int MODE>
+__device__ __forceinline__ float emit(float v, long long col, long long label, float m,
+                                      float inv_d, float log_d, float scale) {
+    if constexpr (MODE == 1) {
+        return v - m - log_d;
+    } else if constexpr (MODE == 3) {
+        const float p = __expf(v - m) * inv_d;
+        return (p - (col == label ? 1.0f : 0.0f)) * scale;
+    } else {
+        return __expf(v - m) * inv_d;
+    }
+}
+
+// The row's label, or -1 (no onehot, NaN loss) when out of range or not needed.
+template <int MODE>
+__device__ __forceinline__ long long row_label(const long long* labels, long long row, int cols) {
+    if constexpr (MODE >= 2) {
+        const long long l = labels[row];
+        return (l >= 0 && l < cols) ? l : -1;
+    } else {
+        return -1;
+    }
+}
+
+// -log softmax(x)[label] = log d + m - x[label].
+template <int MODE>
+__device__ __forceinline__ void write_loss(const float* xr, long long label, MD md,
+                                           float* row_loss, long long row) {
+    if constexpr (MODE >= 2) {
+        row_loss[row] = label >= 0 ? logf(md.d) + md.m - xr[label] : __uint_as_float(0x7fc00000u);
+    }
+}
+
+// Streams vectors [vbeg, vend) of a row: thread t takes vbeg + t, + STRIDE, ...
+template <int VEC, int STRIDE>
+__device__ __forceinline__ MD md_scan(const float* xr, long long vbeg, long long vend, int t) {
+    constexpr int U = VEC == 4 ? 4 : 8;  // loads in flight per thread
+    MD acc = md_identity();
+    for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
+        float v[U * VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+        acc = md_merge(acc, md_of(v));
+    }
+    return acc;
+}
+
+template <int VEC, int STRIDE, int MODE>
+__device__ __forceinline__ void emit_scan(const float* xr, float* yr, long long vbeg,
+                                          long long vend, int t, MD md, long long label,
+                                          float scale) {
+    constexpr int U = VEC == 4 ? 4 : 8;
+    const float inv_d = 1.0f / md.d;
+    const float log_d = logf(md.d);
+    for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
+        float v[U * VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const long long j = j0 + (long long)u * STRIDE;
+            if (j < vend) {
+                float o[VEC];
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    o[e] = emit<MODE>(v[u * VEC + e], j * VEC + e, label, md.m, inv_d, log_d, scale);
+                Vec<VEC>::store(yr, j, o);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- online softmax
+
+// Rows in registers. TPR threads per row: 32 (a warp; four rows per 128-thread block)
+// or the whole block. Each thread holds ITEMS vectors of VEC floats: read once, written once.
+template <int VEC, int ITEMS, int TPR, int MODE>
+__global__ void __launch_bounds__(TPR < 128 ? 128 : TPR)
+online_rows(const float* x, float* y, long long rows, int cols, const long long* labels,
+            float* row_loss, float scale) {
+    constexpr int BLOCK = TPR < 128 ? 128 : TPR;
+    const int t = threadIdx.x % TPR;
+    const long long row = (long long)blockIdx.x * (BLOCK / TPR) + threadIdx.x / TPR;
+    if (TPR < BLOCK && row >= rows) return;  // whole warps leave; warp rows use no block barrier
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    const long long nvec = cols / VEC;
+    float v[ITEMS * VEC];
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) load_or_pad<VEC>(xr, t + (long long)k * TPR, nvec, v + k * VEC);
+    const MD md = md_row_reduce<TPR>(md_of(v));
+    const long long label = row_label<MODE>(labels, row, cols);
+    const float inv_d = 1.0f / md.d;
+    const float log_d = logf(md.d);
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+        const long long j = t + (long long)k * TPR;
+        if (j < nvec) {
+            float o[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+                o[e] = emit<MODE>(v[k * VEC + e], j * VEC + e, label, md.m, inv_d, log_d, scale);
+            Vec<VEC>::store(yr, j, o);
+        }
+    }
+    if (t == 0) write_loss<MODE>(xr, label, md, row_loss, row);
+}
+
+// One block per row; the second pass re-reads the row (from L2 when it is still there).
+template <int VEC, int THREADS, int MODE>
+__global__ void __launch_bounds__(THREADS)
+online_stream(const float* x, float* y, long long rows, int cols, const long long* labels,
+              float* row_loss, float scale) {
+    const long long row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    const long long nvec = cols / VEC;
+    const MD md = md_row_reduce<THREADS>(md_scan<VEC, THREADS>(xr, 0, nvec, threadIdx.x));
+    const long long label = row_label<MODE>(labels, row, cols);
+    emit_scan<VEC, THREADS, MODE>(xr, yr, 0, nvec, threadIdx.x, md, label, scale);
+    if (threadIdx.x == 0) write_loss<MODE>(xr, label, md, row_loss, row);
+}
+
+// Split rows, kernel 1 of 2: block b = row * splits + s writes the pair of chunk s.
+template <int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+online_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
+                float2* partials) {
+    const long long b = blockIdx.x;
+    const long long row = b / splits, s = b % splits;
+    const float* xr = x + row * cols;
+    const long long nvec = cols / VEC;
+    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    const MD md = md_row_reduce<THREADS>(md_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x));
+    if (threadIdx.x == 0) partials[b] = make_float2(md.m, md.d);
+}
+
+// The merged pair of a row's partials; the same order in every block, so the same bits.
+template <int THREADS>
+__device__ __forceinline__ MD merge_partials(const float2* partials, long long row, int splits) {
+    MD md = md_identity();
+    for (int i = threadIdx.x; i < splits; i += THREADS) {
+        const float2 p = partials[row * splits + i];
+        md = md_merge(md, md_make(p.x, p.y));
+    }
+    return md_row_reduce<THREADS>(md);
+}
+
+// Split rows, kernel 2 of 2: merge the row's partials, write chunk s. Blocks run in reverse
+// order of kernel 1, so the chunks it read last are still in L2 when they are read again.
+template <int VEC, int THREADS, int MODE>
+__global__ void __launch_bounds__(THREADS)
+online_split_output(const float* x, float* y, long long rows, int cols, int splits,
+                    long long chunk_vec, const float2* partials, const long long* labels,
+                    float* row_loss, float scale) {
+    const long long b = (long long)gridDim.x - 1 - blockIdx.x;
+    const long long row = b / splits, s = b % splits;
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    const long long nvec = cols / VEC;
+    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    const MD md = merge_partials<THREADS>(partials, row, splits);
+    const long long label = row_label<MODE>(labels, row, cols);
+    emit_scan<VEC, THREADS, MODE>(xr, yr, vbeg, vend, threadIdx.x, md, label, scale);
+    if (s == 0 && threadIdx.x == 0) write_loss<MODE>(xr, label, md, row_loss, row);
+}
+
+// ---------------------------------------------------------------- safe softmax (3 passes)
+
+template <int VEC, int STRIDE>
+__device__ __forceinline__ float max_scan(const float* xr, long long vbeg, long long vend, int t) {
+    constexpr int U = VEC == 4 ? 4 : 8;
+    float m = vmem_neg_inf();
+    for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
+        float v[U * VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+#pragma unroll
+        for (int i = 0; i < U * VEC; ++i) m = fmaxf(m, v[i]);
+    }
+    return m;
+}
+
+// Sum of exp(x - m) over the thread's vectors. Pads are -inf: exp(-inf - m) = 0 for any
+// m but -inf, and a row whose max is -inf gives NaN anyway.
+template <int VEC, int STRIDE>
+__device__ __forceinline__ float sumexp_scan(const float* xr, long long vbeg, long long vend,
+                                             int t, float m) {
+    constexpr int U = VEC == 4 ? 4 : 8;
+    float s = 0.0f;
+    for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
+        float v[U * VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+#pragma unroll
+        for (int i = 0; i < U * VEC; ++i) s += __expf(v[i] - m);
+    }
+    return s;
+}
+
+// One block per row, three passes over the row: max, sum of exponentials, output.
+template <int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+safe_rows(const float* x, float* y, long long rows, int cols) {
+    const long long row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    const long long nvec = cols / VEC;
+    const float m = row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, 0, nvec, threadIdx.x));
+    const float s = row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, 0, nvec, threadIdx.x, m));
+    emit_scan<VEC, THREADS, 0>(xr, yr, 0, nvec, threadIdx.x, md_make(m, s), -1, 1.0f);
+}
+
+// Split rows, pass 1 of 3: the max of each chunk.
+template <int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+safe_max_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
+                  float* pmax) {
+    const long long b = blockIdx.x;
+    const long long row = b / splits, s = b % splits;
+    const float* xr = x + row * cols;
+    const long long nvec = cols / VEC;
+    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    const float m = row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x));
+    if (threadIdx.x == 0) pmax[b] = m;
+}
+
+template <int THREADS, bool MAX>
+__device__ __forceinline__ float reduce_partials(const float* p, long long row, int splits) {
+    float a = MAX ? vmem_neg_inf() : 0.0f;
+    for (int i = threadIdx.x; i < splits; i += THREADS)
+        a = MAX ? op_max(a, p[row * splits + i]) : op_sum(a, p[row * splits + i]);
+    return row_reduce_f<THREADS, MAX>(a);
+}
+
+// Split rows, pass 2 of 3: the row max from the partial maxima, then each chunk's sum.
+template <int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+safe_sum_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
+                  const float* pmax, float* psum) {
+    const long long b = blockIdx.x;
+    const long long row = b / splits, s = b % splits;
+    const float* xr = x + row * cols;
+    const long long nvec = cols / VEC;
+    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    const float m = reduce_partials<THREADS, true>(pmax, row, splits);
+    const float sum = row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x, m));
+    if (threadIdx.x == 0) psum[b] = sum;
+}
+
+// Split rows, pass 3 of 3 (reverse block order, as online_split_output).
+template <int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+safe_split_output(const float* x, float* y, long long rows, int cols, int splits,
+                  long long chunk_vec, const float* pmax, const float* psum) {
+    const long long b = (long long)gridDim.x - 1 - blockIdx.x;
+    const long long row = b / splits, s = b % splits;
+    const float* xr = x + row * cols;
+    float* yr = y + row * cols;
+    const long long nvec = cols / VEC;
+    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    const float m = reduce_partials<THREADS, true>(pmax, row, splits);
+    const float sum = reduce_partials<THREADS, false>(psum, row, splits);
+    emit_scan<VEC, THREADS, 0>(xr, yr, vbeg, vend, threadIdx.x, md_make(m, sum), -1, 1.0f);
+}
+
+// ---------------------------------------------------------------- fused softmax + top-k
+
+// A 64-bit code per element that orders as (logit descending, index ascending):
+// high word an order-preserving key of the float (NaN highest, -0.0 as +0.0), low word
+// ~index. 0 is below every real code (the key of -inf is 0x007fffff), so it pads lists.
+__device__ __forceinline__ unsigned int order_key(float v) {
+    unsigned int b = __float_as_uint(v);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return 0xffffffffu;
+    if (b == 0x80000000u) b = 0u;
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(unsigned int k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+__device__ __forceinline__ unsigned long long topk_code(float v, long long col) {
+    return ((unsigned long long)order_key(v) << 32) | (unsigned long long)(0xffffffffu - (unsigned int)col);
+}
+
+__device__ __forceinline__ long long code_index(unsigned long long c) {
+    return (long long)(0xffffffffu - (unsigned int)(c & 0xffffffffull));
+}
+
+// A sorted list (best first) of K codes in registers: constant indices only.
+template <int K>
+__device__ __forceinline__ void topk_clear(unsigned long long (&l)[K]) {
+#pragma unroll
+    for (int i = 0; i < K; ++i) l[i] = 0ull;
+}
+
+template <int K>
+__device__ __forceinline__ void topk_insert(unsigned long long (&l)[K], unsigned long long c) {
+    if (c > l[K - 1]) {
+        l[K - 1] = c;
+#pragma unroll
+        for (int j = K - 1; j > 0; --j) {
+            const unsigned long long a = l[j - 1], b = l[j];
+            const bool up = b > a;
+            l[j - 1] = up ? b : a;
+            l[j] = up ? a : b;
+        }
+    }
+}
+
+template <int K>
+__device__ __forceinline__ void topk_pop(unsigned long long (&l)[K], bool pop) {
+#pragma unroll
+    for (int i = 0; i < K - 1; ++i) l[i] = pop ? l[i + 1] : l[i];
+    l[K - 1] = pop ? 0ull : l[K - 1];
+}
+
+__device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long w = __shfl_xor_sync(VMEM_FULL_MASK, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+// Round r of the merge of a row's lists: the best head among the TPR threads; its
+// owner (codes are unique) pops it. Every thread returns the winner.
+template <int K, int TPR>
+__device__ __forceinline__ unsigned long long topk_round(unsigned long long (&l)[K], int r) {
+    unsigned long long w = warp_max_u64(l[0]);
+    if constexpr (TPR > 32) {
+        __shared__ unsigned long long topk_part[2][32];  // double-buffered: one barrier a round
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        if (lane == 0) topk_part[r & 1][warp] = w;
+        __syncthreads();
+        w = warp_max_u64(lane < TPR / 32 ? topk_part[r & 1][lane] : 0ull);
+    }
+    topk_pop(l, l[0] == w);
+    return w;
+}
+
+template <int VEC, int STRIDE, int K>
+__device__ __forceinline__ void topk_scan(const float* xr, long long vbeg, long long vend, int t,
+                                          MD& md, unsigned long long (&l)[K]) {
+    constexpr int U = VEC == 4 ? 2 : 8;
+    for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
+        float v[U * VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+        md = md_merge(md, md_of(v));
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const long long j = j0 + (long long)u * STRIDE;
+            if (j < vend) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) topk_insert(l, topk_code(v[u * VEC + e], j * VEC + e));
+            }
+        }
+    }
+}
+
+// Writes the k winners of a row: probability exp(x - m) / d and column index.
+template <int K, int TPR>
+__device__ __forceinline__ void topk_emit(unsigned long long (&l)[K], int k, int t, MD md,
+                                          float* values, long long* indices, long long out0) {
+    const float inv_d = 1.0f / md.d;
+    for (int r = 0; r < k; ++r) {
+        const unsigned long long w = topk_round<K, TPR>(l, r);
+        if (t == 0) {
+            values[out0 + r] = __expf(key_value((unsigned int)(w >> 32)) - md.m) * inv_d;
+            indices[out0 + r] = code_index(w);
+        }
+    }
+}
+
+// Rows: TPR threads per row (a warp, or the block), one read of the input.
+template <int VEC, int TPR, int K>
+__global__ void __launch_bounds__(TPR < 128 ? 128 : TPR)
+topk_rows(const float* x, long long rows, int cols, int k, float* values, long long* indices) {
+    constexpr int BLOCK = TPR < 128 ? 128 : TPR;
+    const int t = threadIdx.x % TPR;
+    const long long row = (long long)blockIdx.x * (BLOCK / TPR) + threadIdx.x / TPR;
+    if (TPR < BLOCK && row >= rows) return;
+    const float* xr = x + row * cols;
+    MD md = md_identity();
+    unsigned long long l[K];
+    topk_clear(l);
+    topk_scan<VEC, TPR, K>(xr, 0, cols / VEC, t, md, l);
+    md = md_row_reduce<TPR>(md);
+    topk_emit<K, TPR>(l, k, t, md, values, indices, row * k);
+}
+
+// Split rows, kernel 1 of 2: each chunk's pair and its k best codes.
+template <int VEC, int THREADS, int K>
+__global__ void __launch_bounds__(THREADS)
+topk_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec, int k,
+              float2* pmd, unsigned long long* pcodes) {
+    const long long b = blockIdx.x;
+    const long long row = b / splits, s = b % splits;
+    const float* xr = x + row * cols;
+    const long long nvec = cols / VEC;
+    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    MD md = md_identity();
+    unsigned long long l[K];
+    topk_clear(l);
+    topk_scan<VEC, THREADS, K>(xr, vbeg, vend, threadIdx.x, md, l);
+    md = md_row_reduce<THREADS>(md);
+    if (threadIdx.x == 0) pmd[b] = make_float2(md.m, md.d);
+    for (int r = 0; r < k; ++r) {
+        const unsigned long long w = topk_round<K, THREADS>(l, r);
+        if (threadIdx.x == 0) pcodes[b * k + r] = w;
+    }
+}
+
+// Split rows, kernel 2 of 2: one block per row merges the pairs and the splits * k codes.
+template <int THREADS, int K>
+__global__ void __launch_bounds__(THREADS)
+topk_merge(long long rows, int splits, int k, const float2* pmd,
+           const unsigned long long* pcodes, float* values, long long* indices) {
+    const long long row = blockIdx.x;
+    const MD md = merge_partials<THREADS>(pmd, row, splits);
+    unsigned long long l[K];
+    topk_clear(l);
+    const long long n = (long long)splits * k;
+    for (long long i = threadIdx.x; i < n; i += THREADS) topk_insert(l, pcodes[row * n + i]);
+    topk_emit<K, THREADS>(l, k, threadIdx.x, md, values, indices, row * k);
+}
+
+// ---------------------------------------------------------------- backward
+
+// dx = y (dy - sum(y dy)); TPR threads per row. dx may alias y or dy.
+template <int VEC, int TPR>
+__global__ void __launch_bounds__(TPR < 128 ? 128 : TPR)
+softmax_backward_rows(const float* y, const float* dy, float* dx, long long rows, int cols) {
+    constexpr int BLOCK = TPR < 128 ? 128 : TPR;
+    constexpr int U = VEC == 4 ? 2 : 4;
+    const int t = threadIdx.x % TPR;
+    const long long row = (long long)blockIdx.x * (BLOCK / TPR) + threadIdx.x / TPR;
+    if (TPR < BLOCK && row >= rows) return;
+    const float* yr = y + row * cols;
+    const float* gr = dy + row * cols;
+    float* xr = dx + row * cols;
+    const long long nvec = cols / VEC;
+    float dot = 0.0f;
+    for (long long j0 = t; j0 < nvec; j0 += (long long)TPR * U) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const long long j = j0 + (long long)u * TPR;
+            if (j < nvec) {
+                float a[VEC], g[VEC];
+                Vec<VEC>::load(yr, j, a);
+                Vec<VEC>::load(gr, j, g);
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) dot += a[e] * g[e];
+            }
+        }
+    }
+    dot = row_reduce_f<TPR, false>(dot);
+    for (long long j = t; j < nvec; j += TPR) {
+        float a[VEC], g[VEC], o[VEC];
+        Vec<VEC>::load(yr, j, a);
+        Vec<VEC>::load(gr, j, g);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) o[e] = a[e] * (g[e] - dot);
+        Vec<VEC>::store(xr, j, o);
+    }
+}
+
+// Gradient of the mean cross-entropy from saved probabilities: (p - onehot) * scale.
+// g may alias p. Labels out of range give no onehot (the loss of that row is NaN).
+template <int VEC>
+__global__ void __launch_bounds__(256)
+ce_grad(const float* p, const long long* labels, float* g, long long rows, int cols, float scale) {
+    const long long nvec = (long long)rows * (cols / VEC);
+    const long long per_row = cols / VEC;
+    for (long long i = (long long)blockIdx.x * 256 + threadIdx.x; i < nvec;
+         i += (long long)gridDim.x * 256) {
+        const long long row = i / per_row;
+        const long long col0 = (i - row * per_row) * VEC;
+        const long long label = labels[row];
+        float a[VEC];
+        Vec<VEC>::load(p, i, a);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) a[e] = (a[e] - (col0 + e == label ? 1.0f : 0.0f)) * scale;
+        Vec<VEC>::store(g, i, a);
+    }
+}
+"""
+
+
+# -------------------------------------------------------------------- launching
+
+
+class _CupyLauncher:
+    """Compiles each kernel instantiation on first use (one RawModule per name
+    expression, so a process compiles only what it runs; CuPy caches the binaries on
+    disk) and launches it on CuPy's current stream."""
+
+    def __init__(self) -> None:
+        import cupy
+
+        self.xp = cupy
+        self._kernels: dict[tuple[int, str], Any] = {}
+        self._sms: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def kernel(self, name: str) -> Any:
+        device = self.xp.cuda.runtime.getDevice()
+        key = (device, name)
+        fn = self._kernels.get(key)
+        if fn is None:
+            with self._lock:
+                fn = self._kernels.get(key)
+                if fn is None:
+                    module = self.xp.RawModule(code=SOURCE, options=NVRTC_OPTIONS,
+                                               name_expressions=[name])
+                    fn = module.get_function(name)
+                    self._kernels[key] = fn
+        return fn
+
+    def launch(self, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
+        self.kernel(name)((int(grid),), (int(block),), args)
+
+    def sm_count(self) -> int:
+        device = self.xp.cuda.runtime.getDevice()
+        if device not in self._sms:
+            self._sms[device] = int(self.xp.cuda.Device(device).attributes["MultiProcessorCount"])
+        return self._sms[device]
+
+    def pointer(self, a: Array) -> int:
+        return int(a.data.ptr)
+
+    def is_array(self, a: Any) -> bool:
+        return isinstance(a, self.xp.ndarray)
+
+
+_launcher: Any = None
+
+
+def _get_launcher() -> Any:
+    global _launcher
+    if _launcher is None:
+        _launcher = _CupyLauncher()
+    return _launcher
+
+
+def _use_launcher(launcher: Any) -> Any:
+    """Swap the launcher (the CPU emulator in tests); returns the previous one."""
+    global _launcher
+    previous, _launcher = _launcher, launcher
+    return previous
+
+
+def softmax_kernels_available() -> bool:
+    """True when CuPy imports and sees a CUDA device (the kernels compile on first use)."""
+    from vmem.backends import cuda
+
+    return cuda.available()
+
+
+# -------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How a (rows, cols) problem is covered: the path, the vector width, threads per
+    row (tpr), register vectors per thread (items), and for ``split`` the chunks."""
+
+    method: str
+    vec: int
+    tpr: int = 0
+    items: int = 0
+    splits: int = 1
+    chunk_vec: int = 0
+
+    def describe(self) -> str:
+        if self.method == "split":
+            return f"split x{self.splits} (vec{self.vec})"
+        if self.method in ("warp", "block"):
+            return f"{self.method} ({self.tpr} thr x {self.items * self.vec} regs, vec{self.vec})"
+        return f"{self.method} (vec{self.vec})"
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _split_count(rows: int, nvec: int, vec: int, sms: int) -> tuple[int, int]:
+    """(splits, chunk_vec) for a row of nvec vectors: enough blocks to fill the GPU,
+    chunks of at least MIN_CHUNK elements. (1, nvec) when rows alone fill it."""
+    if rows >= 2 * sms or nvec == 0:
+        return 1, nvec
+    want = _ceil_div(BLOCKS_PER_SM * sms, rows)
+    most = max(1, nvec * vec // MIN_CHUNK)
+    splits = max(1, min(want, most))
+    chunk_vec = _ceil_div(nvec, splits)
+    return _ceil_div(nvec, chunk_vec), chunk_vec
+
+
+def _register_shape(nvec: int, vec: int) -> tuple[int, int]:
+    """(tpr, items) holding nvec vectors in registers, at most REGISTER_FLOATS a thread."""
+    most = REGISTER_FLOATS // vec
+    if nvec * vec <= WARP_COLS:
+        return 32, min(most, _pow2_at_least(_ceil_div(nvec, 32)))
+    tpr = max(128, _pow2_at_least(_ceil_div(nvec, most)))
+    return tpr, min(most, _pow2_at_least(_ceil_div(nvec, tpr)))
+
+
+def plan_rows(rows: int, cols: int, vec: int, sms: int, method: str = "auto") -> RowPlan:
+    """Choose the online-softmax path for rows of `cols` float32 read as `vec`-wide
+    vectors on a GPU of `sms` multiprocessors."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    nvec = cols // vec
+    splits, chunk_vec = _split_count(rows, nvec, vec, sms)
+    if method == "auto":
+        if splits > 1:
+            method = "split"
+        elif cols <= REGISTER_COLS:
+            method = "warp" if cols <= WARP_COLS else "block"
+        else:
+            method = "stream"
+    if method in ("warp", "block"):
+        if cols > REGISTER_COLS or (method == "warp" and cols > WARP_COLS):
+            limit = WARP_COLS if method == "warp" else REGISTER_COLS
+            raise ValueError(f"method {method!r} holds rows of at most {limit} columns, "
+                             f"got {cols}")
+        tpr, items = _register_shape(nvec, vec)
+        if method == "block" and tpr == 32:
+            tpr, items = 128, min(REGISTER_FLOATS // vec, _pow2_at_least(_ceil_div(nvec, 128)))
+        return RowPlan(method, vec, tpr=tpr, items=items)
+    if method == "split":
+        if splits == 1:  # forced: at least two chunks when the row has two vectors
+            splits = min(2, max(1, nvec))
+            chunk_vec = _ceil_div(nvec, splits) if nvec else 0
+        return RowPlan("split", vec, splits=splits, chunk_vec=chunk_vec)
+    return RowPlan("stream", vec)
+
+
+def _block_of(tpr: int) -> int:
+    return max(tpr, 128)
+
+
+def _grid_rows(rows: int, tpr: int) -> int:
+    return _ceil_div(rows, _block_of(tpr) // tpr)
+
+
+# -------------------------------------------------------------------- checks
+
+
+def _rows_cols(x: Array, fn: str, launcher: Any) -> tuple[int, int]:
+    if not launcher.is_array(x):
+        raise ValueError(f"{fn}: needs a CuPy array, got {type(x).__name__}")
+    if np.dtype(x.dtype) != np.float32:
+        kind = "non-floating " if np.dtype(x.dtype).kind not in "f" else ""
+        raise ValueError(f"{fn}: the CUDA kernels take float32, got {kind}dtype {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: needs an array with at least one axis, got a 0-d array")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{fn}: needs a C-contiguous array (cupy.ascontiguousarray), "
+                         f"got strides {x.strides}")
+    cols = int(x.shape[-1])
+    if cols >= 2**31:
+        raise ValueError(f"{fn}: rows longer than 2**31 - 1 columns are not supported, got {cols}")
+    rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+    return rows, cols
+
+
+def _output(x: Array, out: Array | None, fn: str, launcher: Any) -> Array:
+    if out is None:
+        return launcher.xp.empty_like(x)
+    if not launcher.is_array(out) or tuple(out.shape) != tuple(x.shape) \
+            or np.dtype(out.dtype) != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"{fn}: out must be a C-contiguous float32 CuPy array of shape "
+                         f"{tuple(x.shape)}")
+    return out
+
+
+def _vec(cols: int, launcher: Any, *arrays: Array) -> int:
+    """4 (float4 loads) when every row starts on a 16-byte boundary, else 1."""
+    if cols % 4 == 0 and all(launcher.pointer(a) % 16 == 0 for a in arrays):
+        return 4
+    return 1
+
+
+def _labels(labels: Array, rows: int, fn: str, launcher: Any) -> Array:
+    xp = launcher.xp
+    if not launcher.is_array(labels):
+        labels = xp.asarray(labels)
+    if tuple(labels.shape) != (rows,) or np.dtype(labels.dtype).kind not in "iu":
+        raise ValueError(f"{fn}: needs integer labels of shape ({rows},), got "
+                         f"{labels.dtype} labels of shape {tuple(labels.shape)}")
+    return xp.ascontiguousarray(labels, dtype=np.int64)
+
+
+def _i32(v: int) -> np.int32:
+    return np.int32(v)
+
+
+def _i64(v: int) -> np.int64:
+    return np.int64(v)
+
+
+# -------------------------------------------------------------------- online softmax family
+
+
+def _rows_kernel(x: Array, y: Array, rows: int, cols: int, mode: int, plan: RowPlan,
+                 labels: Array, row_loss: Array, scale: float, launcher: Any) -> None:
+    """Launch the plan's kernels for one of the modes (softmax, log-softmax, CE)."""
+    v, f32 = plan.vec, np.float32
+    common = (labels, row_loss, f32(scale))
+    if plan.method in ("warp", "block"):
+        name = f"online_rows<{v}, {plan.items}, {plan.tpr}, {mode}>"
+        launcher.launch(name, _grid_rows(rows, plan.tpr), _block_of(plan.tpr),
+                        (x, y, _i64(rows), _i32(cols), *common))
+    elif plan.method == "stream":
+        name = f"online_stream<{v}, {STREAM_THREADS}, {mode}>"
+        launcher.launch(name, rows, STREAM_THREADS, (x, y, _i64(rows), _i32(cols), *common))
+    else:
+        blocks = rows * plan.splits
+        partials = launcher.xp.empty((blocks, 2), dtype=np.float32)
+        launcher.launch(f"online_partials<{v}, {SPLIT_THREADS}>", blocks, SPLIT_THREADS,
+                        (x, _i64(rows), _i32(cols), _i32(plan.splits), _i64(plan.chunk_vec),
+                         partials))
+        launcher.launch(f"online_split_output<{v}, {SPLIT_THREADS}, {mode}>", blocks,
+                        SPLIT_THREADS, (x, y, _i64(rows), _i32(cols), _i32(plan.splits),
+                                        _i64(plan.chunk_vec), partials, *common))
+
+
+def _dummies(launcher: Any) -> tuple[Array, Array]:
+    xp = launcher.xp
+    return xp.zeros(1, dtype=np.int64), xp.zeros(1, dtype=np.float32)
+
+
+def _online(x: Array, out: Array | None, mode: int, method: str, fn: str) -> Array:
+    launcher = _get_launcher()
+    rows, cols = _rows_cols(x, fn, launcher)
+    y = _output(x, out, fn, launcher)
+    if rows == 0 or cols == 0:
+        return y
+    plan = plan_rows(rows, cols, _vec(cols, launcher, x, y), launcher.sm_count(), method)
+    labels, loss = _dummies(launcher)
+    _rows_kernel(x, y, rows, cols, mode, plan, labels, loss, 1.0, launcher)
+    return y
+
+
+def online_softmax(x: Array, out: Array | None = None, *, method: str = "auto") -> Array:
+    """Softmax along the last axis by the online normaliser (see the module docstring).
+    `out` may be `x` (in place)."""
+    return _online(x, out, MODE_SOFTMAX, method, "online_softmax")
+
+
+def log_softmax(x: Array, out: Array | None = None, *, method: str = "auto") -> Array:
+    """log softmax(x) = x - m - log d along the last axis, on the online-softmax kernels."""
+    return _online(x, out, MODE_LOG_SOFTMAX, method, "log_softmax")
+
+
+def describe_plan(shape: tuple[int, ...], method: str = "auto", *, vec: int | None = None
+                  ) -> str:
+    """The path `online_softmax` takes for a float32 array of this shape (for reports)."""
+    launcher = _get_launcher()
+    cols = int(shape[-1])
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    vec = vec if vec is not None else (4 if cols % 4 == 0 else 1)
+    return plan_rows(rows, cols, vec, launcher.sm_count(), method).describe()
+
+
+def safe_softmax(x: Array, out: Array | None = None, *, method: str = "auto") -> Array:
+    """The paper's baseline: three passes over the row (max; sum of exp(x - max);
+    output), one block per row, or three kernels over chunks when few long rows would
+    leave the GPU idle (method "split" forces that, "stream" forbids it)."""
+    fn = "safe_softmax"
+    launcher = _get_launcher()
+    if method not in ("auto", "stream", "split"):
+        raise ValueError(f"{fn}: method must be auto, stream or split, got {method!r}")
+    rows, cols = _rows_cols(x, fn, launcher)
+    y = _output(x, out, fn, launcher)
+    if rows == 0 or cols == 0:
+        return y
+    v = _vec(cols, launcher, x, y)
+    splits, chunk_vec = _split_count(rows, cols // v, v, launcher.sm_count())
+    if method == "split" and splits == 1:
+        plan = plan_rows(rows, cols, v, launcher.sm_count(), "split")
+        splits, chunk_vec = plan.splits, plan.chunk_vec
+    if method == "stream" or splits == 1:
+        launcher.launch(f"safe_rows<{v}, {STREAM_THREADS}>", rows, STREAM_THREADS,
+                        (x, y, _i64(rows), _i32(cols)))
+        return y
+    blocks, t = rows * splits, SPLIT_THREADS
+    pmax = launcher.xp.empty(blocks, dtype=np.float32)
+    psum = launcher.xp.empty(blocks, dtype=np.float32)
+    head = (_i64(rows), _i32(cols), _i32(splits), _i64(chunk_vec))
+    launcher.launch(f"safe_max_partials<{v}, {t}>", blocks, t, (x, *head, pmax))
+    launcher.launch(f"safe_sum_partials<{v}, {t}>", blocks, t, (x, *head, pmax, psum))
+    launcher.launch(f"safe_split_output<{v}, {t}>", blocks, t, (x, y, *head, pmax, psum))
+    return y
+
+
+# -------------------------------------------------------------------- top-k
+
+
+def _list_size(k: int) -> int:
+    return next(size for size in TOPK_LIST_SIZES if size >= k)
+
+
+def softmax_topk(x: Array, k: int, *, method: str = "auto") -> tuple[Array, Array]:
+    """(values, indices) of the k largest probabilities of softmax(x) along the last
+    axis, best first, exact ties by the lower index; values float32 of shape (..., k),
+    indices int64. One read of the input (the paper's fused online softmax + top-k).
+    method: auto, "rows" (a warp or block per row) or "split" (chunks + merge)."""
+    fn = "softmax_topk"
+    launcher = _get_launcher()
+    rows, cols = _rows_cols(x, fn, launcher)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise ValueError(f"{fn}: k must be an integer, got {k!r}")
+    k = int(k)
+    if not 1 <= k <= cols:
+        raise ValueError(f"{fn}: k must be between 1 and the row length {cols}, got {k}")
+    if k > MAX_TOPK:
+        raise ValueError(f"{fn}: the fused CUDA kernel takes k up to {MAX_TOPK}, got {k}")
+    if method not in ("auto", "rows", "split"):
+        raise ValueError(f"{fn}: method must be auto, rows or split, got {method!r}")
+    xp = launcher.xp
+    values = xp.empty((*x.shape[:-1], k), dtype=np.float32)
+    indices = xp.empty((*x.shape[:-1], k), dtype=np.int64)
+    if rows == 0:
+        return values, indices
+    v = _vec(cols, launcher, x)
+    size = _list_size(k)
+    splits, chunk_vec = _split_count(rows, cols // v, v, launcher.sm_count())
+    if method == "split" and splits == 1:
+        plan = plan_rows(rows, cols, v, launcher.sm_count(), "split")
+        splits, chunk_vec = plan.splits, plan.chunk_vec
+    if method == "rows" or splits == 1:
+        tpr = 32 if cols <= WARP_COLS else TOPK_THREADS
+        launcher.launch(f"topk_rows<{v}, {tpr}, {size}>", _grid_rows(rows, tpr), _block_of(tpr),
+                        (x, _i64(rows), _i32(cols), _i32(k), values, indices))
+        return values, indices
+    blocks, t = rows * splits, SPLIT_THREADS
+    pmd = xp.empty((blocks, 2), dtype=np.float32)
+    pcodes = xp.empty(blocks * k, dtype=np.uint64)
+    launcher.launch(f"topk_partials<{v}, {t}, {size}>", blocks, t,
+                    (x, _i64(rows), _i32(cols), _i32(splits), _i64(chunk_vec), _i32(k),
+                     pmd, pcodes))
+    launcher.launch(f"topk_merge<{TOPK_THREADS}, {size}>", rows, TOPK_THREADS,
+                    (_i64(rows), _i32(splits), _i32(k), pmd, pcodes, values, indices))
+    return values, indices
+
+
+# -------------------------------------------------------------------- loss and backward
+
+
+def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """(mean over rows of -log softmax(logits)[label], softmax(logits)) for float32
+    logits (N, C) and integer labels (N,) in [0, C): the contract of
+    `vmem.kernels.softmax.cross_entropy`, in one online-softmax pass that also writes
+    each row's loss. A label out of range makes the loss NaN."""
+    fn = "cross_entropy"
+    launcher = _get_launcher()
+    rows, cols = _rows_cols(logits, fn, launcher)
+    if logits.ndim != 2:
+        raise ValueError(f"{fn}: needs logits (N, C), got shape {tuple(logits.shape)}")
+    labels = _labels(labels, rows, fn, launcher)
+    probs = launcher.xp.empty_like(logits)
+    row_loss = launcher.xp.empty(rows, dtype=np.float32)
+    if rows and cols:
+        plan = plan_rows(rows, cols, _vec(cols, launcher, logits, probs), launcher.sm_count())
+        _rows_kernel(logits, probs, rows, cols, MODE_CROSS_ENTROPY, plan, labels, row_loss,
+                     1.0, launcher)
+    return row_loss.mean(), probs
+
+
+def softmax_cross_entropy_grad(logits: Array, labels: Array, scale: float | None = None,
+                               out: Array | None = None) -> tuple[Array, Array]:
+    """(mean cross-entropy, its gradient (softmax(logits) - onehot(labels)) * scale) in
+    one pass; scale defaults to 1/N (the mean). What the loss layer saves for backward."""
+    fn = "softmax_cross_entropy_grad"
+    launcher = _get_launcher()
+    rows, cols = _rows_cols(logits, fn, launcher)
+    if logits.ndim != 2:
+        raise ValueError(f"{fn}: needs logits (N, C), got shape {tuple(logits.shape)}")
+    labels = _labels(labels, rows, fn, launcher)
+    grad = _output(logits, out, fn, launcher)
+    row_loss = launcher.xp.empty(rows, dtype=np.float32)
+    if rows and cols:
+        scale = 1.0 / rows if scale is None else float(scale)
+        plan = plan_rows(rows, cols, _vec(cols, launcher, logits, grad), launcher.sm_count())
+        _rows_kernel(logits, grad, rows, cols, MODE_CE_GRAD, plan, labels, row_loss, scale,
+                     launcher)
+    return row_loss.mean(), grad
+
+
+def cross_entropy_backward(probs: Array, labels: Array, scale: float | None = None,
+                           out: Array | None = None) -> Array:
+    """(probs - onehot(labels)) * scale, scale 1/N by default; `out` may be `probs`."""
+    fn = "cross_entropy_backward"
+    launcher = _get_launcher()
+    rows, cols = _rows_cols(probs, fn, launcher)
+    if probs.ndim != 2:
+        raise ValueError(f"{fn}: needs probabilities (N, C), got shape {tuple(probs.shape)}")
+    labels = _labels(labels, rows, fn, launcher)
+    grad = _output(probs, out, fn, launcher)
+    if rows and cols:
+        scale = 1.0 / rows if scale is None else float(scale)
+        v = _vec(cols, launcher, probs, grad)
+        nvec = rows * (cols // v)
+        grid = max(1, min(_ceil_div(nvec, 256), 32 * launcher.sm_count()))
+        launcher.launch(f"ce_grad<{v}>", grid, 256,
+                        (probs, labels, grad, _i64(rows), _i32(cols), np.float32(scale)))
+    return grad
+
+
+def softmax_backward(y: Array, dy: Array, out: Array | None = None) -> Array:
+    """dx = y * (dy - sum(y * dy)) along the last axis, for y = softmax(x); `out` may be
+    `y` or `dy`."""
+    fn = "softmax_backward"
+    launcher = _get_launcher()
+    rows, cols = _rows_cols(y, fn, launcher)
+    _rows_cols(dy, fn, launcher)
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ValueError(f"{fn}: y and dy differ in shape, {tuple(y.shape)} and "
+                         f"{tuple(dy.shape)}")
+    dx = _output(y, out, fn, launcher)
+    if rows == 0 or cols == 0:
+        return dx
+    v = _vec(cols, launcher, y, dy, dx)
+    tpr = 32 if cols <= WARP_COLS else STREAM_THREADS
+    launcher.launch(f"softmax_backward_rows<{v}, {tpr}>", _grid_rows(rows, tpr), _block_of(tpr),
+                    (y, dy, dx, _i64(rows), _i32(cols)))
+    return dx
+
+
+# -------------------------------------------------------------------- for build checks
+
+
+def all_name_expressions() -> list[str]:
+    """Every kernel instantiation the functions above can launch (for an ahead-of-time
+    compile check with nvcc, or to warm CuPy's cache)."""
+    names: list[str] = []
+    for vec in (1, 4):
+        most = REGISTER_FLOATS // vec
+        items = [1 << i for i in range(most.bit_length()) if 1 << i <= most]
+        for mode in range(4):
+            for tpr in (32, 128, 256, 512):
+                names += [f"online_rows<{vec}, {it}, {tpr}, {mode}>" for it in items]
+            names.append(f"online_stream<{vec}, {STREAM_THREADS}, {mode}>")
+            names.append(f"online_split_output<{vec}, {SPLIT_THREADS}, {mode}>")
+        names.append(f"online_partials<{vec}, {SPLIT_THREADS}>")
+        names.append(f"safe_rows<{vec}, {STREAM_THREADS}>")
+        names += [f"safe_max_partials<{vec}, {SPLIT_THREADS}>",
+                  f"safe_sum_partials<{vec}, {SPLIT_THREADS}>",
+                  f"safe_split_output<{vec}, {SPLIT_THREADS}>"]
+        for size in TOPK_LIST_SIZES:
+            names += [f"topk_rows<{vec}, {tpr}, {size}>" for tpr in (32, TOPK_THREADS)]
+            names.append(f"topk_partials<{vec}, {SPLIT_THREADS}, {size}>")
+        names += [f"softmax_backward_rows<{vec}, {tpr}>" for tpr in (32, STREAM_THREADS)]
+        names.append(f"ce_grad<{vec}>")
+    names += [f"topk_merge<{TOPK_THREADS}, {size}>" for size in TOPK_LIST_SIZES]
+    return names

@@ -1,0 +1,145 @@
+"""vDNN's policies (Rhu et al., MICRO 2016), as pure functions over a budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmem.errors import MemoryLimitTooSmall
+from vmem.graph import Network, Node
+from vmem.layers.base import Algorithm, Keeps
+from vmem.plan import LayerPlan, Plan
+from vmem.units import format_bytes
+
+Offload = Callable[[Node], bool]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a policy may spend: a device capacity (None: unlimited), an exact
+    peak for any plan, and optionally a modeled time of a layer under an
+    algorithm at a batch size (forward plus backward, ms)."""
+
+    capacity: int | None = None
+    peak: Callable[[Plan], int] | None = None
+    layer_ms: Callable[[Node, Algorithm, int], float] | None = None
+
+    def fits(self, plan: Plan) -> bool:
+        if self.capacity is None:
+            return True
+        assert self.peak is not None, "a budget with a capacity needs a peak oracle"
+        return self.peak(plan) <= self.capacity
+
+
+def offload_nothing(node: Node) -> bool:
+    return False
+
+
+def offload_kept_inputs(node: Node) -> bool:
+    return Keeps.INPUT in type(node.layer).KEEPS
+
+
+def offload_conv_inputs(node: Node) -> bool:
+    return node.layer.TYPE == "conv"
+
+
+def build_plan(policy: str, network: Network, batch: int, itemsize: int, offload: Offload,
+               choice: dict[str, int] | None = None) -> Plan:
+    """A plan offloading where `offload` says, each layer running the algorithm
+    at index choice[layer] of its list (0, the fastest, by default; -1, the
+    least workspace)."""
+    shapes, choice = network.shapes(batch), choice or {}
+    entries = []
+    for node in network.nodes:
+        options = node.layer.algorithms(network.in_shapes(node, shapes), itemsize)
+        algorithm = options[choice.get(node.name, 0)]
+        entries.append(LayerPlan(node.name, algorithm.name, algorithm.workspace_bytes,
+                                 offload(node)))
+    return Plan(policy, batch, tuple(entries))
+
+
+def none(network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
+    return build_plan("none", network, batch, itemsize, offload_nothing)
+
+
+def vdnn_all(network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
+    return build_plan("vdnn-all", network, batch, itemsize, offload_kept_inputs)
+
+
+def vdnn_conv(network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
+    return build_plan("vdnn-conv", network, batch, itemsize, offload_conv_inputs)
+
+
+def memory_optimal(network: Network, batch: int, itemsize: int) -> Plan:
+    """vdnn-all with every layer on its least-workspace algorithm: the least
+    device memory any vDNN configuration needs."""
+    least = {node.name: -1 for node in network.nodes}
+    return build_plan("vdnn-all (memory-optimal)", network, batch, itemsize,
+                      offload_kept_inputs, least)
+
+
+def check_trainable(network: Network, batch: int, itemsize: int, budget: Budget) -> None:
+    """Refuse a capacity that even the memory-optimal configuration exceeds."""
+    if budget.capacity is None:
+        return
+    floor = memory_optimal(network, batch, itemsize)
+    if not budget.fits(floor):
+        assert budget.peak is not None
+        raise MemoryLimitTooSmall(
+            f"a memory limit of {format_bytes(budget.capacity)} cannot train "
+            f"{network.name} at batch {batch} under any policy: vdnn-all with memory-optimal "
+            f"algorithms needs at least {format_bytes(budget.peak(floor))} "
+            f"({budget.peak(floor):,} bytes)")
+
+
+def vdnn_dyn(network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
+    """vDNN's dynamic policy: (1) check trainability with vdnn-all and
+    memory-optimal algorithms; (2) the fastest algorithms with no offload, then
+    offloading convolution inputs, then all kept inputs, whichever fits first;
+    (3) else, offloading convolution inputs and then all kept inputs, step
+    convolutions down to smaller workspaces, greedily, until the plan fits;
+    (4) else (1)'s configuration."""
+    def relabel(plan: Plan) -> Plan:
+        return Plan("vdnn-dyn", plan.batch, plan.layers)
+
+    check_trainable(network, batch, itemsize, budget)
+    for offload in (offload_nothing, offload_conv_inputs, offload_kept_inputs):
+        plan = build_plan("vdnn-dyn", network, batch, itemsize, offload)
+        if budget.fits(plan):
+            return plan
+    for offload in (offload_conv_inputs, offload_kept_inputs):
+        plan = _step_down_until_fits(network, batch, itemsize, offload, budget)
+        if plan is not None:
+            return plan
+    return relabel(memory_optimal(network, batch, itemsize))
+
+
+def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: Offload,
+                          budget: Budget) -> Plan | None:
+    """Greedy: while the plan does not fit, move one convolution to its next
+    smaller workspace, choosing the step that frees the most workspace per
+    millisecond it adds (by workspace alone where no cost is known)."""
+    shapes = network.shapes(batch)
+    options = {node.name: node.layer.algorithms(network.in_shapes(node, shapes), itemsize)
+               for node in network.nodes if node.layer.TYPE == "conv"}
+    by_name = {node.name: node for node in network.nodes}
+    choice = dict.fromkeys(options, 0)
+    while True:
+        plan = build_plan("vdnn-dyn", network, batch, itemsize, offload, choice)
+        if budget.fits(plan):
+            return plan
+        steps = [name for name in options if choice[name] + 1 < len(options[name])]
+        if not steps:
+            return None
+
+        def merit(name: str) -> float:
+            now, nxt = options[name][choice[name]], options[name][choice[name] + 1]
+            freed = now.workspace_bytes - nxt.workspace_bytes
+            if budget.layer_ms is None:
+                return float(freed)
+            added = (budget.layer_ms(by_name[name], nxt, batch)
+                     - budget.layer_ms(by_name[name], now, batch))
+            return freed / max(added, 1e-6)
+
+        best = max(steps, key=merit)
+        choice[best] += 1
