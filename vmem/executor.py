@@ -28,7 +28,7 @@ import numpy as np
 
 from vmem.backends.base import Backend, Event
 from vmem.costs import CostModel
-from vmem.errors import OutOfDeviceMemory
+from vmem.errors import OutOfDeviceMemory, UsageError
 from vmem.graph import DATA, Network, Node
 from vmem.kernels.softmax import softmax
 from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
@@ -39,6 +39,11 @@ from vmem.profiler.events import StepRecord
 from vmem.profiler.recorder import StepRecorder
 
 FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"
+# Liveness: a map is freed the moment no step needs it. Network-wide: every
+# feature and gradient map is kept to the step's end, as Torch allocated them
+# when vDNN was written (the paper's baseline).
+LIVENESS, NETWORK_WIDE = "liveness", "network-wide"
+ALLOCATIONS = (LIVENESS, NETWORK_WIDE)
 
 
 @dataclass
@@ -60,10 +65,15 @@ class StepResult:
 class Executor:
     def __init__(self, backend: Backend, network: Network, plan: Plan, params: ParameterStore,
                  dtype: np.dtype, host_pool: PinnedHostPool,
-                 costs: CostModel | None = None) -> None:
+                 costs: CostModel | None = None, allocation: str = LIVENESS) -> None:
         self.backend, self.network, self.plan, self.params = backend, network, plan, params
         self.dtype = np.dtype(dtype)
         self.costs = costs
+        if allocation not in ALLOCATIONS:
+            raise UsageError(f"--allocation: unknown mode '{allocation}'; accepted: "
+                             f"{', '.join(ALLOCATIONS)}")
+        self.allocation = allocation
+        self._held: list[Block] = []  # maps kept to the step's end (network-wide)
         self.batch = plan.batch
         self.shapes = network.shapes(self.batch)
         self.lives = network.lives
@@ -113,6 +123,7 @@ class Executor:
             loss_tensor = self._forward(x, ctx, recorder)
             self._backward(recorder)
             self._update(recorder)
+            self._release_held()
             loss = self._read_scalar(loss_tensor)
             self._free(self._tensors.pop(self.network.loss.name).block)
             return StepResult(loss, recorder.finish(step, loss))
@@ -135,6 +146,7 @@ class Executor:
             host = None if probabilities is None else self.backend.to_host(probabilities)
             self._free(block)
             self._free(self._tensors.pop(self.network.logits).block)
+            self._release_held()
             recorder.finish(0, None)
             return host
         except BaseException:
@@ -148,11 +160,11 @@ class Executor:
         with contextlib.suppress(BaseException):  # the original error is the one to report
             self.backend.synchronize()
         blocks = [t.block for t in (*self._tensors.values(), *self._grads.values())]
-        blocks += [b for b, _ in self._saved.values()] + self._loose
+        blocks += [b for b, _ in self._saved.values()] + self._loose + self._held
         for block in {b.id: b for b in blocks if b is not None}.values():
             self.backend.arena.free(block)
         self._tensors.clear(), self._grads.clear(), self._saved.clear(), self._loose.clear()
-        self._on_host.clear()
+        self._held.clear(), self._on_host.clear()
 
     # -- memory ----------------------------------------------------------------
 
@@ -180,6 +192,21 @@ class Executor:
         if block is not None:
             self._settle(block)
             self.backend.arena.free(block)
+
+    def _retire(self, block: Block | None) -> None:
+        """A feature or gradient map no step needs any more: freed now, or, under
+        network-wide allocation (the vDNN paper's baseline), at the step's end."""
+        if block is None:
+            return
+        if self.allocation == NETWORK_WIDE:
+            self._settle(block)
+            self._held.append(block)
+        else:
+            self._free(block)
+
+    def _release_held(self) -> None:
+        while self._held:
+            self.backend.arena.free(self._held.pop())
 
     def _tensor_bytes(self, name: str) -> int:
         return numel(self.shapes[name]) * self.dtype.itemsize
@@ -306,7 +333,7 @@ class Executor:
                     self._free(self._tensors.pop(source).block)
                     self._on_host.add(source)
                 elif life.last_forward_use == i and not (ctx.train and life.backward_users):
-                    self._free(self._tensors.pop(source).block)
+                    self._retire(self._tensors.pop(source).block)
         return self._tensors[stop_at or self.network.loss.name]
 
     def _backward_reads(self, node: Node) -> tuple[str, ...]:
@@ -380,11 +407,11 @@ class Executor:
                     self._grads[source] = Tensor(self._settle(block), dx_by_source.get(source))
             self._free(workspace)
             if dy is not None and all(dy.block != b for b, _ in targets.values()):
-                self._free(dy.block)
+                self._retire(dy.block)
             self._free(saved_block)
             for name in dict.fromkeys((*node.inputs, node.name)):
                 if lives[name].last_backward_use == i and name in self._tensors:
-                    self._free(self._tensors.pop(name).block)
+                    self._retire(self._tensors.pop(name).block)
         self._grads.clear()  # nothing is left: gradients of data are never made
 
     def _update(self, recorder: StepRecorder) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 
 from vmem.costs import CostModel, load_gpu
 from vmem.dryrun import PeakOracle
+from vmem.executor import LIVENESS
 from vmem.graph import Network, Node
 from vmem.layers.base import Algorithm
 from vmem.optim import SGD
@@ -40,7 +41,8 @@ def plan_with(network: Network, policy: str, batch: int, itemsize: int,
 
 
 def plan_for(profile: Profile, policy: str, device: str, batch: int | None,
-             capacity: int | None, dtype: str = "float32") -> tuple[Plan, int]:
+             capacity: int | None, dtype: str = "float32",
+             allocation: str = LIVENESS) -> tuple[Plan, int]:
     """The plan `policy` makes for a profile on a device (a GPU preset for
     sim:NAME, whose memory also caps the capacity), and its exact peak."""
     costs = None
@@ -58,7 +60,7 @@ def plan_for(profile: Profile, policy: str, device: str, batch: int | None,
         backend.close()
     batch = batch or (profile.cpu_batch if on_cpu else profile.batch)
     itemsize = np.dtype(dtype).itemsize
-    peak = PeakOracle(profile.network, np.dtype(dtype), SGD())
+    peak = PeakOracle(profile.network, np.dtype(dtype), SGD(), allocation)
     plan = plan_with(profile.network, policy, batch, itemsize,
                      make_budget(profile.network, capacity, peak, costs))
     return plan, peak(plan)

@@ -16,7 +16,7 @@ import numpy as np
 from vmem.backends import get_backend
 from vmem.dryrun import PeakOracle
 from vmem.errors import OutOfDeviceMemory, UsageError, VmemError
-from vmem.executor import Executor
+from vmem.executor import ALLOCATIONS, LIVENESS, Executor
 from vmem.graph import DATA, Network
 from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
@@ -44,10 +44,13 @@ class Runtime:
     def __init__(self, network: str | os.PathLike[str] | Network, *, device: str = "auto",
                  policy: str = "none", memory_limit: int | str | None = None,
                  host_memory_limit: int | str | None = None, optimizer: SGD | None = None,
-                 seed: int = 0, dtype: str = "float32", oracular: bool = False) -> None:
+                 seed: int = 0, dtype: str = "float32", oracular: bool = False,
+                 allocation: str = LIVENESS) -> None:
         """`oracular`: a device with memory for everything, the reference that
         slowdowns are measured against (on sim, not even the modeled GPU's
-        memory bounds it)."""
+        memory bounds it). `allocation`: "liveness" frees each map when it dies;
+        "network-wide" keeps every map to the step's end (the vDNN paper's
+        baseline)."""
         self.network = resolve_network(network)
         if dtype not in DTYPES:
             raise UsageError(f"dtype: unknown '{dtype}'; accepted: {', '.join(DTYPES)}")
@@ -59,10 +62,14 @@ class Runtime:
         host_limit = None if host_memory_limit is None else parse_size(host_memory_limit,
                                                                        "--host-memory-limit")
         check_policy(policy)
+        if allocation not in ALLOCATIONS:
+            raise UsageError(f"--allocation: unknown mode '{allocation}'; accepted: "
+                             f"{', '.join(ALLOCATIONS)}")
+        self.allocation = allocation
         self.optimizer = optimizer or SGD()
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
         self.host_pool = PinnedHostPool(self.backend.pinned_empty, host_limit)
-        self._peak = PeakOracle(self.network, self.dtype, self.optimizer)
+        self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation)
         try:
             self.params = ParameterStore(self.backend, self.network, self.optimizer,
                                          self.dtype, seed)
@@ -100,7 +107,7 @@ class Runtime:
         if batch not in self._executors:
             self._executors[batch] = Executor(self.backend, self.network, self.plan(batch),
                                               self.params, self.dtype, self.host_pool,
-                                              self.backend.costs)
+                                              self.backend.costs, self.allocation)
         return self._executors[batch]
 
     def budget(self) -> Budget:
