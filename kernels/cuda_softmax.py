@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from vmem.errors import DeviceUnavailable
+
 Array = Any
 
 #: NVRTC options. CuPy adds the architecture of the current device itself.
@@ -90,6 +92,11 @@ __device__ __forceinline__ long long vmem_min_ll(long long a, long long b) { ret
 // ---------------------------------------------------------------- (m, d) pairs
 
 struct MD { float m; float d; };
+
+// Own aligned structs rather than CUDA's float2/float4, so the source needs no header
+// under NVRTC; alignas(16) makes the compiler emit 16-byte loads and stores.
+struct alignas(8) Pair { float m, d; };
+struct alignas(16) Quad { float x, y, z, w; };
 
 __device__ __forceinline__ MD md_make(float m, float d) { MD r; r.m = m; r.d = d; return r; }
 
@@ -188,11 +195,13 @@ template <> struct Vec<1> {
 
 template <> struct Vec<4> {
     static __device__ __forceinline__ void load(const float* p, long long i, float* v) {
-        const float4 t = reinterpret_cast<const float4*>(p)[i];
+        const Quad t = reinterpret_cast<const Quad*>(p)[i];
         v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
     }
     static __device__ __forceinline__ void store(float* p, long long i, const float* v) {
-        reinterpret_cast<float4*>(p)[i] = make_float4(v[0], v[1], v[2], v[3]);
+        Quad t;
+        t.x = v[0]; t.y = v[1]; t.z = v[2]; t.w = v[3];
+        reinterpret_cast<Quad*>(p)[i] = t;
     }
 };
 
@@ -251,7 +260,8 @@ __device__ __forceinline__ MD md_scan(const float* xr, long long vbeg, long long
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
-        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+        for (int u = 0; u < U; ++u)
+            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
         acc = md_merge(acc, md_of(v));
     }
     return acc;
@@ -267,7 +277,8 @@ __device__ __forceinline__ void emit_scan(const float* xr, float* yr, long long 
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
-        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+        for (int u = 0; u < U; ++u)
+            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const long long j = j0 + (long long)u * STRIDE;
@@ -275,7 +286,8 @@ __device__ __forceinline__ void emit_scan(const float* xr, float* yr, long long 
                 float o[VEC];
 #pragma unroll
                 for (int e = 0; e < VEC; ++e)
-                    o[e] = emit<MODE>(v[u * VEC + e], j * VEC + e, label, md.m, inv_d, log_d, scale);
+                    o[e] = emit<MODE>(v[u * VEC + e], j * VEC + e, label, md.m, inv_d, log_d,
+                                      scale);
                 Vec<VEC>::store(yr, j, o);
             }
         }
@@ -337,23 +349,23 @@ online_stream(const float* x, float* y, long long rows, int cols, const long lon
 template <int VEC, int THREADS>
 __global__ void __launch_bounds__(THREADS)
 online_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
-                float2* partials) {
+                Pair* partials) {
     const long long b = blockIdx.x;
     const long long row = b / splits, s = b % splits;
     const float* xr = x + row * cols;
     const long long nvec = cols / VEC;
     const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
     const MD md = md_row_reduce<THREADS>(md_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x));
-    if (threadIdx.x == 0) partials[b] = make_float2(md.m, md.d);
+    if (threadIdx.x == 0) { Pair p; p.m = md.m; p.d = md.d; partials[b] = p; }
 }
 
 // The merged pair of a row's partials; the same order in every block, so the same bits.
 template <int THREADS>
-__device__ __forceinline__ MD merge_partials(const float2* partials, long long row, int splits) {
+__device__ __forceinline__ MD merge_partials(const Pair* partials, long long row, int splits) {
     MD md = md_identity();
     for (int i = threadIdx.x; i < splits; i += THREADS) {
-        const float2 p = partials[row * splits + i];
-        md = md_merge(md, md_make(p.x, p.y));
+        const Pair p = partials[row * splits + i];
+        md = md_merge(md, md_make(p.m, p.d));
     }
     return md_row_reduce<THREADS>(md);
 }
@@ -363,7 +375,7 @@ __device__ __forceinline__ MD merge_partials(const float2* partials, long long r
 template <int VEC, int THREADS, int MODE>
 __global__ void __launch_bounds__(THREADS)
 online_split_output(const float* x, float* y, long long rows, int cols, int splits,
-                    long long chunk_vec, const float2* partials, const long long* labels,
+                    long long chunk_vec, const Pair* partials, const long long* labels,
                     float* row_loss, float scale) {
     const long long b = (long long)gridDim.x - 1 - blockIdx.x;
     const long long row = b / splits, s = b % splits;
@@ -386,7 +398,8 @@ __device__ __forceinline__ float max_scan(const float* xr, long long vbeg, long 
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
-        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+        for (int u = 0; u < U; ++u)
+            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
 #pragma unroll
         for (int i = 0; i < U * VEC; ++i) m = fmaxf(m, v[i]);
     }
@@ -403,24 +416,29 @@ __device__ __forceinline__ float sumexp_scan(const float* xr, long long vbeg, lo
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
-        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+        for (int u = 0; u < U; ++u)
+            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
 #pragma unroll
         for (int i = 0; i < U * VEC; ++i) s += __expf(v[i] - m);
     }
     return s;
 }
 
-// One block per row, three passes over the row: max, sum of exponentials, output.
-template <int VEC, int THREADS>
-__global__ void __launch_bounds__(THREADS)
+// TPR threads per row (a warp, or the block), three passes over the row: max, sum of
+// exponentials, output. Passes 2 and 3 re-read the row (from L1/L2 when it is there).
+template <int VEC, int TPR>
+__global__ void __launch_bounds__(TPR < 128 ? 128 : TPR)
 safe_rows(const float* x, float* y, long long rows, int cols) {
-    const long long row = blockIdx.x;
+    constexpr int BLOCK = TPR < 128 ? 128 : TPR;
+    const int t = threadIdx.x % TPR;
+    const long long row = (long long)blockIdx.x * (BLOCK / TPR) + threadIdx.x / TPR;
+    if (TPR < BLOCK && row >= rows) return;
     const float* xr = x + row * cols;
     float* yr = y + row * cols;
     const long long nvec = cols / VEC;
-    const float m = row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, 0, nvec, threadIdx.x));
-    const float s = row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, 0, nvec, threadIdx.x, m));
-    emit_scan<VEC, THREADS, 0>(xr, yr, 0, nvec, threadIdx.x, md_make(m, s), -1, 1.0f);
+    const float m = row_reduce_f<TPR, true>(max_scan<VEC, TPR>(xr, 0, nvec, t));
+    const float s = row_reduce_f<TPR, false>(sumexp_scan<VEC, TPR>(xr, 0, nvec, t, m));
+    emit_scan<VEC, TPR, 0>(xr, yr, 0, nvec, t, md_make(m, s), -1, 1.0f);
 }
 
 // Split rows, pass 1 of 3: the max of each chunk.
@@ -433,7 +451,8 @@ safe_max_partials(const float* x, long long rows, int cols, int splits, long lon
     const float* xr = x + row * cols;
     const long long nvec = cols / VEC;
     const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
-    const float m = row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x));
+    const float m =
+        row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x));
     if (threadIdx.x == 0) pmax[b] = m;
 }
 
@@ -456,7 +475,8 @@ safe_sum_partials(const float* x, long long rows, int cols, int splits, long lon
     const long long nvec = cols / VEC;
     const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
     const float m = reduce_partials<THREADS, true>(pmax, row, splits);
-    const float sum = row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x, m));
+    const float sum =
+        row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x, m));
     if (threadIdx.x == 0) psum[b] = sum;
 }
 
@@ -493,7 +513,8 @@ __device__ __forceinline__ float key_value(unsigned int k) {
 }
 
 __device__ __forceinline__ unsigned long long topk_code(float v, long long col) {
-    return ((unsigned long long)order_key(v) << 32) | (unsigned long long)(0xffffffffu - (unsigned int)col);
+    return ((unsigned long long)order_key(v) << 32) |
+           (unsigned long long)(0xffffffffu - (unsigned int)col);
 }
 
 __device__ __forceinline__ long long code_index(unsigned long long c) {
@@ -560,14 +581,16 @@ __device__ __forceinline__ void topk_scan(const float* xr, long long vbeg, long 
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
-        for (int u = 0; u < U; ++u) load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+        for (int u = 0; u < U; ++u)
+            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
         md = md_merge(md, md_of(v));
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const long long j = j0 + (long long)u * STRIDE;
             if (j < vend) {
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) topk_insert(l, topk_code(v[u * VEC + e], j * VEC + e));
+                for (int e = 0; e < VEC; ++e)
+                    topk_insert(l, topk_code(v[u * VEC + e], j * VEC + e));
             }
         }
     }
@@ -608,7 +631,7 @@ topk_rows(const float* x, long long rows, int cols, int k, float* values, long l
 template <int VEC, int THREADS, int K>
 __global__ void __launch_bounds__(THREADS)
 topk_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec, int k,
-              float2* pmd, unsigned long long* pcodes) {
+              Pair* pmd, unsigned long long* pcodes) {
     const long long b = blockIdx.x;
     const long long row = b / splits, s = b % splits;
     const float* xr = x + row * cols;
@@ -619,7 +642,7 @@ topk_partials(const float* x, long long rows, int cols, int splits, long long ch
     topk_clear(l);
     topk_scan<VEC, THREADS, K>(xr, vbeg, vend, threadIdx.x, md, l);
     md = md_row_reduce<THREADS>(md);
-    if (threadIdx.x == 0) pmd[b] = make_float2(md.m, md.d);
+    if (threadIdx.x == 0) { Pair p; p.m = md.m; p.d = md.d; pmd[b] = p; }
     for (int r = 0; r < k; ++r) {
         const unsigned long long w = topk_round<K, THREADS>(l, r);
         if (threadIdx.x == 0) pcodes[b * k + r] = w;
@@ -629,7 +652,7 @@ topk_partials(const float* x, long long rows, int cols, int splits, long long ch
 // Split rows, kernel 2 of 2: one block per row merges the pairs and the splits * k codes.
 template <int THREADS, int K>
 __global__ void __launch_bounds__(THREADS)
-topk_merge(long long rows, int splits, int k, const float2* pmd,
+topk_merge(long long rows, int splits, int k, const Pair* pmd,
            const unsigned long long* pcodes, float* values, long long* indices) {
     const long long row = blockIdx.x;
     const MD md = merge_partials<THREADS>(pmd, row, splits);
@@ -732,6 +755,17 @@ class _CupyLauncher:
                     self._kernels[key] = fn
         return fn
 
+    def precompile(self, names: list[str]) -> None:
+        """Compile `names` in one RawModule (one NVRTC run instead of one per kernel)."""
+        device = self.xp.cuda.runtime.getDevice()
+        todo = [n for n in names if (device, n) not in self._kernels]
+        if not todo:
+            return
+        with self._lock:
+            module = self.xp.RawModule(code=SOURCE, options=NVRTC_OPTIONS, name_expressions=todo)
+            for name in todo:
+                self._kernels[(device, name)] = module.get_function(name)
+
     def launch(self, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
         self.kernel(name)((int(grid),), (int(block),), args)
 
@@ -754,6 +788,11 @@ _launcher: Any = None
 def _get_launcher() -> Any:
     global _launcher
     if _launcher is None:
+        from vmem.backends import cuda
+
+        if not cuda.available():
+            raise DeviceUnavailable("vmem.kernels.cuda_softmax needs CuPy and a CUDA device: "
+                                    f"{cuda.unavailable_reason()}")
         _launcher = _CupyLauncher()
     return _launcher
 
@@ -763,6 +802,55 @@ def _use_launcher(launcher: Any) -> Any:
     global _launcher
     previous, _launcher = _launcher, launcher
     return previous
+
+
+def precompile(names: list[str] | None = None) -> None:
+    """Compile these kernel instantiations (default: all of them) now, in one NVRTC run:
+    for benchmarks and tests, which would otherwise compile each kernel on first use.
+    CuPy keeps the binary in its disk cache for later processes."""
+    _get_launcher().precompile(list(names) if names is not None else all_name_expressions())
+
+
+class _RecordingLauncher:
+    """Plans calls on NumPy stand-ins (never touched) and records the kernels they would
+    launch, launching nothing: which instantiations a workload needs, before compiling."""
+
+    xp = np
+
+    def __init__(self, sms: int) -> None:
+        self.sms = sms
+        self.names: list[str] = []
+
+    def launch(self, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
+        if name not in self.names:
+            self.names.append(name)
+
+    def sm_count(self) -> int:
+        return self.sms
+
+    def pointer(self, a: Array) -> int:
+        return int(a.ctypes.data)
+
+    def is_array(self, a: Any) -> bool:
+        return isinstance(a, np.ndarray)
+
+    def precompile(self, names: list[str]) -> None:
+        pass
+
+
+def kernel_names(calls: Any, sms: int | None = None) -> list[str]:
+    """The kernel instantiations `calls(stand_in)` launches, where `stand_in(shape)`
+    gives an uninitialised float32 array of that shape to pass instead of a CuPy array
+    (np.empty: untouched pages cost nothing). `sms` defaults to the current GPU's count."""
+    if sms is None:
+        sms = _get_launcher().sm_count()
+    recorder = _RecordingLauncher(sms)
+    previous = _use_launcher(recorder)
+    try:
+        calls(lambda shape: np.empty(shape, dtype=np.float32))
+    finally:
+        _use_launcher(previous)
+    return recorder.names
 
 
 def softmax_kernels_available() -> bool:
@@ -985,8 +1073,9 @@ def describe_plan(shape: tuple[int, ...], method: str = "auto", *, vec: int | No
 
 def safe_softmax(x: Array, out: Array | None = None, *, method: str = "auto") -> Array:
     """The paper's baseline: three passes over the row (max; sum of exp(x - max);
-    output), one block per row, or three kernels over chunks when few long rows would
-    leave the GPU idle (method "split" forces that, "stream" forbids it)."""
+    output), a warp or a block per row (the threads online softmax would give the row),
+    or three kernels over chunks when few long rows would leave the GPU idle (method
+    "split" forces that, "stream" forbids it)."""
     fn = "safe_softmax"
     launcher = _get_launcher()
     if method not in ("auto", "stream", "split"):
@@ -1001,7 +1090,9 @@ def safe_softmax(x: Array, out: Array | None = None, *, method: str = "auto") ->
         plan = plan_rows(rows, cols, v, launcher.sm_count(), "split")
         splits, chunk_vec = plan.splits, plan.chunk_vec
     if method == "stream" or splits == 1:
-        launcher.launch(f"safe_rows<{v}, {STREAM_THREADS}>", rows, STREAM_THREADS,
+        # The threads online softmax gives such a row, but no registers: 4 accesses.
+        tpr = _register_shape(cols // v, v)[0] if cols <= REGISTER_COLS else STREAM_THREADS
+        launcher.launch(f"safe_rows<{v}, {tpr}>", _grid_rows(rows, tpr), _block_of(tpr),
                         (x, y, _i64(rows), _i32(cols)))
         return y
     blocks, t = rows * splits, SPLIT_THREADS
@@ -1164,7 +1255,7 @@ def all_name_expressions() -> list[str]:
             names.append(f"online_stream<{vec}, {STREAM_THREADS}, {mode}>")
             names.append(f"online_split_output<{vec}, {SPLIT_THREADS}, {mode}>")
         names.append(f"online_partials<{vec}, {SPLIT_THREADS}>")
-        names.append(f"safe_rows<{vec}, {STREAM_THREADS}>")
+        names += [f"safe_rows<{vec}, {tpr}>" for tpr in (32, 128, 256, 512)]
         names += [f"safe_max_partials<{vec}, {SPLIT_THREADS}>",
                   f"safe_sum_partials<{vec}, {SPLIT_THREADS}>",
                   f"safe_split_output<{vec}, {SPLIT_THREADS}>"]

@@ -1,4 +1,5 @@
-"""The command line: `vmem profiles`, `vmem run`, `vmem compare`, `vmem plan`.
+"""The command line: `vmem profiles`, `vmem run`, `vmem compare`, `vmem report`,
+`vmem plan`.
 
 Every error a user can cause prints one line (what is wrong, what is accepted)
 and exits with code 2; `--json` prints exactly one JSON document on stdout.
@@ -17,6 +18,8 @@ from vmem.errors import UsageError, VmemError
 from vmem.units import format_bytes, parse_size
 
 EXIT_USAGE = 2
+# vmem.executor.ALLOCATIONS, named here so that building the parser imports nothing heavy
+ALLOCATIONS = ("liveness", "network-wide")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +57,10 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
                         "(presets: titan-x, h100-pcie5; or sim:FILE.toml) (default: auto)")
     parser.add_argument("--memory-limit", help="device memory capacity to emulate, e.g. 4GiB "
                         "or 512MB (B, KB/MB/GB, KiB/MiB/GiB)")
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default=ALLOCATIONS[0],
+                        help="liveness: free each feature and gradient map when no later step "
+                        "needs it; network-wide: keep every map to the step's end, as Torch did "
+                        "for the vDNN paper's baseline (default: liveness)")
     if training:
         parser.add_argument("--host-memory-limit", help="pinned host memory the offloaded "
                             "feature maps may use (same units)")
@@ -64,6 +71,23 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
         parser.add_argument("--seed", type=int, default=0, help="seed for weights and data "
                             "(default: 0)")
     parser.add_argument("--json", action="store_true", help="print JSON for programs")
+    if training:
+        _add_output_options(parser, live=True)
+
+
+def _add_output_options(parser: argparse.ArgumentParser, *, live: bool) -> None:
+    parser.add_argument("--layers", action="store_true", help="also show per-layer forward and "
+                        "backward time, stalls and device memory (in JSON: a \"layers\" list)")
+    parser.add_argument("--trace", metavar="FILE", help="write a Chrome trace (JSON) of every "
+                        "step: a track per stream and device memory in use; open it in "
+                        "Perfetto or chrome://tracing")
+    parser.add_argument("--plot", metavar="FILE", help="write a PNG of device memory over a "
+                        "training step, a line per policy (needs matplotlib: pip install "
+                        "'vmem-dnn[plot]')")
+    if live:
+        parser.add_argument("--save-session", metavar="FILE", help="save what was measured "
+                            "(results, every step's events, device facts) as JSON; `vmem "
+                            "report FILE` renders it again without rerunning")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--policies", default="none,vdnn-all,vdnn-conv,vdnn-dyn",
                          help="comma-separated policies (default: all four)")
 
+    report = commands.add_parser("report", help="render a saved session again",
+                                 description="Render a session saved with --save-session "
+                                 "exactly as the run that saved it printed it, or as JSON, a "
+                                 "trace or a plot, without rerunning anything.")
+    report.add_argument("session", metavar="FILE", help="a session file (--save-session)")
+    report.add_argument("--json", action="store_true", help="print JSON for programs")
+    _add_output_options(report, live=False)
+
     plan = commands.add_parser("plan", help="print the plan a policy makes, without training")
     _add_network_options(plan, training=False)
     plan.add_argument("--policy", default="vdnn-dyn", help="memory policy (default: vdnn-dyn)")
@@ -98,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     commands = {"profiles": cmd_profiles, "run": cmd_run, "compare": cmd_compare,
-                "plan": cmd_plan}
+                "report": cmd_report, "plan": cmd_plan}
     try:
         return commands[args.command](args)
     except VmemError as exc:
@@ -155,7 +189,43 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- vmem run and vmem compare ----------------------------------------------------
+# -- vmem run, vmem compare and vmem report ------------------------------------------
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output that cannot be written before a long job starts."""
+    from vmem.profiler.output import check_writable
+    from vmem.profiler.plot import check_plot_available
+
+    for flag in ("--trace", "--plot", "--save-session"):
+        path = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if path is not None:
+            check_writable(path, flag)
+    if args.plot is not None:
+        check_plot_available()
+
+
+def _emit(session: Any, args: argparse.Namespace) -> None:
+    """Write the files asked for (the session first: from it, `vmem report`
+    prints everything again), then print the session (a table, or JSON)."""
+    from vmem.profiler.output import write_atomic
+    from vmem.profiler.render import json_output, render
+    from vmem.profiler.session import finite_json
+
+    if getattr(args, "save_session", None) is not None:
+        session.save(args.save_session, "--save-session")
+    if args.trace is not None:
+        from vmem.profiler.trace import chrome_trace
+
+        write_atomic(args.trace, json.dumps(chrome_trace(session), allow_nan=False), "--trace")
+    if args.plot is not None:
+        from vmem.profiler.plot import memory_plot_png
+
+        write_atomic(args.plot, memory_plot_png(session), "--plot")
+    if args.json:
+        print(json.dumps(finite_json(json_output(session, args.layers)), allow_nan=False))
+    else:
+        render(session, _console(), args.layers)
 
 
 def _trial_spec(args: argparse.Namespace, policy: str) -> Any:
@@ -166,37 +236,71 @@ def _trial_spec(args: argparse.Namespace, policy: str) -> Any:
     return TrialSpec(profile.network, args.batch, args.steps, args.device, policy,
                      _size(args.memory_limit, "--memory-limit"),
                      _size(args.host_memory_limit, "--host-memory-limit"), args.seed, args.lr,
-                     profile.batch, profile.cpu_batch)
+                     profile.batch, profile.cpu_batch, allocation=args.allocation)
 
 
-def _oracle(spec: Any) -> Any:
-    """The oracular trial: policy none, no memory limit; None where it cannot run
-    (a real GPU too small for it)."""
+def _progress(args: argparse.Namespace, total: int) -> Any:
+    from vmem.profiler.progress import StepProgress
+
+    return StepProgress(total, enabled=not args.json)
+
+
+def _oracle(spec: Any, progress: Any) -> Any:
+    """The oracular trial (policy none, no memory limit) with its records; None
+    where it cannot run (a real GPU too small for it)."""
     from dataclasses import replace
 
     from vmem.errors import OutOfDeviceMemory
+    from vmem.profiler.session import Trial
     from vmem.trial import run_trial
 
+    progress.describe("oracle (none, no limit)")
     try:
-        return run_trial(replace(spec, policy="none", memory_limit=None,
-                                 host_memory_limit=None, oracular=True))[0]
+        result, records = run_trial(replace(spec, policy="none", memory_limit=None,
+                                            host_memory_limit=None, oracular=True),
+                                    progress.step)
     except OutOfDeviceMemory:
         return None
+    return Trial(result, tuple(records))
+
+
+def _session(args: argparse.Namespace, spec: Any, policies: list[str], trials: list[Any],
+             oracle: Any) -> Any:
+    from datetime import UTC, datetime
+
+    from vmem import __version__
+    from vmem.profiler.session import Session, SessionMeta
+
+    ran = [t.result for t in trials if t.result.error is None]
+    if oracle is not None:
+        ran.append(oracle.result)
+    first = ran[0] if ran else trials[0].result
+    meta = SessionMeta(
+        command=args.command, profile=spec.network.name, batch=first.batch or spec.batch,
+        device=first.device, policies=tuple(policies), allocation=spec.allocation,
+        memory_limit_bytes=spec.memory_limit, steps=spec.steps,
+        device_facts=next((r.device_facts for r in ran if r.device_facts), {}),
+        vmem_version=__version__,
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), argv=tuple(args.argv))
+    return Session(meta, tuple(trials), oracle)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vmem.policies import check_policy
+    from vmem.profiler.session import Trial
     from vmem.trial import run_trial, with_slowdown
 
     check_policy(args.policy)
+    _check_outputs(args)
     spec = _trial_spec(args, args.policy)
-    result, records = run_trial(spec)
     oracular = spec.policy == "none" and spec.memory_limit is None
-    result = with_slowdown(result, records, result if oracular else _oracle(spec))
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        _render_run(result)
+    with _progress(args, spec.steps * (1 if oracular else 2)) as progress:
+        progress.describe(f"policy {spec.policy}")
+        result, records = run_trial(spec, progress.step)
+        oracle = None if oracular else _oracle(spec, progress)
+    result = with_slowdown(result, records, result if oracular else
+                           oracle.result if oracle else None)
+    _emit(_session(args, spec, [spec.policy], [Trial(result, tuple(records))], oracle), args)
     return 0
 
 
@@ -204,6 +308,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from vmem.policies import check_policy
+    from vmem.profiler.session import Trial
     from vmem.trial import failed_trial, run_trial, with_slowdown
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -211,89 +316,43 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError("--policies: give at least one policy, e.g. none,vdnn-all")
     for policy in policies:
         check_policy(policy)
+    _check_outputs(args)
     base = _trial_spec(args, policies[0])
-    oracle = _oracle(base)
-    rows = []
-    for policy in policies:
-        spec = replace(base, policy=policy)
-        try:
-            result, records = run_trial(spec)
-            rows.append(with_slowdown(result, records, oracle))
-        except VmemError as exc:  # a policy that cannot fit says so in its row
-            batch = oracle.batch if oracle else (spec.batch or 0)
-            device = oracle.device if oracle else spec.device
-            rows.append(failed_trial(spec, exc, batch, device))
-    if args.json:
-        print(json.dumps([row.to_json() for row in rows]))
-    else:
-        _render_compare(rows, oracle)
+    trials = []
+    with _progress(args, base.steps * (len(policies) + 1)) as progress:
+        oracle = _oracle(base, progress)
+        oracle_result = oracle.result if oracle else None
+        if oracle is not None:
+            oracle = Trial(with_slowdown(oracle.result, list(oracle.records), oracle_result),
+                           oracle.records)
+        for policy in policies:
+            spec = replace(base, policy=policy)
+            progress.describe(f"policy {policy}")
+            done = [0]
+
+            def step(done: list[int] = done) -> None:
+                done[0] += 1
+                progress.step()
+
+            try:
+                result, records = run_trial(spec, step)
+                trials.append(Trial(with_slowdown(result, records, oracle_result),
+                                    tuple(records)))
+            except VmemError as exc:  # a policy that cannot fit says so in its row
+                progress.skip(spec.steps - done[0])
+                batch = oracle_result.batch if oracle_result else (spec.batch or 0)
+                device = oracle_result.device if oracle_result else spec.device
+                trials.append(Trial(failed_trial(spec, exc, batch, device)))
+    _emit(_session(args, base, policies, trials, oracle), args)
     return 0
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f} ms"
+def cmd_report(args: argparse.Namespace) -> int:
+    from vmem.profiler.session import load_session
 
-
-def _render_run(result: Any) -> None:
-    from rich.table import Table
-
-    console = _console()
-    steps = Table(title=f"vmem run {result.profile} · batch {result.batch} · "
-                  f"{result.device} · policy {result.policy}")
-    steps.add_column("step", justify="right")
-    steps.add_column("loss", justify="right")
-    steps.add_column("time (ms)", justify="right")
-    for i, (loss, ms) in enumerate(zip(result.losses, result.steps_ms, strict=True)):
-        warmup = " (warm-up)" if i == 0 and len(result.losses) > 1 else ""
-        loss_text = "-" if loss != loss else f"{loss:.4f}"  # NaN where no data (sim)
-        steps.add_row(f"{i + 1}{warmup}", loss_text, f"{ms:,.1f}")
-    console.print(steps)
-    summary = Table(show_header=False, box=None)
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    limit = result.memory_limit_bytes
-    summary.add_row("step time (median)", _ms(result.step_ms))
-    if result.slowdown is not None:
-        summary.add_row("slowdown vs oracular", f"{result.slowdown:.3f}× ({result.oracle})")
-    summary.add_row("peak device memory", format_bytes(result.peak_bytes))
-    summary.add_row("average device memory", format_bytes(result.average_bytes))
-    summary.add_row("memory limit", format_bytes(limit) if limit else "none")
-    summary.add_row("offloaded / prefetched per step", f"{format_bytes(result.offloaded_bytes)}"
-                    f" / {format_bytes(result.prefetched_bytes)}")
-    summary.add_row("compute stalled for copies", _ms(result.stall_ms))
-    summary.add_row("pinned host memory", format_bytes(result.pinned_bytes))
-    if result.pool_reserved_bytes is not None:
-        summary.add_row("CuPy pool reserved", format_bytes(result.pool_reserved_bytes))
-    console.print(summary)
-
-
-def _render_compare(rows: list[Any], oracle: Any) -> None:
-    from rich.table import Table
-
-    first = next((r for r in rows if r.error is None), rows[0])
-    limit = first.memory_limit_bytes
-    title = (f"vmem compare {first.profile} · batch {first.batch} · {first.device} · "
-             f"memory limit {format_bytes(limit) if limit else 'none'}")
-    table = Table(title=title, caption="slowdown: step time over the oracular step's, "
-                  + ("policy none with memory for everything" if oracle else
-                     "the sum of per-layer times (none does not fit this device)"))
-    for column in ("policy", "peak", "average", "step", "slowdown", "offloaded", "prefetched",
-                   "stall"):
-        table.add_column(column, no_wrap=True, justify="left" if column == "policy" else "right")
-    failures = []
-    for row in rows:
-        if row.error is not None:
-            table.add_row(row.policy, "[red]does not fit[/red]", *["-"] * 6)
-            failures.append(f"{row.policy}: {row.error}")
-            continue
-        table.add_row(row.policy, format_bytes(row.peak_bytes), format_bytes(row.average_bytes),
-                      _ms(row.step_ms), f"{row.slowdown:.3f}×" if row.slowdown else "-",
-                      format_bytes(row.offloaded_bytes), format_bytes(row.prefetched_bytes),
-                      _ms(row.stall_ms))
-    console = _console()
-    console.print(table)
-    for failure in failures:
-        console.print(failure, highlight=False, soft_wrap=True)
+    _check_outputs(args)
+    _emit(load_session(args.session), args)
+    return 0
 
 
 # -- vmem plan -------------------------------------------------------------------------
@@ -305,13 +364,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile)
     plan, peak = plan_for(profile, args.policy, args.device, args.batch,
-                          _size(args.memory_limit, "--memory-limit"))
+                          _size(args.memory_limit, "--memory-limit"),
+                          allocation=args.allocation)
     if args.json:
-        print(json.dumps({**json.loads(plan.to_json()), "peak_bytes": peak}))
+        print(json.dumps({**json.loads(plan.to_json()), "peak_bytes": peak,
+                          "allocation": args.allocation}))
         return 0
     _console().print(plan.explain(), highlight=False)
-    _console().print(f"peak device memory of a step under this plan: {format_bytes(peak)} "
-                     f"({peak:,} bytes)", highlight=False)
+    _console().print(f"peak device memory of a step under this plan ({args.allocation} "
+                     f"allocation): {format_bytes(peak)} ({peak:,} bytes)", highlight=False)
     return 0
 
 

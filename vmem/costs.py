@@ -1,29 +1,53 @@
-"""Cost model: how long a layer or a copy takes on a named GPU.
+"""Cost models: how long a layer, a copy or an update takes on a device.
 
-A layer's time is the larger of its FLOPs over the GPU's sustained throughput
-and the bytes it moves over the memory bandwidth (a roofline), plus a launch
-cost per kernel; a copy's time is its bytes over the PCIe bandwidth of its
-direction. The `sim` backend advances its stream clocks by these times, and
-policies use them to weigh their choices.
+`CostModel` is a roofline of a named GPU: a layer's time is the larger of its
+FLOPs over the GPU's sustained throughput and the bytes it moves over the
+memory bandwidth, plus a launch cost per kernel; a copy's time is its bytes
+over the PCIe bandwidth of its direction, plus a launch. `CalibratedCosts`
+(`--device sim:FILE.json`) replaces the roofline's layer times by times
+measured with `vmem calibrate` (see its docstring for how they scale). The
+`sim` backend advances its stream clocks by these times, and policies use them
+to weigh their choices.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vmem.errors import UsageError
 from vmem.layers.base import Algorithm, Layer, Shape, numel
 from vmem.units import parse_size
 
+if TYPE_CHECKING:
+    from vmem.graph import Network
+
 GPU_KEYS = ("memory", "tflops", "bandwidth_gbps", "d2h_gbps", "h2d_gbps", "launch_us")
+GPU_FILE_KEYS = f"{', '.join(GPU_KEYS)} (launch_us optional), description"
+CALIBRATION_FORMAT = "vmem-calibration"
+CALIBRATION_VERSION = 1
+FORWARD, BACKWARD = "forward", "backward"
 
 
 @dataclass(frozen=True)
 class GpuSpec:
+    """A GPU as the roofline sees it. Rates are sustained, not datasheet peaks
+    (see vmem/gpus.toml for where each preset's figures come from).
+
+    memory_bytes    device memory, the sim arena's capacity
+    tflops          float32 throughput of large GEMM-bound layers (10^12 FLOP/s)
+    bandwidth_gbps  device memory bandwidth, bytes read + written (10^9 B/s)
+    d2h_gbps        pinned device-to-host copy bandwidth (10^9 B/s)
+    h2d_gbps        pinned host-to-device copy bandwidth (10^9 B/s)
+    launch_us       fixed cost of one kernel launch or copy (microseconds)
+    """
+
     name: str
     memory_bytes: int
     tflops: float
@@ -41,22 +65,52 @@ def gpu_presets() -> dict[str, GpuSpec]:
 
 
 def load_gpu(name_or_path: str) -> GpuSpec:
-    """A preset by name, or a TOML file with the preset keys at top level."""
+    """A preset by name, a TOML file with the preset keys (at top level, or in
+    the one table of a section copied from gpus.toml), or a calibration file
+    (its device, as measured)."""
+    where = f"--device sim:{name_or_path}"
+    if name_or_path.endswith(".json"):
+        return load_calibration(name_or_path).gpu
     if name_or_path.endswith(".toml"):
         path = Path(name_or_path)
         try:
-            table = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise UsageError(f"--device sim:{name_or_path}: cannot read it ({exc.strerror})"
-                             ) from None
+            table = tomllib.loads(_read(path, where))
         except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"--device sim:{name_or_path}: not valid TOML ({exc})") from None
+            raise UsageError(f"{where}: not valid TOML ({exc})") from None
+        sections = [v for v in table.values() if isinstance(v, dict)]
+        if len(table) == 1 and len(sections) == 1:
+            table = sections[0]
         return _spec(path.stem, table, str(path))
     presets = gpu_presets()
     if name_or_path not in presets:
         raise UsageError(f"--device: unknown GPU preset '{name_or_path}'; known: "
-                         f"{', '.join(sorted(presets))}, or sim:FILE.toml")
+                         f"{', '.join(sorted(presets))}, or sim:FILE.toml (a GPU of one's own)"
+                         " or sim:FILE.json (from vmem calibrate)")
     return presets[name_or_path]
+
+
+def load_costs(name_or_path: str, itemsize: int = 4) -> CostModel:
+    """The cost model a `sim:` device names: a preset's or a GPU file's roofline,
+    or a calibration file's measured costs."""
+    if name_or_path.endswith(".json"):
+        return CalibratedCosts(calibration=load_calibration(name_or_path))
+    return CostModel(load_gpu(name_or_path), itemsize)
+
+
+def _read(path: Path, where: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: not a text file") from None
+
+
+def _number(value: Any) -> float | None:
+    """A finite positive number, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
 
 
 def _spec(name: str, table: dict, where: str) -> GpuSpec:
@@ -65,15 +119,12 @@ def _spec(name: str, table: dict, where: str) -> GpuSpec:
     if missing or unknown:
         problem = (f"missing {', '.join(missing)}" if missing else
                    f"unknown key(s) {', '.join(unknown)}")
-        raise UsageError(f"GPU file {where}: {problem}; keys: {', '.join(GPU_KEYS)}, "
-                         "description")
-    try:
-        numbers = {k: float(table[k]) for k in GPU_KEYS[1:] if k in table}
-    except (TypeError, ValueError):
-        raise UsageError(f"GPU file {where}: {', '.join(GPU_KEYS[1:])} must be numbers"
-                         ) from None
-    if any(v <= 0 for v in numbers.values()):
-        raise UsageError(f"GPU file {where}: rates must be positive")
+        raise UsageError(f"GPU file {where}: {problem}; keys: {GPU_FILE_KEYS}")
+    numbers = {k: _number(table[k]) for k in GPU_KEYS[1:] if k in table}
+    bad = [k for k, v in numbers.items() if v is None]
+    if bad:
+        raise UsageError(f"GPU file {where}: {', '.join(bad)} must be positive numbers, got "
+                         + ", ".join(repr(table[k]) for k in bad))
     return GpuSpec(name, parse_size(str(table["memory"]), f"GPU file {where}: memory"),
                    description=str(table.get("description", "")), **numbers)
 
@@ -85,7 +136,7 @@ class CostModel:
 
     def layer_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
                  algo: Algorithm, phase: str) -> float:
-        forward = phase == "forward"
+        forward = phase == FORWARD
         flops = layer.flops(in_shapes) if forward else layer.backward_flops(in_shapes)
         params = sum(numel(s) for s in layer.param_shapes(in_shapes).values())
         activations = sum(numel(s) for s in in_shapes) + numel(out_shape)
@@ -109,3 +160,202 @@ class CostModel:
     def update_ms(self, param_bytes: int) -> float:
         """SGD reads weight, gradient and velocity and writes two of them."""
         return 5 * param_bytes / (self.gpu.bandwidth_gbps * 1e9) * 1e3
+
+
+# -- measured costs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """One layer as `vmem calibrate` ran it: per-sample input shapes (no batch),
+    the algorithm it ran with, and the median kernel time of each phase."""
+
+    name: str
+    type: str
+    in_shapes: tuple[Shape, ...]
+    algorithm: str
+    workspace_bytes: int
+    chunk: int
+    forward_ms: float
+    backward_ms: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a calibration file holds, checked. `gpu` is the device as measured:
+    its memory, copy rates, launch cost and device bandwidth, and the float32
+    throughput its GEMM-bound layers reached."""
+
+    path: str
+    gpu: GpuSpec
+    profile: str
+    batch: int
+    dtype: str
+    layers: dict[str, LayerTiming]
+    update_ms: float
+    param_bytes: int
+    device: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CalibratedCosts(CostModel):
+    """Measured costs (`--device sim:FILE.json`).
+
+    A layer at batch b with algorithm a takes its measured time at the
+    calibrated batch b0 and algorithm a0, scaled by the roofline of the
+    calibrated device (`CostModel(calibration.gpu)`):
+
+        t(b, a) = t_measured(b0, a0) * model(b, a) / model(b0, a0)
+
+    The model is a launch cost plus max(FLOPs / throughput, bytes / bandwidth).
+    Feature-map FLOPs and bytes grow with the batch and weight traffic and
+    launches do not, so the scaling is proportional to the batch for
+    convolutions and closer to constant for a fully connected layer at a small
+    batch; another convolution algorithm (im2col chunk) than the calibrated one
+    changes the time by the model's ratio of the two. Copies take the measured
+    bandwidth of their direction plus a launch; the update scales the measured
+    one by the parameter bytes. Layers the file does not calibrate are an error:
+    a file calibrates one network.
+    """
+
+    gpu: GpuSpec = field(init=False)
+    calibration: Calibration = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu", self.calibration.gpu)
+
+    def timing(self, layer: Layer, in_shapes: Sequence[Shape]) -> LayerTiming:
+        cal = self.calibration
+        timing = cal.layers.get(layer.name)
+        if timing is None:
+            raise UsageError(f"--device sim:{cal.path}: no timing for layer '{layer.name}'; "
+                             f"the file calibrates profile {cal.profile} (run vmem calibrate "
+                             "on this network)")
+        per_sample = tuple(tuple(s[1:]) for s in in_shapes)
+        if timing.type != layer.TYPE or timing.in_shapes != per_sample:
+            raise UsageError(
+                f"--device sim:{cal.path}: layer '{layer.name}' was calibrated as "
+                f"{timing.type} with input {_dims(timing.in_shapes)} (profile {cal.profile}); "
+                f"here it is {layer.TYPE} with input {_dims(per_sample)}: calibrate this network")
+        return timing
+
+    def check_network(self, network: Network) -> None:
+        """Refuse, naming them all, layers of `network` the file has no timing for
+        (or timed with other shapes): call before the first step."""
+        missing = [n.name for n in network.nodes if n.name not in self.calibration.layers]
+        if missing:
+            raise UsageError(f"--device sim:{self.calibration.path}: no timing for layer(s) "
+                             f"{', '.join(missing)}; the file calibrates profile "
+                             f"{self.calibration.profile} (run vmem calibrate on "
+                             f"{network.name})")
+        shapes = network.shapes(1)
+        for node in network.nodes:
+            self.timing(node.layer, network.in_shapes(node, shapes))
+
+    def layer_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
+                 algo: Algorithm, phase: str) -> float:
+        timing = self.timing(layer, in_shapes)
+        measured = timing.forward_ms if phase == FORWARD else timing.backward_ms
+        b0 = self.calibration.batch
+        then = (tuple((b0, *s) for s in timing.in_shapes), (b0, *out_shape[1:]),
+                Algorithm(timing.algorithm, timing.workspace_bytes, timing.chunk))
+        model = super().layer_ms
+        return measured * model(layer, in_shapes, out_shape, algo, phase) / model(
+            layer, *then, phase)
+
+    def update_ms(self, param_bytes: int) -> float:
+        cal = self.calibration
+        if cal.param_bytes <= 0:
+            return super().update_ms(param_bytes)
+        return cal.update_ms * param_bytes / cal.param_bytes
+
+
+def _dims(shapes: Sequence[Shape]) -> str:
+    return ", ".join("×".join(map(str, s)) for s in shapes)
+
+
+# -- calibration files -----------------------------------------------------------------
+
+
+class _Fields:
+    """Typed reads from a JSON object, each failure one line naming the field."""
+
+    def __init__(self, data: dict[str, Any], where: str) -> None:
+        self.data, self.where = data, where
+
+    def fail(self, key: str, expected: str) -> UsageError:
+        got = self.data.get(key, "nothing")
+        return UsageError(f"{self.where}: field '{key}' must be {expected}, got {got!r:.60}")
+
+    def text(self, key: str) -> str:
+        value = self.data.get(key)
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "a string")
+        return value
+
+    def positive(self, key: str) -> float:
+        value = _number(self.data.get(key))
+        if value is None:
+            raise self.fail(key, "a positive number")
+        return value
+
+    def time(self, key: str) -> float:
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and value >= 0):
+            raise self.fail(key, "a time in ms (a number >= 0)")
+        return float(value)
+
+    def count(self, key: str, least: int = 0) -> int:
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise self.fail(key, f"an integer >= {least}")
+        return value
+
+    def shapes(self, key: str) -> tuple[Shape, ...]:
+        value = self.data.get(key)
+        if not isinstance(value, list) or not all(
+                isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                            and d > 0 for d in s) for s in value):
+            raise self.fail(key, "a list of shapes (lists of positive integers)")
+        return tuple(tuple(s) for s in value)
+
+
+def load_calibration(path_text: str) -> Calibration:
+    """Read and check a file written by `vmem calibrate`; every problem is one
+    UsageError line."""
+    where = f"--device sim:{path_text}"
+    try:
+        data = json.loads(_read(Path(path_text), where))
+    except ValueError as exc:
+        raise UsageError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise UsageError(f"{where}: not a vmem calibration file (no \"format\": "
+                         f"\"{CALIBRATION_FORMAT}\"; write one with vmem calibrate)")
+    if data.get("version") != CALIBRATION_VERSION:
+        raise UsageError(f"{where}: calibration format version {data.get('version')!r}; this "
+                         f"vmem reads version {CALIBRATION_VERSION} (calibrate again)")
+    top = _Fields(data, where)
+    device = data.get("device")
+    if not isinstance(device, dict):
+        raise top.fail("device", "an object (the device facts)")
+    rows = data.get("layers")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise top.fail("layers", "a non-empty list of layer objects")
+    layers: dict[str, LayerTiming] = {}
+    for i, row in enumerate(rows):
+        f = _Fields(row, f"{where}: layers[{i}]")
+        timing = LayerTiming(f.text("name"), f.text("type"), f.shapes("in_shapes"),
+                             f.text("algorithm"), f.count("workspace_bytes"), f.count("chunk"),
+                             f.time("forward_ms"), f.time("backward_ms"))
+        layers[timing.name] = timing
+    name = Path(path_text).name
+    described = str(device.get("device") or device.get("processor") or device.get("backend"))
+    gpu = GpuSpec(name, top.count("memory_bytes", 1), top.positive("tflops"),
+                  top.positive("bandwidth_gbps"), top.positive("d2h_gbps"),
+                  top.positive("h2d_gbps"), top.positive("launch_us"),
+                  f"calibrated on {described} ({data.get('profile')}, batch "
+                  f"{data.get('batch')}, {data.get('created', 'undated')})")
+    return Calibration(path_text, gpu, top.text("profile"), top.count("batch", 1),
+                       top.text("dtype"), layers, top.time("update_ms"),
+                       top.count("param_bytes"), device)

@@ -4,18 +4,24 @@ reference (policy `none`, no memory limit, same network and batch)."""
 
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from vmem.errors import VmemError
+from vmem.executor import LIVENESS
 from vmem.graph import Network
 from vmem.optim import SGD
 from vmem.profiler import analysis
 from vmem.profiler.events import StepRecord
+from vmem.profiler.session import TrialResult
 from vmem.runtime import Runtime
+
+__all__ = ["TrialResult", "TrialSpec", "failed_trial", "run_trial", "synthetic_batch",
+           "with_slowdown"]
 
 
 @dataclass(frozen=True)
@@ -32,35 +38,7 @@ class TrialSpec:
     default_batch: int = 32
     default_cpu_batch: int = 8
     oracular: bool = False  # a device with memory for everything (see Runtime)
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    profile: str
-    batch: int
-    device: str
-    policy: str
-    memory_limit_bytes: int | None
-    steps: int
-    peak_bytes: int | None = None
-    average_bytes: float | None = None
-    step_ms: float | None = None
-    steps_ms: tuple[float, ...] = ()
-    losses: tuple[float, ...] = ()
-    offloaded_bytes: int | None = None
-    prefetched_bytes: int | None = None
-    stall_ms: float | None = None
-    pinned_bytes: int | None = None
-    slowdown: float | None = None
-    oracle: str | None = None  # how the oracular step time was obtained
-    pool_reserved_bytes: int | None = None
-    device_facts: dict[str, Any] | None = None
-    error: str | None = None  # why this policy could not train, if it could not
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["steps_ms"], data["losses"] = list(self.steps_ms), list(self.losses)
-        return data
+    allocation: str = LIVENESS  # or "network-wide", the vDNN paper's baseline
 
 
 def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
@@ -72,30 +50,42 @@ def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
     return x, rng.integers(0, classes, size=batch)
 
 
-def run_trial(spec: TrialSpec) -> tuple[TrialResult, list[StepRecord]]:
+def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
+              ) -> tuple[TrialResult, list[StepRecord]]:
     """Train `spec.steps` steps; the first is a warm-up left out of the timing.
-    A VmemError (the policy does not fit, ...) propagates."""
+    `on_step` is called after each step (a progress bar). A VmemError (the
+    policy does not fit, ...) propagates."""
     with Runtime(spec.network, device=spec.device, policy=spec.policy,
                  memory_limit=spec.memory_limit, host_memory_limit=spec.host_memory_limit,
-                 optimizer=SGD(lr=spec.lr), seed=spec.seed,
-                 oracular=spec.oracular) as runtime:
+                 optimizer=SGD(lr=spec.lr), seed=spec.seed, oracular=spec.oracular,
+                 allocation=spec.allocation) as runtime:
         batch = spec.batch or (spec.default_cpu_batch if runtime.backend.name == "cpu"
                                else spec.default_batch)
         x, y = synthetic_batch(spec.network.input_shape, runtime.num_classes, batch, spec.seed)
-        losses, records = [], []
+        losses: list[float | None] = []
+        records: list[StepRecord] = []
         for _ in range(spec.steps):
-            losses.append(runtime.train_step(x, y))
+            loss = runtime.train_step(x, y)
+            losses.append(loss if math.isfinite(loss) else None)
             assert runtime.last_record is not None
             records.append(runtime.last_record)
+            if on_step is not None:
+                on_step()
         timed = records[1:] or records
+        peak_record = max(records, key=analysis.peak_bytes)
+        by_kind = [analysis.average_bytes_by_kind(r) for r in timed]
         result = TrialResult(
             profile=spec.network.name, batch=batch, device=runtime.backend.name,
             policy=spec.policy, memory_limit_bytes=runtime.memory_limit, steps=spec.steps,
-            peak_bytes=max(analysis.peak_bytes(r) for r in records),
+            allocation=spec.allocation,
+            peak_bytes=analysis.peak_bytes(peak_record),
             average_bytes=statistics.fmean(analysis.average_bytes(r) for r in timed),
+            peak_by_kind=analysis.bytes_by_kind_at_peak(peak_record),
+            average_by_kind={kind: statistics.fmean(b.get(kind, 0.0) for b in by_kind)
+                             for kind in by_kind[0]},
             step_ms=statistics.median(r.duration_ms for r in timed),
             steps_ms=tuple(r.duration_ms for r in records),
-            losses=tuple(float(v) for v in losses),
+            losses=tuple(losses),
             offloaded_bytes=analysis.copied_bytes(timed[-1], "copy_d2h"),
             prefetched_bytes=analysis.copied_bytes(timed[-1], "copy_h2d"),
             stall_ms=statistics.median(analysis.stall_ms(r) for r in timed),
@@ -108,7 +98,7 @@ def run_trial(spec: TrialSpec) -> tuple[TrialResult, list[StepRecord]]:
 def failed_trial(spec: TrialSpec, error: VmemError, batch: int, device: str) -> TrialResult:
     return TrialResult(profile=spec.network.name, batch=batch, device=device,
                        policy=spec.policy, memory_limit_bytes=spec.memory_limit,
-                       steps=spec.steps, error=str(error))
+                       steps=spec.steps, allocation=spec.allocation, error=str(error))
 
 
 def with_slowdown(result: TrialResult, records: list[StepRecord],

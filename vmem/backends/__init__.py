@@ -1,4 +1,5 @@
-"""Backends behind one contract: `get_backend("auto" | "cpu" | "cuda[:N]" | "sim:GPU")`."""
+"""Backends behind one contract:
+`get_backend("auto" | "cpu" | "cuda[:N]" | "sim:GPU" | "sim:FILE.toml" | "sim:FILE.json")`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import re
 from vmem.backends.base import COMPUTE, MEMORY, Backend, Event, Mark, Stream
 from vmem.errors import UsageError
 
-ACCEPTED_DEVICES = "auto, cpu, cuda, cuda:N, sim:GPU (a preset) or sim:FILE.toml"
+ACCEPTED_DEVICES = ("auto, cpu, cuda, cuda:N, sim:GPU (a preset), sim:FILE.toml (a GPU of "
+                    "one's own) or sim:FILE.json (from vmem calibrate)")
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
@@ -28,9 +30,10 @@ def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool =
         return CpuBackend(capacity)
     if spec.startswith("sim:"):
         from vmem.backends.sim import SimBackend
-        from vmem.costs import load_gpu
+        from vmem.costs import load_costs
 
-        return SimBackend(load_gpu(spec.removeprefix("sim:")), capacity, bounded)
+        costs = load_costs(spec.removeprefix("sim:"))
+        return SimBackend(costs.gpu, capacity, bounded, costs)
     match = _CUDA.match(spec)
     if match:
         from vmem.backends.cuda import CudaBackend

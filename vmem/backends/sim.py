@@ -1,10 +1,14 @@
 """The `sim` backend: buffers with shapes and no data, and two stream clocks
-driven by a cost model. The same executor, plan and arena as on a real device,
-so its memory figures are the real ones to the byte; its times are the model's.
+driven by a cost model (a GPU preset's roofline, or measured costs from a
+calibration file). The same executor, plan and arena as on a real device, so
+its memory figures are the real ones to the byte; its times are the model's.
 
 Each stream's clock is the time its queued work ends; the host's clock is when
 the host may issue work (it moves only when the host waits for an event or
-synchronizes). Work starts at max(stream clock, host clock).
+synchronizes; issuing itself takes no time). Work starts at max(stream clock,
+host clock); a stream told to wait for an event starts its next work no earlier
+than the event's time; a mark or an event on a stream is the time its next work
+would start.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vmem.backends.base import Backend, Event, Mark, Stream
-from vmem.costs import CostModel, GpuSpec
+from vmem.costs import CalibratedCosts, CostModel, GpuSpec
 from vmem.memory import DeviceArena
 
 
@@ -34,15 +38,19 @@ class SimMark(Mark):
 
 class SimBackend(Backend):
     def __init__(self, gpu: GpuSpec | None, capacity: int | None = None,
-                 bounded: bool = True) -> None:
-        """`capacity` bounds the arena, and so does the GPU's memory if `bounded`."""
+                 bounded: bool = True, costs: CostModel | None = None) -> None:
+        """`capacity` bounds the arena, and so does the GPU's memory if `bounded`.
+        `costs` drives the clocks (default: the GPU's roofline; none without a
+        GPU, where every launch takes no time: a dry run)."""
+        if costs is not None:
+            gpu = costs.gpu
         self.gpu = gpu
         self.name = f"sim:{gpu.name}" if gpu else "sim"
         self.xp = None
         if gpu is not None and bounded:
             capacity = gpu.memory_bytes if capacity is None else min(capacity, gpu.memory_bytes)
         self.arena = DeviceArena(capacity)
-        self.costs = CostModel(gpu) if gpu else None
+        self.costs = costs if costs is not None else (CostModel(gpu) if gpu else None)
         self._clock = {self.compute: 0.0, self.memory: 0.0}
         self._host = 0.0
 
@@ -94,5 +102,9 @@ class SimBackend(Backend):
             facts.update(gpu=self.gpu.name, description=self.gpu.description,
                          memory_bytes=self.gpu.memory_bytes, tflops=self.gpu.tflops,
                          bandwidth_gbps=self.gpu.bandwidth_gbps, d2h_gbps=self.gpu.d2h_gbps,
-                         h2d_gbps=self.gpu.h2d_gbps)
+                         h2d_gbps=self.gpu.h2d_gbps, launch_us=self.gpu.launch_us)
+        if isinstance(self.costs, CalibratedCosts):
+            cal = self.costs.calibration
+            facts.update(calibration=cal.path, calibrated_profile=cal.profile,
+                         calibrated_batch=cal.batch, calibrated_device=cal.device)
         return facts

@@ -14,6 +14,11 @@ class MemoryEvent:
     kind: str  # a vmem.memory.MemoryKind value
     label: str
     in_use: int  # device bytes in use right after this event
+    # The kernel this event belongs to: an allocation, the next kernel launched
+    # on the compute stream (it is made for it); a free, the last one launched
+    # (it follows it). Empty where no kernel was launched.
+    layer: str = ""
+    phase: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,3 +46,5 @@ class StepRecord:
     memory: tuple[MemoryEvent, ...]
     spans: tuple[Span, ...]
     loss: float | None = None
+    # start_in_use by kind (MemoryKind values), in the arena's order
+    start_by_kind: tuple[tuple[str, int], ...] = ()

@@ -21,25 +21,48 @@ class _PendingSpan:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class _PendingMemory:
+    mark: Mark
+    event: ArenaEvent
+    kernels_before: int  # kernel spans recorded when the event happened
+
+
 class StepRecorder:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.start_in_use = backend.arena.in_use
+        self.start_by_kind = tuple((str(kind), nbytes) for kind, nbytes
+                                   in backend.arena.bytes_by_kind().items())
         self._start = backend.mark(backend.compute)
-        self._memory: list[tuple[Mark, ArenaEvent]] = []
+        self._memory: list[_PendingMemory] = []
         self._spans: list[_PendingSpan] = []
+        self._kernels: list[tuple[str, str]] = []  # (layer, phase) in launch order
         backend.arena.observers.append(self._on_arena)
 
     def _on_arena(self, event: ArenaEvent) -> None:
-        self._memory.append((self.backend.mark(self.backend.compute), event))
+        self._memory.append(_PendingMemory(self.backend.mark(self.backend.compute), event,
+                                           len(self._kernels)))
 
     def span(self, name: str, phase: str, stream: Stream, start: Mark, end: Mark,
              kind: str = "kernel", nbytes: int = 0) -> None:
         self._spans.append(_PendingSpan(name, phase, stream.name, start, end, kind, nbytes))
+        if kind == "kernel":
+            self._kernels.append((name, phase))
 
     def detach(self) -> None:
         if self._on_arena in self.backend.arena.observers:
             self.backend.arena.observers.remove(self._on_arena)
+
+    def _owner(self, pending: _PendingMemory) -> tuple[str, str]:
+        """The kernel an event belongs to: allocations are made before the
+        kernel that uses them is launched, frees after the kernel that last used
+        them, so an allocation goes to the next kernel and a free to the last."""
+        if not self._kernels:
+            return "", ""
+        before = pending.kernels_before
+        index = before if pending.event.op == "alloc" else before - 1
+        return self._kernels[min(max(index, 0), len(self._kernels) - 1)]
 
     def finish(self, step: int, loss: float | None) -> StepRecord:
         """Resolve every mark; the caller has synchronized the backend."""
@@ -47,8 +70,10 @@ class StepRecorder:
         end = self.backend.mark(self.backend.compute)
         self.backend.synchronize()
         ms = self.backend.elapsed_ms
-        memory = tuple(MemoryEvent(ms(self._start, mark), e.op, e.block.nbytes, str(e.block.kind),
-                                   e.block.label, e.in_use) for mark, e in self._memory)
+        memory = tuple(MemoryEvent(ms(self._start, p.mark), p.event.op, p.event.block.nbytes,
+                                   str(p.event.block.kind), p.event.block.label, p.event.in_use,
+                                   *self._owner(p)) for p in self._memory)
         spans = tuple(Span(s.name, s.phase, s.stream, ms(self._start, s.start),
                            ms(self._start, s.end), s.kind, s.nbytes) for s in self._spans)
-        return StepRecord(step, ms(self._start, end), self.start_in_use, memory, spans, loss)
+        return StepRecord(step, ms(self._start, end), self.start_in_use, memory, spans, loss,
+                          self.start_by_kind)

@@ -1,0 +1,768 @@
+"""The NumPy references of the softmax kernels (vmem.kernels.softmax) against float64
+formulas written independently here, on fresh random inputs each run (the seed is in
+every failure message), plus the CUDA module's planning, which needs no GPU.
+
+With VMEM_EMULATE_CUDA=1 (and g++ with C++20), the CUDA C of vmem.kernels.cuda_softmax
+also runs here under a CPU emulator (one std::thread per CUDA thread, real barriers,
+emulated warp shuffles) against the same references: slow (minutes), off by default.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vmem.errors import DeviceUnavailable
+from vmem.kernels import cuda_softmax
+from vmem.kernels import softmax as sm
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12, np.float16: 2e-3}
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    seed = int(np.random.SeedSequence().entropy % 2**63)
+    request.node.user_properties.append(("seed", seed))
+    return np.random.default_rng(seed)
+
+
+def seed_of(rng: np.random.Generator) -> int:
+    """The seed of a fixture generator, for failure messages (rerun with it)."""
+    return int(rng.bit_generator.seed_seq.entropy)
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    out64 = np.asarray(out, dtype=np.float64)
+    scale = np.linalg.norm(ref)
+    return float(np.linalg.norm(out64 - ref) / (scale if scale > 0 else 1.0))
+
+
+# ------------------------------------------------------------------ float64 formulas
+
+
+def softmax64(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 by the textbook formula; NaN for rows without a
+    distribution (all -inf, or any +inf or NaN)."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.shape, np.nan)
+    flat, res = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
+    for i, row in enumerate(flat):
+        if np.isnan(row).any() or np.isposinf(row).any() or np.isneginf(row).all():
+            continue
+        e = np.exp(row - row.max())
+        res[i] = e / e.sum()
+    return out
+
+
+def topk64(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by sorting (logit desc, index asc) with Python's sort, row by row."""
+    p = softmax64(x)
+    flat, pf = x.reshape(-1, x.shape[-1]), p.reshape(-1, x.shape[-1])
+    idx = np.empty((flat.shape[0], k), dtype=np.int64)
+    for i, row in enumerate(flat):
+        def key(j: int, row: np.ndarray = row) -> tuple[float, int]:
+            v = float(row[j])
+            return (-np.inf if np.isnan(v) else -v, j)  # NaN first, then descending
+        idx[i] = sorted(range(row.size), key=key)[:k]
+    vals = np.take_along_axis(pf, idx, axis=1)
+    return vals.reshape(*x.shape[:-1], k), idx.reshape(*x.shape[:-1], k)
+
+
+def logits(rng: np.random.Generator, kind: str, rows: int, cols: int) -> np.ndarray:
+    x = rng.standard_normal((rows, cols)) * 3
+    if kind == "large":
+        x = x * 1e4 + np.where(rng.random((rows, cols)) < 0.2, 3e30, 0.0)
+    elif kind == "very_negative":
+        x = x - 1e4
+    elif kind == "minus_inf":
+        x[rng.random((rows, cols)) < 0.4] = -np.inf
+        x[np.arange(rows), rng.integers(0, cols, rows)] = rng.standard_normal(rows)
+    elif kind == "equal":
+        x = np.repeat(rng.standard_normal((rows, 1)) * 5, cols, axis=1)
+    return x
+
+
+KINDS = ["normal", "large", "very_negative", "minus_inf", "equal"]
+LENGTHS = [1, 2, 7, 255, 256, 257, 1000, 4099]
+
+
+# ------------------------------------------------------------------ softmax references
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn", ["safe", "online"])
+def test_softmax_references_against_float64(rng, fn, dtype, kind):
+    for cols in LENGTHS:
+        x = logits(rng, kind, 5, cols).astype(dtype)
+        before = x.copy()
+        out = sm.safe_softmax(x) if fn == "safe" else sm.online_softmax(x, block=64)
+        ref = softmax64(x)
+        assert out.dtype == dtype and out.shape == x.shape
+        err = rel_err(out, ref)
+        assert err < TOL[dtype], f"seed {seed_of(rng)}: {fn} {kind} cols={cols}: {err:.2e}"
+        np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("block", [1, 3, 64, 256, 5000])
+def test_online_softmax_any_block_size(rng, block):
+    x = rng.standard_normal((4, 1001)).astype(np.float32) * 4
+    assert rel_err(sm.online_softmax(x, block=block), softmax64(x)) < 1e-5, seed_of(rng)
+
+
+def test_online_normalizer_equals_the_elementwise_recurrence(rng):
+    """block=1 merges [x_k, 1] pairs as a tree; the paper's recurrence goes left to right."""
+    x = rng.standard_normal((3, 37)) * 5
+    x[0, 5] = -np.inf
+    m_seq, d_seq = np.full(3, -np.inf), np.zeros(3)
+    for j in range(x.shape[1]):
+        m_new = np.fmax(m_seq, x[:, j])
+        d_seq = d_seq * np.exp(m_seq - m_new) + np.exp(x[:, j] - m_new)
+        m_seq = m_new
+    m, d = sm.online_normalizer(x, block=1)
+    np.testing.assert_array_equal(m, x.max(axis=1))
+    np.testing.assert_allclose(m, m_seq)
+    np.testing.assert_allclose(d, d_seq, rtol=1e-12)
+    m2, d2 = sm.online_normalizer(x, block=7)
+    np.testing.assert_allclose(d2, d_seq, rtol=1e-12)
+
+
+def test_merge_is_associative_and_commutative_with_an_identity(rng):
+    m = rng.standard_normal((3, 50)) * 20
+    m[:, :5] = -np.inf
+    d = np.where(m == -np.inf, 0.0, rng.random((3, 50)) + 0.1)
+    (ma, mb, mc), (da, db, dc) = m, d
+    left = sm.merge_normalizers(*sm.merge_normalizers(ma, da, mb, db), mc, dc)
+    right = sm.merge_normalizers(ma, da, *sm.merge_normalizers(mb, db, mc, dc))
+    np.testing.assert_array_equal(left[0], right[0])
+    np.testing.assert_allclose(left[1], right[1], rtol=1e-12)
+    ab, ba = sm.merge_normalizers(ma, da, mb, db), sm.merge_normalizers(mb, db, ma, da)
+    np.testing.assert_array_equal(ab[0], ba[0])
+    np.testing.assert_array_equal(ab[1], ba[1])
+    ident = sm.merge_normalizers(np.full(50, -np.inf), np.zeros(50), ma, da)
+    np.testing.assert_array_equal(ident[0], ma)
+    np.testing.assert_allclose(ident[1], da, rtol=1e-15)
+
+
+def test_split_rows_merge_to_the_whole_row(rng):
+    x = rng.standard_normal((2, 300)) * 4
+    cut = int(rng.integers(1, 299))
+    m, d = sm.merge_normalizers(*sm.online_normalizer(x[:, :cut]),
+                                *sm.online_normalizer(x[:, cut:]))
+    mw, dw = sm.online_normalizer(x)
+    np.testing.assert_array_equal(m, mw)
+    np.testing.assert_allclose(d, dw, rtol=1e-12)
+    np.testing.assert_allclose(d, np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [sm.safe_softmax, sm.online_softmax])
+def test_rows_without_a_distribution_are_nan(fn):
+    x = np.array([[-np.inf, -np.inf, -np.inf], [0.0, np.inf, 1.0], [np.nan, 1.0, 2.0],
+                  [1.0, -np.inf, 2.0]], dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        y = fn(x)
+    assert np.isnan(y[:3]).all()
+    np.testing.assert_allclose(y[3], softmax64(x[3:])[0], rtol=1e-6)
+    assert y[3, 1] == 0.0
+
+
+@pytest.mark.parametrize("fn", [sm.safe_softmax, sm.online_softmax])
+def test_more_axes_non_contiguous_and_empty_rows(rng, fn):
+    x = rng.standard_normal((3, 4, 129)).astype(np.float32)
+    assert rel_err(fn(x), softmax64(x)) < 1e-5
+    xt = rng.standard_normal((130, 6)).astype(np.float32).T  # non-contiguous rows
+    assert not xt.flags.c_contiguous
+    assert rel_err(fn(xt), softmax64(np.ascontiguousarray(xt))) < 1e-5
+    assert fn(np.zeros((3, 0), np.float32)).shape == (3, 0)
+
+
+def test_half_precision_accumulates_in_float32(rng):
+    x = (rng.standard_normal((4, 3000)) * 3).astype(np.float16)
+    for fn in (sm.safe_softmax, sm.online_softmax):
+        y = fn(x)
+        assert y.dtype == np.float16
+        assert rel_err(y, softmax64(x)) < TOL[np.float16]
+
+
+def test_bfloat16_accumulates_in_float32(rng):
+    bf16 = pytest.importorskip("ml_dtypes").bfloat16
+    xb = (rng.standard_normal((4, 3000)) * 3).astype(bf16)
+    yb = sm.online_softmax(xb)
+    assert yb.dtype == bf16
+    assert rel_err(yb.astype(np.float64), softmax64(xb.astype(np.float64))) < 1e-2
+
+
+# ------------------------------------------------------------------ top-k
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_topk_against_a_sort(rng, kind):
+    for cols in (1, 2, 7, 33, 300):
+        x = logits(rng, kind, 6, cols).astype(np.float32)
+        for k in sorted({1, min(5, cols), cols}):
+            values, indices = sm.softmax_topk(x, k)
+            ref_v, ref_i = topk64(x, k)
+            assert values.shape == indices.shape == (6, k) and indices.dtype == np.int64
+            np.testing.assert_array_equal(indices, ref_i, err_msg=f"seed {seed_of(rng)}")
+            assert rel_err(values, ref_v) < 1e-5, f"seed {seed_of(rng)}: {kind} {cols} {k}"
+
+
+def test_topk_ties_go_to_the_lower_index(rng):
+    x = rng.integers(-3, 3, size=(20, 64)).astype(np.float32)  # many exact ties
+    x[0] = 1.0
+    x[1, ::2] = -0.0  # -0.0 ties with +0.0
+    x[1, 1::2] = 0.0
+    for k in (1, 5, 32, 64):
+        _, idx = sm.softmax_topk(x, k)
+        np.testing.assert_array_equal(idx, topk64(x, k)[1])
+        np.testing.assert_array_equal(idx[0], np.arange(k))
+        np.testing.assert_array_equal(idx[1], np.arange(k))
+        for row, cols in zip(x, idx, strict=True):  # equal values: increasing indices
+            same = row[cols][1:] == row[cols][:-1]
+            assert np.all(np.diff(cols)[same] > 0)
+
+
+def test_topk_special_values():
+    x = np.array([[1.0, np.nan, 3.0, np.inf], [-np.inf, 2.0, -np.inf, 1.0]], np.float32)
+    v, i = sm.softmax_topk(x, 3)
+    np.testing.assert_array_equal(i[0], [1, 3, 2])  # NaN ranks above +inf
+    assert np.isnan(v[0]).all()
+    np.testing.assert_array_equal(i[1], [1, 3, 0])
+    assert v[1, 2] == 0.0
+    np.testing.assert_allclose(v[1, :2], softmax64(x[1:])[0, [1, 3]], rtol=1e-6)
+
+
+def test_topk_more_axes_and_float64(rng):
+    x = rng.standard_normal((2, 3, 50))
+    v, i = sm.softmax_topk(x, 4)
+    rv, ri = topk64(x, 4)
+    assert v.dtype == np.float64 and v.shape == (2, 3, 4)
+    np.testing.assert_array_equal(i, ri)
+    assert rel_err(v, rv) < 1e-12
+
+
+# ------------------------------------------------------------------ backward
+
+
+def test_softmax_backward_against_the_jacobian(rng):
+    for cols in (1, 5, 300):
+        x = rng.standard_normal((4, cols))
+        y = softmax64(x)
+        dy = rng.standard_normal((4, cols))
+        jac = np.einsum("ri,ij->rij", y, np.eye(cols)) - np.einsum("ri,rj->rij", y, y)
+        ref = np.einsum("rij,ri->rj", jac, dy)
+        assert rel_err(sm.softmax_backward(y, dy), ref) < 1e-12
+        out32 = sm.softmax_backward(y.astype(np.float32), dy.astype(np.float32))
+        assert out32.dtype == np.float32 and rel_err(out32, ref) < 1e-5
+
+
+def test_softmax_backward_matches_finite_differences(rng):
+    x = rng.standard_normal((2, 6))
+    dy = rng.standard_normal((2, 6))
+    dx = sm.softmax_backward(softmax64(x), dy)
+    eps = 1e-6
+    for r in range(2):
+        for j in range(6):
+            xp_, xm_ = x.copy(), x.copy()
+            xp_[r, j] += eps
+            xm_[r, j] -= eps
+            num = ((softmax64(xp_) - softmax64(xm_)) * dy).sum() / (2 * eps)
+            assert dx[r, j] == pytest.approx(num, rel=1e-6, abs=1e-9)
+
+
+def test_cross_entropy_grad(rng):
+    x = rng.standard_normal((5, 9))
+    labels = rng.integers(0, 9, 5)
+    p = softmax64(x)
+    g = sm.cross_entropy_grad(p, labels)
+    onehot = np.eye(9)[labels]
+    np.testing.assert_allclose(g, (p - onehot) / 5, rtol=1e-14)
+    np.testing.assert_allclose(sm.cross_entropy_grad(p.astype(np.float32), labels, scale=1.0),
+                               p - onehot, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def one_line_value_error(call) -> str:  # noqa: ANN001
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_invalid_arguments_raise_one_line_errors():
+    x = np.zeros((2, 5), np.float32)
+    assert "between 1 and the row length 5" in one_line_value_error(lambda: sm.softmax_topk(x, 6))
+    assert "got 0" in one_line_value_error(lambda: sm.softmax_topk(x, 0))
+    one_line_value_error(lambda: sm.softmax_topk(x, -1))
+    one_line_value_error(lambda: sm.softmax_topk(x, 2.0))
+    one_line_value_error(lambda: sm.softmax_topk(x, True))
+    ints = np.zeros((2, 5), np.int32)
+    for fn in (sm.safe_softmax, sm.online_softmax, lambda a: sm.softmax_topk(a, 1)):
+        assert "floating dtype" in one_line_value_error(lambda fn=fn: fn(ints))
+        assert "0-d" in one_line_value_error(lambda fn=fn: fn(np.zeros((), np.float32)))
+        assert "NumPy array" in one_line_value_error(lambda fn=fn: fn([[1.0, 2.0]]))
+    one_line_value_error(lambda: sm.online_softmax(x, block=0))
+    one_line_value_error(lambda: sm.softmax_backward(x, np.zeros((2, 4), np.float32)))
+    one_line_value_error(lambda: sm.softmax_backward(x, ints))
+    one_line_value_error(lambda: sm.cross_entropy_grad(x, np.array([0, 5])))
+    one_line_value_error(lambda: sm.cross_entropy_grad(x, np.array([0.0, 1.0])))
+
+
+# ------------------------------------------------------------------ the CUDA module, no GPU
+
+
+def test_cuda_module_imports_and_says_why_it_cannot_run():
+    if cuda_softmax.softmax_kernels_available():
+        pytest.skip("a GPU is here: tests/gpu covers the kernels")
+    previous = cuda_softmax._use_launcher(None)
+    try:
+        with pytest.raises(DeviceUnavailable, match="CuPy"):
+            cuda_softmax.online_softmax(np.zeros((2, 3), np.float32))
+    finally:
+        cuda_softmax._use_launcher(previous)
+
+
+@pytest.mark.parametrize("vec", [1, 4])
+def test_register_plans_cover_the_row(vec):
+    for cols in list(range(vec, 2049, vec * 7)) + [4096, 8192, 12288, 16384]:
+        nvec = cols // vec
+        for method in ("warp", "block"):
+            if method == "warp" and cols > cuda_softmax.WARP_COLS:
+                continue
+            plan = cuda_softmax.plan_rows(10_000, cols, vec, 132, method)
+            assert plan.tpr * plan.items >= nvec, (cols, plan)
+            assert plan.items * vec <= cuda_softmax.REGISTER_FLOATS
+            assert plan.tpr in (32, 128, 256, 512) and plan.items & (plan.items - 1) == 0
+            if method == "block":
+                assert plan.tpr >= 128
+
+
+def test_plans_for_the_benchmark_shapes():
+    plan = cuda_softmax.plan_rows
+    assert plan(8192, 1024, 4, 132).method == "warp"
+    assert plan(1024, 8192, 4, 132).method == "block"
+    long = plan(16, 1 << 20, 4, 132)
+    assert long.method == "split" and 16 * long.splits >= 4 * 132
+    assert long.splits * long.chunk_vec >= (1 << 20) // 4 > (long.splits - 1) * long.chunk_vec
+    assert plan(64, 131072, 4, 132).method == "split"
+    assert plan(4000, 65536, 4, 132).method == "stream"
+    assert plan(10, 1000, 1, 132).method == "warp"
+    with pytest.raises(ValueError):
+        plan(4, 2048, 4, 132, "warp")
+    with pytest.raises(ValueError):
+        plan(4, 20000, 4, 132, "block")
+    with pytest.raises(ValueError):
+        plan(4, 20000, 4, 132, "fast")
+    forced = plan(3, 9, 1, 132, "split")
+    assert forced.splits == 2 and forced.chunk_vec == 5
+
+
+def test_every_launched_kernel_is_in_the_instantiation_list():
+    """The names the dispatcher can build (recorded on fake arrays) are the names the
+    nvcc check compiles."""
+    names = set(cuda_softmax.all_name_expressions())
+    recorder = RecordingLauncher(sms=4)
+    previous = cuda_softmax._use_launcher(recorder)
+    try:
+        run_kernel_cases(np.random.default_rng(), check=False, small=True)
+    finally:
+        cuda_softmax._use_launcher(previous)
+    assert recorder.names and recorder.names <= names, recorder.names - names
+
+
+def test_dispatch_from_the_array_functions(monkeypatch):
+    fake_cupy = types.ModuleType("cupy")
+    x = np.zeros((2, 3), np.float32)
+    assert sm._cuda_kernels(np, x, -1) is None
+    monkeypatch.setenv("VMEM_CUDA_SOFTMAX", "1")
+    assert sm._cuda_kernels(np, x, -1) is None
+    assert sm._cuda_kernels(fake_cupy, x, -1) is cuda_softmax
+    assert sm._cuda_kernels(fake_cupy, x, 0) is None
+    assert sm._cuda_kernels(fake_cupy, x.astype(np.float64), -1) is None
+    monkeypatch.setenv("VMEM_CUDA_SOFTMAX", "0")
+    assert sm._cuda_kernels(fake_cupy, x, -1) is None
+    monkeypatch.delenv("VMEM_CUDA_SOFTMAX")
+    assert (sm._cuda_kernels(fake_cupy, x, -1) is cuda_softmax) == sm.CUDA_SOFTMAX_DEFAULT
+
+
+# ------------------------------------------------------------------ vmem bench, no GPU
+
+
+def test_bench_without_a_gpu_exits_2_with_one_line(capsys):
+    from vmem.backends import cuda
+    from vmem.bench.__main__ import main
+
+    if cuda.available():
+        pytest.skip("a GPU is here")
+    for kind in ("softmax", "topk", "conv", "step"):
+        assert main([kind]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"vmem bench: error: {kind} needs CUDA") and "\n" not in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["softmax", "--runs", "0"], "--runs: must be a positive integer"),
+    (["topk", "--k", "33"], "--k: takes integers from 1 to 32"),
+    (["softmax", "--shapes", "8x"], "--shapes: a shape is ROWSxCOLS"),
+    (["fast"], "invalid choice"),
+])
+def test_bench_usage_errors_are_one_line(capsys, argv, words):
+    from vmem.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err
+
+
+def test_bench_helpers():
+    from vmem.bench.softmax import parse_shape
+    from vmem.bench.timing import buffer_count, markdown_table
+
+    assert parse_shape("16x1048576") == (16, 1 << 20) and parse_shape("8×4") == (8, 4)
+    assert buffer_count(64 << 20, 50 << 20) == 3 and buffer_count(1 << 30, 50 << 20) == 2
+    assert buffer_count(1 << 20, 50 << 20) == 32
+    table = markdown_table(["a", "b"], [["x", 1.23456], ["y", None]]).splitlines()
+    assert table == ["| a | b |", "| --- | ---: |", "| x | 1.235 |", "| y | – |"]
+
+
+# ------------------------------------------------------------------ the CUDA C on a CPU emulator
+
+
+class RecordingLauncher:
+    """Stands in for CuPy: NumPy arrays, a made-up multiprocessor count; records the
+    kernels asked for and launches nothing."""
+
+    xp = np
+
+    def __init__(self, sms: int) -> None:
+        self.names: set[str] = set()
+        self.sms = sms
+
+    def launch(self, name: str, grid: int, block: int, args: tuple) -> None:
+        self.names.add(name)
+
+    def sm_count(self) -> int:
+        return self.sms
+
+    def pointer(self, a: np.ndarray) -> int:
+        return int(a.ctypes.data)
+
+    def is_array(self, a: object) -> bool:
+        return isinstance(a, np.ndarray)
+
+
+class EmulatorLauncher(RecordingLauncher):
+    def __init__(self, lib: ctypes.CDLL, sms: int) -> None:
+        super().__init__(sms)
+        self.lib = lib
+        lib.vmem_emu_launch.restype = ctypes.c_int
+        lib.vmem_emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                                        ctypes.POINTER(ctypes.c_void_p)]
+
+    def launch(self, name: str, grid: int, block: int, args: tuple) -> None:
+        keep: list[object] = []
+        slots = (ctypes.c_void_p * len(args))()
+        for i, a in enumerate(args):  # kernelParams: a pointer to each argument's value
+            if isinstance(a, np.ndarray):
+                holder = ctypes.c_void_p(a.ctypes.data)
+                keep.append(holder)
+                slots[i] = ctypes.addressof(holder)
+            elif isinstance(a, np.generic):
+                box = np.array(a)
+                keep.append(box)
+                slots[i] = box.ctypes.data
+            else:
+                raise TypeError(f"{name} argument {i}: {type(a).__name__}; kernel scalars "
+                                "must be NumPy scalars of an explicit dtype")
+        rc = self.lib.vmem_emu_launch(name.encode(), int(grid), int(block), slots)
+        assert rc == 0, f"emulator could not launch {name} ({rc})"
+
+
+EMULATOR_HEADER = r"""
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <cmath>
+#include <math.h>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+struct emu_uint3 { unsigned x, y, z; };
+thread_local emu_uint3 threadIdx;
+thread_local emu_uint3 blockIdx;
+emu_uint3 blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __expf(float x) { return std::exp(x); }
+
+struct EmuWarp {
+    std::barrier<> bar{32};
+    uint64_t slot[32];
+    std::atomic<bool> exited[32];
+    EmuWarp() { for (auto& e : exited) e = false; }
+};
+static std::barrier<>* emu_block_bar = nullptr;
+static std::vector<std::unique_ptr<EmuWarp>> emu_warps;
+thread_local int emu_lane;
+thread_local EmuWarp* emu_warp;
+static std::atomic<long long> emu_progress{0};
+
+[[noreturn]] static void emu_fail(const char* what) {
+    std::fprintf(stderr, "cuda emulator: %s (block %u, thread %u)\n", what, blockIdx.x,
+                 threadIdx.x);
+    std::fflush(stderr);
+    std::abort();
+}
+
+inline void __syncthreads() { ++emu_progress; emu_block_bar->arrive_and_wait(); }
+
+template <class T>
+T emu_shfl(unsigned mask, T v, int src) {
+    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+    if (mask != 0xffffffffu) emu_fail("shuffle with a partial mask");
+    ++emu_progress;
+    uint64_t u = 0;
+    std::memcpy(&u, &v, sizeof(T));
+    emu_warp->slot[emu_lane] = u;
+    emu_warp->bar.arrive_and_wait();
+    if (emu_warp->exited[src & 31]) emu_fail("shuffle reads a lane that has exited");
+    const uint64_t r = emu_warp->slot[src & 31];
+    emu_warp->bar.arrive_and_wait();
+    T out;
+    std::memcpy(&out, &r, sizeof(T));
+    return out;
+}
+template <class T> T __shfl_xor_sync(unsigned mask, T v, int m) {
+    return emu_shfl(mask, v, emu_lane ^ m);
+}
+template <class T> T __shfl_sync(unsigned mask, T v, int src) { return emu_shfl(mask, v, src); }
+"""
+
+EMULATOR_LAUNCH = r"""
+template <class... A, std::size_t... I>
+static void emu_call(void (*k)(A...), void** args, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
+}
+
+// Blocks run one after another on `block` threads; a thread that returns drops out of
+// its block's and warp's barriers, as an exited CUDA thread stops counting.
+template <class... A>
+static int emu_launch(void (*k)(A...), unsigned grid, unsigned block, void** args) {
+    if (block == 0 || block % 32 != 0 || block > 1024) return -2;
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    std::barrier<> start(block + 1), end(block + 1);
+    std::atomic<bool> done{false}, finished{false};
+    unsigned current = 0;
+    std::thread watchdog([&] {
+        long long last = -1; int still = 0;
+        while (!finished) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            const long long now = emu_progress.load();
+            still = (now == last) ? still + 1 : 0;
+            last = now;
+            if (still > 150) emu_fail("no progress for 30 s (a deadlock?)");
+        }
+    });
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block; ++t) {
+        threads.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            emu_lane = int(t & 31);
+            for (;;) {
+                start.arrive_and_wait();
+                if (done) break;
+                blockIdx = {current, 0, 0};
+                emu_warp = emu_warps[t / 32].get();
+                emu_call(k, args, std::index_sequence_for<A...>{});
+                emu_warp->exited[emu_lane] = true;
+                emu_warp->bar.arrive_and_drop();
+                emu_block_bar->arrive_and_drop();
+                end.arrive_and_wait();
+            }
+        });
+    }
+    for (unsigned b = 0; b < grid; ++b) {
+        std::barrier<> block_bar(block);
+        emu_block_bar = &block_bar;
+        emu_warps.clear();
+        for (unsigned w = 0; w < block / 32; ++w) emu_warps.emplace_back(new EmuWarp());
+        current = b;
+        ++emu_progress;
+        start.arrive_and_wait();
+        end.arrive_and_wait();
+    }
+    done = true;
+    start.arrive_and_wait();
+    for (auto& th : threads) th.join();
+    finished = true;
+    watchdog.join();
+    emu_warps.clear();
+    return 0;
+}
+"""
+
+
+def build_emulator(names: set[str]) -> ctypes.CDLL:
+    table = "\n".join(f'    if (!std::strcmp(name, "{n}")) '
+                      f'return emu_launch(&{n}, grid, block, args);' for n in sorted(names))
+    code = (EMULATOR_HEADER + cuda_softmax.SOURCE + EMULATOR_LAUNCH
+            + 'extern "C" int vmem_emu_launch(const char* name, unsigned grid, unsigned block, '
+              'void** args) {\n' + table + "\n    return -1;\n}\n")
+    cache = Path(tempfile.gettempdir()) / "vmem-cuda-emulator"
+    cache.mkdir(parents=True, exist_ok=True)
+    lib = cache / f"emu-{hashlib.sha256(code.encode()).hexdigest()[:16]}.so"
+    if not lib.exists():
+        src = lib.with_suffix(".cpp")
+        src.write_text(code)
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
+                        str(src), "-o", str(tmp)], check=True)
+        tmp.rename(lib)
+    return ctypes.CDLL(str(lib))
+
+
+def special_rows(rng: np.random.Generator, cols: int) -> np.ndarray:
+    rows = [rng.standard_normal(cols) * 1e4 + np.where(rng.random(cols) < 0.1, 3e30, 0.0),
+            rng.standard_normal(cols) * 10 - 1e4, np.full(cols, 2.5)]
+    r = rng.standard_normal(cols)
+    r[rng.random(cols) < 0.5] = -np.inf
+    r[0] = 0.5
+    rows.append(r)
+    rows.append(np.full(cols, -np.inf))
+    r = rng.standard_normal(cols)
+    r[cols // 2] = np.inf
+    rows.append(r)
+    r = rng.standard_normal(cols)
+    r[-1] = np.nan
+    rows.append(r)
+    return np.array(rows, dtype=np.float32)
+
+
+def same_with_nan(out: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert np.array_equal(np.isnan(out), np.isnan(ref)), what
+    finite = ~np.isnan(ref)
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-5, atol=1e-7, err_msg=what)
+
+
+def run_kernel_cases(rng: np.random.Generator, check: bool, small: bool = False) -> None:
+    """Every path of cuda_softmax on NumPy arrays (through whichever launcher is set),
+    outputs poisoned first, compared with the references when `check`."""
+    cs = cuda_softmax
+    shapes = [(3, 1), (5, 7), (4, 1024), (3, 1030), (2, 4100)] if not small else \
+        [(3, 1), (5, 7), (4, 1024), (2, 4100)]
+    for rows, cols in shapes:
+        x = (rng.standard_normal((rows, cols)) * 4).astype(np.float32)
+        ref = softmax64(x)
+        for method in cs.METHODS:
+            if (method == "warp" and cols > cs.WARP_COLS) or \
+                    (method == "block" and cols > cs.REGISTER_COLS):
+                continue
+            y = np.full_like(x, np.nan)
+            cs.online_softmax(x, out=y, method=method)
+            logp = np.full_like(x, np.nan)
+            cs.log_softmax(x, out=logp, method=method)
+            if check:
+                assert rel_err(y, ref) < 1e-5, (rows, cols, method)
+                assert rel_err(logp, np.log(ref)) < 1e-5, (rows, cols, method)
+        for method in ("auto", "stream", "split"):
+            y = np.full_like(x, np.nan)
+            cs.safe_softmax(x, out=y, method=method)
+            if check:
+                assert rel_err(y, ref) < 1e-5, ("safe", rows, cols, method)
+        xt = x.copy()
+        xt[:, ::3] = np.round(xt[:, ::3])  # exact ties
+        for k in sorted({1, min(5, cols), min(32, cols)}):
+            for method in ("rows", "split"):
+                v, i = cs.softmax_topk(xt, k, method=method)
+                if check:
+                    rv, ri = topk64(xt, k)
+                    np.testing.assert_array_equal(i, ri, err_msg=f"{rows}x{cols} k={k} {method}")
+                    assert rel_err(v, rv) < 1e-5
+        dy = rng.standard_normal((rows, cols)).astype(np.float32)
+        dx = cs.softmax_backward(ref.astype(np.float32), dy)
+        labels = rng.integers(0, cols, rows)
+        loss, probs = cs.cross_entropy(x, labels)
+        loss2, grad = cs.softmax_cross_entropy_grad(x, labels)
+        grad2 = cs.cross_entropy_backward(probs, labels)
+        if check:
+            assert rel_err(dx, sm.softmax_backward(ref, dy.astype(np.float64))) < 1e-5
+            ref_loss = -np.log(ref[np.arange(rows), labels]).mean()
+            assert float(loss) == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
+            assert float(loss2) == pytest.approx(ref_loss, rel=1e-5, abs=1e-6)
+            assert rel_err(probs, ref) < 1e-5
+            ref_grad = sm.cross_entropy_grad(ref, labels)
+            assert rel_err(grad, ref_grad) < 1e-5 and rel_err(grad2, ref_grad) < 1e-5
+    for cols in (1, 40, 1030):
+        x = special_rows(rng, cols)
+        ref = softmax64(x)
+        with np.errstate(all="ignore"):  # x - m - log d: finite where exp underflows
+            ref_log = sm.log_softmax(np, x.astype(np.float64))
+        for method in ("auto", "block", "split"):
+            y = x.copy()
+            cs.online_softmax(y, out=y, method=method)  # in place
+            logp = cs.log_softmax(x, method=method)
+            if check:
+                same_with_nan(y, ref, f"special {cols} {method}")
+                assert np.array_equal(np.isfinite(logp), np.isfinite(ref_log))
+                finite = np.isfinite(ref_log)
+                np.testing.assert_allclose(logp[finite], ref_log[finite], rtol=1e-5, atol=1e-5)
+        for method in ("auto", "split"):
+            y = cs.safe_softmax(x, method=method)
+            if check:
+                same_with_nan(y, ref, f"safe special {cols} {method}")
+        for k in sorted({1, min(cols, 3), min(cols, 32)}):
+            for method in ("rows", "split"):
+                v, i = cs.softmax_topk(x, k, method=method)
+                if check:
+                    rv, ri = sm.softmax_topk(x.astype(np.float64), k)
+                    np.testing.assert_array_equal(i, ri)
+                    same_with_nan(v, rv, f"topk special {cols} {k} {method}")
+    buf = rng.standard_normal(4 * 64 + 1).astype(np.float32)
+    misaligned = buf[1:].reshape(4, 64)  # a multiple of 4 columns, rows not 16-byte aligned
+    y = cs.online_softmax(misaligned)
+    if check:
+        assert rel_err(y, softmax64(misaligned)) < 1e-5
+
+
+@pytest.mark.skipif(os.environ.get("VMEM_EMULATE_CUDA") != "1",
+                    reason="set VMEM_EMULATE_CUDA=1 to run the CUDA C under the CPU emulator")
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the emulator needs g++ (C++20)")
+def test_cuda_source_under_the_cpu_emulator(rng, monkeypatch):
+    monkeypatch.setattr(cuda_softmax, "MIN_CHUNK", 64)  # split small rows too
+    recorder = RecordingLauncher(sms=2)
+    previous = cuda_softmax._use_launcher(recorder)
+    try:
+        run_kernel_cases(np.random.default_rng(0), check=False)  # which kernels to build
+        cuda_softmax._use_launcher(EmulatorLauncher(build_emulator(recorder.names), sms=2))
+        run_kernel_cases(rng, check=True)
+    finally:
+        cuda_softmax._use_launcher(previous)
