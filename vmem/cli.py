@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from vmem.bench import add_bench_parser, run_bench
+from vmem.calibrate import add_calibrate_parser, cmd_calibrate
 from vmem.errors import UsageError, VmemError
 from vmem.units import format_bytes, parse_size
 
@@ -126,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print the plan a policy makes, without training")
     _add_network_options(plan, training=False)
     plan.add_argument("--policy", default="vdnn-dyn", help="memory policy (default: vdnn-dyn)")
+
+    add_calibrate_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 
@@ -134,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     commands = {"profiles": cmd_profiles, "run": cmd_run, "compare": cmd_compare,
-                "report": cmd_report, "plan": cmd_plan}
+                "report": cmd_report, "plan": cmd_plan, "calibrate": cmd_calibrate,
+                "bench": run_bench}
     try:
         return commands[args.command](args)
     except VmemError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vmem.costs import CostModel, load_gpu
+from vmem.costs import CostModel, load_costs
 from vmem.dryrun import PeakOracle
 from vmem.executor import LIVENESS
 from vmem.graph import Network, Node
@@ -48,8 +48,8 @@ def plan_for(profile: Profile, policy: str, device: str, batch: int | None,
     costs = None
     spec = device.strip()
     if spec.startswith("sim:"):
-        gpu = load_gpu(spec.removeprefix("sim:"))
-        costs = CostModel(gpu, np.dtype(dtype).itemsize)
+        costs = load_costs(spec.removeprefix("sim:"), np.dtype(dtype).itemsize)
+        gpu = costs.gpu
         capacity = gpu.memory_bytes if capacity is None else min(capacity, gpu.memory_bytes)
         on_cpu = False
     else:

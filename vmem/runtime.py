@@ -68,6 +68,13 @@ class Runtime:
         self.allocation = allocation
         self.optimizer = optimizer or SGD()
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
+        check_network = getattr(self.backend.costs, "check_network", None)
+        if check_network is not None:  # a calibration made for another network
+            try:
+                check_network(self.network)
+            except BaseException:
+                self.backend.close()
+                raise
         self.host_pool = PinnedHostPool(self.backend.pinned_empty, host_limit)
         self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation)
         try:
