@@ -731,7 +731,8 @@ ce_grad(const float* p, const long long* labels, float* g, long long rows, int c
 class _CupyLauncher:
     """Compiles each kernel instantiation on first use (one RawModule per name
     expression, so a process compiles only what it runs; CuPy caches the binaries on
-    disk) and launches it on CuPy's current stream."""
+    disk unless CUPY_CACHE_IN_MEMORY=1), or a list of them in one NVRTC run
+    (`precompile`), and launches kernels on CuPy's current stream."""
 
     def __init__(self) -> None:
         import cupy

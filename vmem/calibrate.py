@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from vmem.backends.base import Backend
+from vmem.cliargs import positive_int
 from vmem.costs import CALIBRATION_FORMAT, CALIBRATION_VERSION, load_calibration
 from vmem.errors import DeviceUnavailable, UsageError
 from vmem.graph import Network
@@ -57,12 +58,12 @@ def add_calibrate_parser(commands: Any) -> None:
         "each way, and write a file the sim backend reads: --device sim:FILE.json predicts "
         "other batch sizes, policies and memory limits from these measured costs.")
     parser.add_argument("profile", help="a profile name (see `vmem profiles`) or a TOML file")
-    parser.add_argument("--batch", type=_positive_int, help="batch size to calibrate at "
+    parser.add_argument("--batch", type=positive_int, help="batch size to calibrate at "
                         "(default: the profile's batch on cuda, its cpu_batch on cpu)")
     parser.add_argument("--device", default="cuda", help=f"the device to measure: {DEVICES} "
                         "(cpu tries the pipeline without a GPU; the sim then predicts the CPU) "
                         "(default: cuda)")
-    parser.add_argument("--steps", type=_positive_int, default=5, help="training steps, at "
+    parser.add_argument("--steps", type=positive_int, default=5, help="training steps, at "
                         "least 2; the first is a warm-up left out (default: 5)")
     parser.add_argument("-o", "--output", required=True, metavar="FILE.json",
                         help="where to write the calibration")
@@ -70,14 +71,6 @@ def add_calibrate_parser(commands: Any) -> None:
                         "instead of a table")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
-    return value
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

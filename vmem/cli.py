@@ -12,41 +12,16 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from vmem.bench import add_bench_parser, run_bench
 from vmem.calibrate import add_calibrate_parser, cmd_calibrate
+from vmem.cliargs import EXIT_USAGE, OneLineParser, positive_float, positive_int
 from vmem.errors import UsageError, VmemError
 from vmem.units import format_bytes, parse_size
 
-EXIT_USAGE = 2
 # vmem.executor.ALLOCATIONS, named here so that building the parser imports nothing heavy
 ALLOCATIONS = ("liveness", "network-wide")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not usage + message
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
-    return value
 
 
 def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> None:
@@ -93,9 +68,9 @@ def _add_output_options(parser: argparse.ArgumentParser, *, live: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vmem", description="GPU memory virtualization runtime and profiler "
-                     "for DNN training.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="vmem", description="GPU memory virtualization runtime and "
+                           "profiler for DNN training.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     profiles = commands.add_parser("profiles", help="list the shipped network profiles")
     profiles.add_argument("--json", action="store_true", help="print JSON for programs")

@@ -257,7 +257,8 @@ class CalibratedCosts(CostModel):
         timing = self.timing(layer, in_shapes)
         measured = timing.forward_ms if phase == FORWARD else timing.backward_ms
         b0 = self.calibration.batch
-        then = (tuple((b0, *s) for s in timing.in_shapes), (b0, *out_shape[1:]),
+        out_then = (b0, *out_shape[1:]) if out_shape else ()  # a loss's output is a scalar
+        then = (tuple((b0, *s) for s in timing.in_shapes), out_then,
                 Algorithm(timing.algorithm, timing.workspace_bytes, timing.chunk))
         model = super().layer_ms
         return measured * model(layer, in_shapes, out_shape, algo, phase) / model(

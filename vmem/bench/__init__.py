@@ -19,17 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vmem.cliargs import positive_int
+
 KINDS = ("softmax", "topk", "conv", "step")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
-    return value
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -54,9 +48,9 @@ def _ks(text: str) -> list[int]:
 
 
 def _common(parser: argparse.ArgumentParser, runs: int, warmup: int) -> None:
-    parser.add_argument("--runs", type=_positive_int, default=runs,
+    parser.add_argument("--runs", type=positive_int, default=runs,
                         help=f"timed calls per case; the median is reported (default: {runs})")
-    parser.add_argument("--warmup", type=_positive_int, default=warmup,
+    parser.add_argument("--warmup", type=positive_int, default=warmup,
                         help=f"untimed calls first (default: {warmup})")
     parser.add_argument("--out", metavar="FILE", help="also write the markdown report here")
 
@@ -89,15 +83,15 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     _common(topk, 50, 10)
     conv = kinds.add_parser("conv", help="vmem's conv layer vs torch conv2d (DESIGN.md's "
                             "four VGG-16 layers)")
-    conv.add_argument("--batch", type=_positive_int, default=64, help="batch (default: 64)")
+    conv.add_argument("--batch", type=positive_int, default=64, help="batch (default: 64)")
     conv.add_argument("--no-backward", action="store_true", help="time the forward pass only")
     conv.add_argument("--every-algorithm", action="store_true",
                       help="time every algorithm the layer offers, not the first of each family")
     _common(conv, 10, 3)
     step = kinds.add_parser("step", help="a training step through vmem.Runtime vs PyTorch")
     step.add_argument("--profile", default="vgg16", help="a profile name (default: vgg16)")
-    step.add_argument("--batch", type=_positive_int, default=64, help="batch (default: 64)")
-    step.add_argument("--steps", type=_positive_int, default=6,
+    step.add_argument("--batch", type=positive_int, default=64, help="batch (default: 64)")
+    step.add_argument("--steps", type=positive_int, default=6,
                       help="steps; the first is a warm-up left out (default: 6)")
     step.add_argument("--policy", default="none", help="memory policy (default: none)")
     step.add_argument("--out", metavar="FILE", help="also write the markdown report here")
