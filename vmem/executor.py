@@ -46,6 +46,13 @@ LIVENESS, NETWORK_WIDE = "liveness", "network-wide"
 ALLOCATIONS = (LIVENESS, NETWORK_WIDE)
 
 
+def check_allocation(allocation: str) -> str:
+    if allocation not in ALLOCATIONS:
+        raise UsageError(f"--allocation: unknown mode '{allocation}'; accepted: "
+                         f"{', '.join(ALLOCATIONS)}")
+    return allocation
+
+
 @dataclass
 class Tensor:
     """A feature or gradient map. `block` is None while it lives on the host only;
@@ -69,10 +76,7 @@ class Executor:
         self.backend, self.network, self.plan, self.params = backend, network, plan, params
         self.dtype = np.dtype(dtype)
         self.costs = costs
-        if allocation not in ALLOCATIONS:
-            raise UsageError(f"--allocation: unknown mode '{allocation}'; accepted: "
-                             f"{', '.join(ALLOCATIONS)}")
-        self.allocation = allocation
+        self.allocation = check_allocation(allocation)
         self._held: list[Block] = []  # maps kept to the step's end (network-wide)
         self.batch = plan.batch
         self.shapes = network.shapes(self.batch)

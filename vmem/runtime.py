@@ -16,7 +16,7 @@ import numpy as np
 from vmem.backends import get_backend
 from vmem.dryrun import PeakOracle
 from vmem.errors import OutOfDeviceMemory, UsageError, VmemError
-from vmem.executor import ALLOCATIONS, LIVENESS, Executor
+from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
 from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
@@ -62,27 +62,20 @@ class Runtime:
         host_limit = None if host_memory_limit is None else parse_size(host_memory_limit,
                                                                        "--host-memory-limit")
         check_policy(policy)
-        if allocation not in ALLOCATIONS:
-            raise UsageError(f"--allocation: unknown mode '{allocation}'; accepted: "
-                             f"{', '.join(ALLOCATIONS)}")
-        self.allocation = allocation
+        self.allocation = check_allocation(allocation)
         self.optimizer = optimizer or SGD()
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
-        check_network = getattr(self.backend.costs, "check_network", None)
-        if check_network is not None:  # a calibration made for another network
-            try:
-                check_network(self.network)
-            except BaseException:
-                self.backend.close()
-                raise
-        self.host_pool = PinnedHostPool(self.backend.pinned_empty, host_limit)
-        self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation)
         try:
+            check_network = getattr(self.backend.costs, "check_network", None)
+            if check_network is not None:  # a calibration made for another network
+                check_network(self.network)
             self.params = ParameterStore(self.backend, self.network, self.optimizer,
                                          self.dtype, seed)
         except BaseException:
             self.backend.close()
             raise
+        self.host_pool = PinnedHostPool(self.backend.pinned_empty, host_limit)
+        self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation)
         self._executors: dict[int, Executor] = {}
         self.steps = 0
         self.last_record: StepRecord | None = None
