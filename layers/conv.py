@@ -35,7 +35,7 @@ import numpy as np
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
-from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
+from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, he_normal
 
 # A GEMM of this many FLOPs keeps a large GPU busy for tens of microseconds, far
 # past its launch cost (about 40 us on an H100 at 100 TFLOP/s against ~5 us).
@@ -101,13 +101,7 @@ class Conv(Layer):
     def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:
         """He normal weights, std = sqrt(2 / fan_in), fan_in = C/groups * k * k; zero bias."""
-        shapes = self.param_shapes(in_shapes)
-        w_shape = shapes["weight"]
-        std = np.float32(np.sqrt(2.0 / numel(w_shape[1:])))
-        params = {"weight": rng.standard_normal(w_shape, dtype=np.float32) * std}
-        if self.bias:
-            params["bias"] = np.zeros(shapes["bias"], dtype=np.float32)
-        return params
+        return he_normal(self.param_shapes(in_shapes), rng)
 
     def flops(self, in_shapes: Sequence[Shape]) -> int:
         n, o, ho, wo = self.output_shape(in_shapes)

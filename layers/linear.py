@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vmem.layers._checks import config_error, inputs, require_int
-from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
+from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, he_normal, numel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,13 +43,7 @@ class Linear(Layer):
     def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:
         """He normal weights, std = sqrt(2 / in_features); zero bias."""
-        shapes = self.param_shapes(in_shapes)
-        w_shape = shapes["weight"]
-        std = np.float32(np.sqrt(2.0 / w_shape[1]))
-        params = {"weight": rng.standard_normal(w_shape, dtype=np.float32) * std}
-        if self.bias:
-            params["bias"] = np.zeros(shapes["bias"], dtype=np.float32)
-        return params
+        return he_normal(self.param_shapes(in_shapes), rng)
 
     def flops(self, in_shapes: Sequence[Shape]) -> int:
         n, out = self.output_shape(in_shapes)
