@@ -1,6 +1,7 @@
 """Softmax kernels for CuPy in CUDA C (RawModule, compiled by NVRTC on first use).
 
-**Not yet run on a GPU.** The CUDA C below compiles with nvcc 13.0 for sm_90, and its
+**Not yet run on a GPU.** The CUDA C below compiles with nvcc 13.0 for sm_90 and with
+NVRTC 13.5 under the options CuPy 14.2's RawModule uses (`scripts/nvrtc-check`), and its
 logic (indexing, barriers, warp shuffles, the merges) has run on the CPU under a
 thread-per-CUDA-thread emulator against the NumPy references of
 `vmem.kernels.softmax`; it has never executed on a real device, so its speed and its
@@ -345,17 +346,30 @@ online_stream(const float* x, float* y, long long rows, int cols, const long lon
     if (threadIdx.x == 0) write_loss<MODE>(xr, label, md, row_loss, row);
 }
 
+// The chunk of a split row that block b covers: row b / splits, chunk s = b % splits,
+// the row's vectors [vbeg, vend).
+struct SplitChunk { long long row, s, vbeg, vend; };
+
+template <int VEC>
+__device__ __forceinline__ SplitChunk split_chunk(long long b, int cols, int splits,
+                                                  long long chunk_vec) {
+    SplitChunk c;
+    c.row = b / splits;
+    c.s = b % splits;
+    c.vbeg = c.s * chunk_vec;
+    c.vend = vmem_min_ll(c.vbeg + chunk_vec, (long long)(cols / VEC));
+    return c;
+}
+
 // Split rows, kernel 1 of 2: block b = row * splits + s writes the pair of chunk s.
 template <int VEC, int THREADS>
 __global__ void __launch_bounds__(THREADS)
 online_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
                 Pair* partials) {
     const long long b = blockIdx.x;
-    const long long row = b / splits, s = b % splits;
-    const float* xr = x + row * cols;
-    const long long nvec = cols / VEC;
-    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
-    const MD md = md_row_reduce<THREADS>(md_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x));
+    const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
+    const float* xr = x + c.row * cols;
+    const MD md = md_row_reduce<THREADS>(md_scan<VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x));
     if (threadIdx.x == 0) { Pair p; p.m = md.m; p.d = md.d; partials[b] = p; }
 }
 
@@ -378,15 +392,13 @@ online_split_output(const float* x, float* y, long long rows, int cols, int spli
                     long long chunk_vec, const Pair* partials, const long long* labels,
                     float* row_loss, float scale) {
     const long long b = (long long)gridDim.x - 1 - blockIdx.x;
-    const long long row = b / splits, s = b % splits;
-    const float* xr = x + row * cols;
-    float* yr = y + row * cols;
-    const long long nvec = cols / VEC;
-    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
-    const MD md = merge_partials<THREADS>(partials, row, splits);
-    const long long label = row_label<MODE>(labels, row, cols);
-    emit_scan<VEC, THREADS, MODE>(xr, yr, vbeg, vend, threadIdx.x, md, label, scale);
-    if (s == 0 && threadIdx.x == 0) write_loss<MODE>(xr, label, md, row_loss, row);
+    const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
+    const float* xr = x + c.row * cols;
+    float* yr = y + c.row * cols;
+    const MD md = merge_partials<THREADS>(partials, c.row, splits);
+    const long long label = row_label<MODE>(labels, c.row, cols);
+    emit_scan<VEC, THREADS, MODE>(xr, yr, c.vbeg, c.vend, threadIdx.x, md, label, scale);
+    if (c.s == 0 && threadIdx.x == 0) write_loss<MODE>(xr, label, md, row_loss, c.row);
 }
 
 // ---------------------------------------------------------------- safe softmax (3 passes)
@@ -447,12 +459,10 @@ __global__ void __launch_bounds__(THREADS)
 safe_max_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
                   float* pmax) {
     const long long b = blockIdx.x;
-    const long long row = b / splits, s = b % splits;
-    const float* xr = x + row * cols;
-    const long long nvec = cols / VEC;
-    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
+    const float* xr = x + c.row * cols;
     const float m =
-        row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x));
+        row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x));
     if (threadIdx.x == 0) pmax[b] = m;
 }
 
@@ -470,13 +480,11 @@ __global__ void __launch_bounds__(THREADS)
 safe_sum_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
                   const float* pmax, float* psum) {
     const long long b = blockIdx.x;
-    const long long row = b / splits, s = b % splits;
-    const float* xr = x + row * cols;
-    const long long nvec = cols / VEC;
-    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
-    const float m = reduce_partials<THREADS, true>(pmax, row, splits);
+    const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
+    const float* xr = x + c.row * cols;
+    const float m = reduce_partials<THREADS, true>(pmax, c.row, splits);
     const float sum =
-        row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, vbeg, vend, threadIdx.x, m));
+        row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x, m));
     if (threadIdx.x == 0) psum[b] = sum;
 }
 
@@ -486,14 +494,12 @@ __global__ void __launch_bounds__(THREADS)
 safe_split_output(const float* x, float* y, long long rows, int cols, int splits,
                   long long chunk_vec, const float* pmax, const float* psum) {
     const long long b = (long long)gridDim.x - 1 - blockIdx.x;
-    const long long row = b / splits, s = b % splits;
-    const float* xr = x + row * cols;
-    float* yr = y + row * cols;
-    const long long nvec = cols / VEC;
-    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
-    const float m = reduce_partials<THREADS, true>(pmax, row, splits);
-    const float sum = reduce_partials<THREADS, false>(psum, row, splits);
-    emit_scan<VEC, THREADS, 0>(xr, yr, vbeg, vend, threadIdx.x, md_make(m, sum), -1, 1.0f);
+    const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
+    const float* xr = x + c.row * cols;
+    float* yr = y + c.row * cols;
+    const float m = reduce_partials<THREADS, true>(pmax, c.row, splits);
+    const float sum = reduce_partials<THREADS, false>(psum, c.row, splits);
+    emit_scan<VEC, THREADS, 0>(xr, yr, c.vbeg, c.vend, threadIdx.x, md_make(m, sum), -1, 1.0f);
 }
 
 // ---------------------------------------------------------------- fused softmax + top-k
@@ -633,14 +639,12 @@ __global__ void __launch_bounds__(THREADS)
 topk_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec, int k,
               Pair* pmd, unsigned long long* pcodes) {
     const long long b = blockIdx.x;
-    const long long row = b / splits, s = b % splits;
-    const float* xr = x + row * cols;
-    const long long nvec = cols / VEC;
-    const long long vbeg = s * chunk_vec, vend = vmem_min_ll(vbeg + chunk_vec, nvec);
+    const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
+    const float* xr = x + c.row * cols;
     MD md = md_identity();
     unsigned long long l[K];
     topk_clear(l);
-    topk_scan<VEC, THREADS, K>(xr, vbeg, vend, threadIdx.x, md, l);
+    topk_scan<VEC, THREADS, K>(xr, c.vbeg, c.vend, threadIdx.x, md, l);
     md = md_row_reduce<THREADS>(md);
     if (threadIdx.x == 0) { Pair p; p.m = md.m; p.d = md.d; pmd[b] = p; }
     for (int r = 0; r < k; ++r) {

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from softmax_cases import fresh_rng, rel_err, seed_of, special_rows
 
 from vmem.errors import DeviceUnavailable
 from vmem.kernels import cuda_softmax
@@ -30,20 +31,7 @@ TOL = {np.float32: 1e-5, np.float64: 1e-12, np.float16: 2e-3}
 
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    seed = int(np.random.SeedSequence().entropy % 2**63)
-    request.node.user_properties.append(("seed", seed))
-    return np.random.default_rng(seed)
-
-
-def seed_of(rng: np.random.Generator) -> int:
-    """The seed of a fixture generator, for failure messages (rerun with it)."""
-    return int(rng.bit_generator.seed_seq.entropy)
-
-
-def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    out64 = np.asarray(out, dtype=np.float64)
-    scale = np.linalg.norm(ref)
-    return float(np.linalg.norm(out64 - ref) / (scale if scale > 0 else 1.0))
+    return fresh_rng(request)
 
 
 # ------------------------------------------------------------------ float64 formulas
@@ -648,23 +636,6 @@ def build_emulator(names: set[str]) -> ctypes.CDLL:
                         str(src), "-o", str(tmp)], check=True)
         tmp.rename(lib)
     return ctypes.CDLL(str(lib))
-
-
-def special_rows(rng: np.random.Generator, cols: int) -> np.ndarray:
-    rows = [rng.standard_normal(cols) * 1e4 + np.where(rng.random(cols) < 0.1, 3e30, 0.0),
-            rng.standard_normal(cols) * 10 - 1e4, np.full(cols, 2.5)]
-    r = rng.standard_normal(cols)
-    r[rng.random(cols) < 0.5] = -np.inf
-    r[0] = 0.5
-    rows.append(r)
-    rows.append(np.full(cols, -np.inf))
-    r = rng.standard_normal(cols)
-    r[cols // 2] = np.inf
-    rows.append(r)
-    r = rng.standard_normal(cols)
-    r[-1] = np.nan
-    rows.append(r)
-    return np.array(rows, dtype=np.float32)
 
 
 def same_with_nan(out: np.ndarray, ref: np.ndarray, what: str) -> None:

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from softmax_cases import fresh_rng, rel_err, seed_of, special_rows
 
 cp = pytest.importorskip("cupy")
 
@@ -31,17 +32,8 @@ def compiled() -> None:
 
 
 @pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(int(np.random.SeedSequence().entropy % 2**63))
-
-
-def seed_of(rng: np.random.Generator) -> int:
-    return int(rng.bit_generator.seed_seq.entropy)
-
-
-def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    scale = np.linalg.norm(ref)
-    return float(np.linalg.norm(np.asarray(out, np.float64) - ref) / (scale if scale > 0 else 1.0))
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    return fresh_rng(request)
 
 
 def ref_softmax(x: np.ndarray) -> np.ndarray:
@@ -83,22 +75,6 @@ def same_with_nan(out: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert np.array_equal(np.isnan(out), np.isnan(ref)), what
     finite = ~np.isnan(ref)
     assert rel_err(out[finite], ref[finite]) < 1e-5, what
-
-
-def special_rows(rng: np.random.Generator, cols: int) -> np.ndarray:
-    rows = [rng.standard_normal(cols) * 1e4 + np.where(rng.random(cols) < 0.1, 3e30, 0.0),
-            rng.standard_normal(cols) * 10 - 1e4, np.full(cols, 2.5)]
-    r = rng.standard_normal(cols)
-    r[rng.random(cols) < 0.5] = -np.inf
-    r[0] = 0.5
-    rows += [r, np.full(cols, -np.inf)]
-    r = rng.standard_normal(cols)
-    r[cols // 2] = np.inf
-    rows.append(r)
-    r = rng.standard_normal(cols)
-    r[-1] = np.nan
-    rows.append(r)
-    return np.array(rows, dtype=np.float32)
 
 
 SHAPES = [(1, 1), (7, 1), (33, 5), (300, 100), (64, 1000), (1000, 1024), (37, 1030),
