@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from vmem.kernels.softmax import cross_entropy
 from vmem.layers._checks import inputs, shape_error
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape
@@ -51,13 +53,12 @@ class SoftmaxLoss(Layer):
         n, c = self._logits_shape([tuple(x.shape)])
         if ctx.labels is None:
             raise ValueError(f"layer '{self.name}' (softmax_loss): needs labels in ctx.labels")
-        labels = xp.asarray(ctx.labels)
-        if tuple(labels.shape) != (n,) or labels.dtype.kind not in "iu":
-            raise shape_error(self, f"needs integer labels of shape ({n},), got "
-                                    f"{labels.dtype} labels of shape {tuple(labels.shape)}")
-        if int(labels.min()) < 0 or int(labels.max()) >= c:
-            raise ValueError(f"layer '{self.name}' (softmax_loss): labels must lie in "
-                             f"[0, {c}), got [{int(labels.min())}, {int(labels.max())}]")
+        # Checked before the copy to the device: host labels cost no device sync here,
+        # in the middle of a step; labels already on the device cost one (the caller's
+        # choice).
+        given = ctx.labels if hasattr(ctx.labels, "dtype") else np.asarray(ctx.labels)
+        self._check_labels(given, n, c)
+        labels = xp.asarray(given)
         loss, probs = cross_entropy(xp, x.reshape(n, c), labels)
         if not ctx.train:
             return loss, ()
@@ -65,6 +66,15 @@ class SoftmaxLoss(Layer):
         grad[xp.arange(n), labels] -= 1
         grad /= n
         return loss, (grad,)
+
+    def _check_labels(self, labels: Array, n: int, c: int) -> None:
+        if tuple(labels.shape) != (n,) or labels.dtype.kind not in "iu":
+            raise shape_error(self, f"needs integer labels of shape ({n},), got "
+                                    f"{labels.dtype} labels of shape {tuple(labels.shape)}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= c:
+            raise ValueError(f"layer '{self.name}' (softmax_loss): labels must lie in "
+                             f"[0, {c}), got [{low}, {high}]")
 
     def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
                  params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,

@@ -434,9 +434,9 @@ class Executor:
         return x.astype(self.dtype, copy=False)
 
     def _labels(self, labels: Any) -> Any:
-        if not self.backend.runs_kernels:
-            return None
-        return self.backend.asarray(labels) if isinstance(labels, np.ndarray) else labels
+        """Labels as given: the loss layer checks host labels on the host, then copies
+        them to the device itself, so checking them costs no device sync mid-step."""
+        return labels if self.backend.runs_kernels else None
 
     def _read_scalar(self, tensor: Tensor) -> float | None:
         return None if tensor.array is None else float(self.backend.to_host(tensor.array))
