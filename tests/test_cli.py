@@ -130,3 +130,92 @@ def test_alexnet_with_defaults_from_the_installed_command() -> None:
     assert done.returncode == 0, done.stderr
     assert "peak device memory" in done.stdout and "alexnet" in done.stdout
     assert "warm-up" in done.stdout
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["run", "digits", "--seed", "-1"], ["--seed", ">= 0", "'-1'"]),
+    (["run", "digits", "--lr", "inf"], ["--lr", "finite", "'inf'"]),
+    (["run", "digits", "--batch", str(2**31)], ["--batch", "up to 2147483647"]),
+    (["run", "digits", "--memory-limit", "0.1"], ["--memory-limit", "less than one byte"]),
+    (["run", "digits", "--memory-limit", "-1"], ["--memory-limit", "must be positive", "GiB"]),
+    (["run", "digits", "--memory-limit", "1" + "0" * 400 + "B"], ["--memory-limit", "too large"]),
+    (["compare", "digits", "--policies", "none,magic"], ["--policies", "'magic'", "vdnn-dyn"]),
+    (["compare", "digits", "--policies", "none,vdnn-all,none"], ["--policies", "'none'", "twice"]),
+])
+def test_more_bad_input_gets_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
+                                                 argv: list[str], fragments: list[str]) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *fragments)
+    assert out == ""
+
+
+def test_one_file_for_two_outputs_is_refused(capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path) -> None:
+    same = tmp_path / "out.json"
+    code, out, err = run_cli(capsys, "run", "digits", "--device", "cpu", "--steps", "1",
+                             "--trace", str(same), "--save-session", f"{tmp_path}/./out.json")
+    assert_one_line_error(code, err, "--save-session", "also the --trace file")
+    assert out == "" and os.listdir(tmp_path) == []
+
+
+def test_a_batch_too_big_for_host_memory_is_one_line(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import vmem.trial
+
+    def too_big(*_: object) -> None:
+        raise MemoryError("Unable to allocate 71.5 GiB for an array")
+
+    monkeypatch.setattr(vmem.trial, "synthetic_batch", too_big)
+    code, out, err = run_cli(capsys, "run", "digits", "--device", "cpu", "--steps", "1")
+    assert_one_line_error(code, err, "out of host memory", "71.5 GiB", "--batch")
+    assert out == ""
+
+
+def test_compare_none_without_a_limit_is_the_oracle(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    """Without a memory limit `none` is the oracular run itself: its slowdown is
+    exactly 1 (even on a CPU, whose step times vary from run to run), and the
+    oracle's row repeats its figures."""
+    from vmem.profiler.session import load_session
+
+    saved = tmp_path / "c.json"
+    code, out, _ = run_cli(capsys, "compare", "tiny-branch", "--device", "cpu", "--steps", "2",
+                           "--policies", "vdnn-all,none", "--json", "--save-session", str(saved))
+    assert code == 0
+    rows = {row["policy"]: row for row in json.loads(out)}
+    assert list(rows) == ["vdnn-all", "none"]
+    assert rows["none"]["slowdown"] == 1.0
+    session = load_session(saved)
+    assert session.oracle is not None
+    assert session.oracle.result.steps_ms == tuple(rows["none"]["steps_ms"])
+    assert rows["vdnn-all"]["slowdown"] == rows["vdnn-all"]["step_ms"] / rows["none"]["step_ms"]
+
+
+def test_compare_under_a_limit_no_policy_meets_is_refused(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
+    saved = tmp_path / "c.json"
+    code, out, err = run_cli(capsys, "compare", "tiny-branch", "--device", "sim:titan-x",
+                             "--memory-limit", "40KiB", "--save-session", str(saved))
+    assert_one_line_error(code, err, "40.00 KiB", "cannot train tiny-branch", "any policy")
+    assert out == "" and not saved.exists()
+
+
+def test_plan_says_when_it_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "tiny-branch", "--device", "sim:titan-x", "--memory-limit", "100KiB"]
+    code, out, _ = run_cli(capsys, *argv, "--policy", "none", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["capacity_bytes"] == 100 * 1024 and plan["peak_bytes"] > 100 * 1024
+    assert plan["fits"] is False
+    code, out, _ = run_cli(capsys, *argv, "--policy", "none")
+    assert code == 0 and "this plan does not fit" in out and "102,400 bytes" in out
+    assert "--policy vdnn-dyn" in out
+    code, out, _ = run_cli(capsys, *argv, "--policy", "vdnn-dyn", "--json")
+    plan = json.loads(out)
+    assert plan["fits"] is True and plan["peak_bytes"] <= 100 * 1024
+    # without a limit the bound is the modeled GPU's memory: a Titan X's 12 GiB
+    code, out, _ = run_cli(capsys, "plan", "tiny-branch", "--device", "sim:titan-x", "--json")
+    assert json.loads(out)["capacity_bytes"] == 12 * 2**30
+    code, out, _ = run_cli(capsys, "plan", "vgg16", "--batch", "256", "--device", "sim:titan-x",
+                           "--policy", "none")
+    assert code == 0 and "does not fit" in out and "sim:titan-x's memory" in out

@@ -422,3 +422,44 @@ def test_plot_without_matplotlib_says_so(capsys: pytest.CaptureFixture[str], tmp
                              "--plot", str(tmp_path / "m.png"))
     assert_one_line_error(code, err, "--plot", "matplotlib", "vmem-dnn[plot]")
     assert out == "" and not (tmp_path / "m.png").exists()
+
+
+def test_a_session_whose_parts_do_not_agree(capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Path) -> None:
+    """Fields each of the right type but not of one run: refused in one line,
+    not a traceback from the renderer."""
+    path = tmp_path / "odd.json"
+    data = hand_built_session().to_json()
+    data["trials"][0]["result"]["steps_ms"] = [10.0, 11.0]  # one loss, two step times
+    path.write_text(json.dumps(data))
+    for extra in ([], ["--layers"], ["--json"]):
+        code, out, err = run_cli(capsys, "report", str(path), *extra)
+        assert_one_line_error(code, err, "odd.json", "trials[0].result", "1 losses",
+                              "2 step times")
+        assert out == ""
+    data = hand_built_session().to_json()
+    data["trials"].append(data["trials"][0])
+    path.write_text(json.dumps(data))
+    code, _, err = run_cli(capsys, "report", str(path))
+    assert_one_line_error(code, err, "odd.json", "a run holds one trial", "has 2")
+
+
+def test_the_network_inputs_offload_is_in_the_layer_table(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """tiny-branch under vdnn-dyn at 100 KiB offloads the inputs of its
+    convolutions: data (4 x 3 x 8 x 8 floats = 3072 B), relu1 and cat (4 x 8 x 8
+    x 8 floats = 8192 B each). No layer's row holds data's, so it is named apart,
+    and the rows with it add up to the step's offloaded bytes."""
+    argv = ["run", "tiny-branch", "--device", "sim:titan-x", "--memory-limit", "100KiB",
+            "--policy", "vdnn-dyn", "--steps", "2", "--layers"]
+    code, out, _ = run_cli(capsys, *argv, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["offloaded_outside_layers"] == {"data": 3072}
+    by_layer = {row["name"]: row["offloaded_bytes"] for row in result["layers"]
+                if row["offloaded_bytes"]}
+    assert by_layer == {"relu1": 8192, "cat": 8192}
+    assert result["offloaded_bytes"] == 3072 + 8192 + 8192
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and "offloaded besides the layers' outputs: data 3.00 KiB" in " ".join(
+        out.split())

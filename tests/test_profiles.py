@@ -354,3 +354,30 @@ def test_loss_must_come_last(tmp_path: Path) -> None:
         ('name = "loss"' + MARK, 'type = "softmax_loss"'), ('name = "after"', 'type = "relu"'))
     message, line = profile_error(tmp_path, text)
     assert_names(message, line, "loss")
+
+
+def test_an_integer_too_large_for_int64_shapes(tmp_path: Path) -> None:
+    """2**31 and more would overflow the int64 arithmetic of shapes and bytes."""
+    table = ('name = "fc"', 'type = "linear"', f"out_features = {2**31}" + MARK)
+    message, line = profile_error(tmp_path, with_layer(2, table))
+    assert_names(message, line, "fc")
+    assert "'out_features'" in message and "up to 2147483647" in message
+    huge_batch = BASE.replace("batch = 2\n", "batch = 99999999999999999999\n", 1)
+    message, line = profile_error(tmp_path, huge_batch.replace(
+        "batch = 99999999999999999999", "batch = 99999999999999999999" + MARK)
+        + layer_tables(*GOOD))
+    assert "'batch'" in message and "bad.toml:3" in message
+
+
+def test_a_tensor_too_large_to_count_names_its_layer(tmp_path: Path) -> None:
+    # fc reads conv1's 4 x 8 x 8 = 256 features: at out_features 2**22 its weight
+    # holds exactly 2**30 elements, the most accepted; one feature more is over.
+    ok = ('name = "fc"', 'type = "linear"', f"out_features = {2**22}")
+    assert parse_profile(with_layer(2, ok), "ok.toml").network.num_params() > 2**30
+    over = ('name = "fc"' + MARK, 'type = "linear"', f"out_features = {2**22 + 1}")
+    message, line = profile_error(tmp_path, with_layer(2, over))
+    assert_names(message, line, "fc")
+    assert "weight" in message and f"{(2**22 + 1) * 256:,}" in message
+    wide = BASE.replace("input = [1, 8, 8]", f"input = [1, {2**31 - 1}, {2**31 - 1}]" + MARK)
+    message, line = profile_error(tmp_path, wide + layer_tables(*GOOD))
+    assert "'input'" in message and f"{(2**31 - 1)**2:,}" in message

@@ -16,7 +16,7 @@ from typing import Any
 
 from vmem.bench import add_bench_parser, run_bench
 from vmem.calibrate import add_calibrate_parser, cmd_calibrate
-from vmem.cliargs import EXIT_USAGE, OneLineParser, positive_float, positive_int
+from vmem.cliargs import EXIT_USAGE, OneLineParser, non_negative_int, positive_float, positive_int
 from vmem.errors import UsageError, VmemError
 from vmem.units import format_bytes, parse_size
 
@@ -45,8 +45,8 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
                             "the first is a warm-up left out of the timing (default: 4)")
         parser.add_argument("--lr", type=positive_float, default=0.001, help="SGD learning "
                             "rate (momentum 0.9, weight decay 5e-4; default: 0.001)")
-        parser.add_argument("--seed", type=int, default=0, help="seed for weights and data "
-                            "(default: 0)")
+        parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for "
+                            "weights and data, an integer >= 0 (default: 0)")
     parser.add_argument("--json", action="store_true", help="print JSON for programs")
     if training:
         _add_output_options(parser, live=True)
@@ -121,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VmemError as exc:
         print(f"vmem {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as exc:  # a batch too big for this machine's own memory
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"vmem {args.command}: error: out of host memory{detail}; try a smaller --batch",
+              file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 
@@ -174,14 +179,20 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse an output that cannot be written before a long job starts."""
+    """Refuse an output that cannot be written before a long job starts, and two
+    outputs to one file (the second would overwrite the first)."""
     from vmem.profiler.output import check_writable
     from vmem.profiler.plot import check_plot_available
 
+    written: dict[str, str] = {}
     for flag in ("--trace", "--plot", "--save-session"):
         path = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if path is not None:
-            check_writable(path, flag)
+            target = os.path.realpath(check_writable(path, flag))
+            if target in written:
+                raise UsageError(f"{flag}: '{path}' is also the {written[target]} file; give "
+                                 "each output its own file")
+            written[target] = flag
     if args.plot is not None:
         check_plot_available()
 
@@ -288,44 +299,79 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from vmem.policies import check_policy
+    from vmem.errors import MemoryLimitTooSmall
     from vmem.profiler.session import Trial
     from vmem.trial import failed_trial, run_trial, with_slowdown
 
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    if not policies:
-        raise UsageError("--policies: give at least one policy, e.g. none,vdnn-all")
-    for policy in policies:
-        check_policy(policy)
+    policies = _policies(args.policies)
     _check_outputs(args)
     base = _trial_spec(args, policies[0])
-    trials = []
+    ran: dict[str, tuple[Any, list[Any]] | VmemError] = {}
+
+    def attempt(policy: str, progress: Any) -> None:
+        spec = replace(base, policy=policy)
+        progress.describe(f"policy {policy}")
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            progress.step()
+
+        try:
+            ran[policy] = run_trial(spec, step)
+        except MemoryLimitTooSmall:
+            raise  # no policy can meet the limit: refused, as `vmem run` refuses it
+        except VmemError as exc:  # a policy that cannot fit says so in its row
+            progress.skip(spec.steps - done[0])
+            ran[policy] = exc
+
     with _progress(args, base.steps * (len(policies) + 1)) as progress:
-        oracle = _oracle(base, progress)
+        oracle = None
+        if base.memory_limit is None and "none" in policies:
+            # policy none without a limit is the oracle itself, where it fits the device
+            attempt("none", progress)
+            if not isinstance(ran["none"], VmemError):
+                result, records = ran["none"]
+                oracle = Trial(result, tuple(records))
+                progress.skip(base.steps)
+        if oracle is None:
+            oracle = _oracle(base, progress)
         oracle_result = oracle.result if oracle else None
         if oracle is not None:
             oracle = Trial(with_slowdown(oracle.result, list(oracle.records), oracle_result),
                            oracle.records)
+        trials = []
         for policy in policies:
-            spec = replace(base, policy=policy)
-            progress.describe(f"policy {policy}")
-            done = [0]
-
-            def step(done: list[int] = done) -> None:
-                done[0] += 1
-                progress.step()
-
-            try:
-                result, records = run_trial(spec, step)
-                trials.append(Trial(with_slowdown(result, records, oracle_result),
-                                    tuple(records)))
-            except VmemError as exc:  # a policy that cannot fit says so in its row
-                progress.skip(spec.steps - done[0])
+            if policy not in ran:
+                attempt(policy, progress)
+            outcome = ran[policy]
+            if isinstance(outcome, VmemError):
+                spec = replace(base, policy=policy)
                 batch = oracle_result.batch if oracle_result else (spec.batch or 0)
                 device = oracle_result.device if oracle_result else spec.device
-                trials.append(Trial(failed_trial(spec, exc, batch, device)))
+                trials.append(Trial(failed_trial(spec, outcome, batch, device)))
+            else:
+                result, records = outcome
+                trials.append(Trial(with_slowdown(result, records, oracle_result),
+                                    tuple(records)))
     _emit(_session(args, base, policies, trials, oracle), args)
     return 0
+
+
+def _policies(text: str) -> list[str]:
+    """--policies: known names, each once, in the order given."""
+    from vmem.policies import POLICIES
+
+    policies = [p.strip() for p in text.split(",") if p.strip()]
+    if not policies:
+        raise UsageError("--policies: give at least one policy, e.g. none,vdnn-all")
+    for policy in policies:
+        if policy not in POLICIES:
+            raise UsageError(f"--policies: unknown policy '{policy}'; known: "
+                             f"{', '.join(POLICIES)}")
+        if policies.count(policy) > 1:
+            raise UsageError(f"--policies: '{policy}' is given twice; name each policy once")
+    return policies
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -344,17 +390,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from vmem.profile import load_profile
 
     profile = load_profile(args.profile)
-    plan, peak = plan_for(profile, args.policy, args.device, args.batch,
-                          _size(args.memory_limit, "--memory-limit"),
+    limit = _size(args.memory_limit, "--memory-limit")
+    plan, peak = plan_for(profile, args.policy, args.device, args.batch, limit,
                           allocation=args.allocation)
+    capacity, bound = _plan_capacity(args.device, limit)
+    fits = capacity is None or peak <= capacity
     if args.json:
         print(json.dumps({**json.loads(plan.to_json()), "peak_bytes": peak,
-                          "allocation": args.allocation}))
+                          "allocation": args.allocation, "capacity_bytes": capacity,
+                          "fits": fits}))
         return 0
     _console().print(plan.explain(), highlight=False)
     _console().print(f"peak device memory of a step under this plan ({args.allocation} "
                      f"allocation): {format_bytes(peak)} ({peak:,} bytes)", highlight=False)
+    if not fits:
+        hint = "" if args.policy == "vdnn-dyn" else "; --policy vdnn-dyn makes a plan that fits"
+        _console().print(f"this plan does not fit: its peak exceeds the {format_bytes(capacity)} "
+                         f"({capacity:,} bytes) of {bound}, so a step would run out of device "
+                         f"memory{hint}", highlight=False, soft_wrap=True)
     return 0
+
+
+def _plan_capacity(device: str, limit: int | None) -> tuple[int | None, str]:
+    """The device memory a plan must fit, as `vmem.planning.plan_for` bounds it
+    (a sim GPU's memory caps the limit), and what sets it."""
+    spec = device.strip()
+    if spec.startswith("sim:"):
+        from vmem.costs import load_costs
+
+        gpu_bytes = load_costs(spec.removeprefix("sim:")).gpu.memory_bytes
+        if limit is None or gpu_bytes < limit:
+            return gpu_bytes, f"{spec}'s memory"
+    return limit, "--memory-limit"
 
 
 if __name__ == "__main__":

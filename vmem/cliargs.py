@@ -4,9 +4,13 @@ is one line naming the flag and what it accepts, and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import NoReturn
 
 EXIT_USAGE = 2
+# Counts (batch, steps) past this overflow the int64 arithmetic of array shapes
+# and byte counts long before they could run.
+MAX_COUNT = 2**31 - 1
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -19,8 +23,19 @@ def positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_COUNT}, "
+                                         f"got '{text}'")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got '{text}'")
     return value
 
 
@@ -29,6 +44,6 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got '{text}'")
     return value

@@ -34,6 +34,12 @@ REQUIRED_TOP_LEVEL = ("input", "layer")
 DEFAULT_BATCH = 32  # where a profile gives no batch
 DEFAULT_CPU_BATCH_CAP = 8  # where it gives no cpu_batch: min(batch, 8) keeps a cpu step short
 LAYER_KEYS = ("name", "type", "inputs")  # keys every [[layer]] table may have
+# The largest integer a profile may hold (a dimension, a count, a batch): past it,
+# shapes and byte counts overflow the int64 arithmetic of the arrays.
+MAX_INT = 2**31 - 1
+# The most elements one sample's tensor, or one parameter, may hold: times a
+# batch of up to MAX_INT and 4 bytes an element, byte counts stay within int64.
+MAX_ELEMENTS = 2**30
 
 _LAYER_HEADER = re.compile(r"^\s*\[\[\s*layer\s*\]\]\s*(#.*)?$")
 _TABLE_HEADER = re.compile(r"^\s*\[")
@@ -230,6 +236,10 @@ def parse_profile(text: str, path: str) -> Profile:
                       ("batch", int), ("cpu_batch", int)):
         if key in doc and _coerce(doc[key], hint) is _NO_MATCH:
             raise top_error(f"'{key}' must be {_expected(hint)}, got {_describe(doc[key])}", key)
+    for key in ("input", "batch", "cpu_batch"):
+        if key in doc and _too_large(doc[key]):
+            raise top_error(f"'{key}' must hold integers up to {MAX_INT}, got "
+                            f"{_format_value(doc[key])}", key)
     input_shape = doc["input"]
     batch = doc.get("batch", DEFAULT_BATCH)
     cpu_batch = doc.get("cpu_batch", min(batch, DEFAULT_CPU_BATCH_CAP))
@@ -263,7 +273,30 @@ def parse_profile(text: str, path: str) -> Profile:
         if isinstance(exc, ShapeError) and index is not None:
             message += f" (it reads {', '.join(nodes[index].inputs)})"
         raise ProfileError(message, path=path, line=line, layer=exc.layer) from None
+    _check_sizes(network, nodes, tables, path, _top_key_line(text, "input"))
     return Profile(network, batch, cpu_batch, Path(path))
+
+
+def _check_sizes(network: Network, nodes: list[Node], tables: list[_Table], path: str,
+                 input_line: int | None) -> None:
+    """Refuse a tensor or parameter too large to count in bytes (the first, in
+    order), naming its layer."""
+    shapes = network.shapes(1)
+    line_of = {n.name: tables[i].line() for i, n in enumerate(nodes)} if tables else {}
+    inputs = math.prod(network.input_shape)
+    if inputs > MAX_ELEMENTS:
+        raise ProfileError(f"'input' holds {inputs:,} elements per sample; at most "
+                           f"{MAX_ELEMENTS:,} are accepted", path=path, line=input_line)
+    for node in network.nodes:
+        name = node.name
+        sizes = [(f"its output {shapes[name]}", math.prod(shapes[name][1:]))]
+        params = node.layer.param_shapes(network.in_shapes(node, shapes))
+        sizes += [(f"its {p} {shape}", math.prod(shape)) for p, shape in params.items()]
+        for what, elements in sizes:
+            if elements > MAX_ELEMENTS:
+                raise ProfileError(f"{what} holds {elements:,} elements (per sample for "
+                                   f"an output); at most {MAX_ELEMENTS:,} are accepted",
+                                   path=path, line=line_of.get(name), layer=name)
 
 
 def _parse_layer(table: dict[str, Any], previous: str, path: str,
@@ -311,6 +344,9 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str,
         if converted is _NO_MATCH:
             raise error(f"field '{key}' of {kind} must be {_expected(hint)}, "
                         f"got {_describe(value)}", key)
+        if _too_large(value):
+            raise error(f"field '{key}' of {kind} must hold integers up to {MAX_INT}, "
+                        f"got {_format_value(value)}", key)
         values[key] = converted
     for key, field in fields.items():
         if (key not in values and field.default is dataclasses.MISSING
@@ -321,6 +357,13 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str,
     except (VmemError, ValueError, TypeError) as exc:
         raise error(_unprefixed(str(exc), name)) from None
     return Node(layer, tuple(inputs))
+
+
+def _too_large(value: Any) -> bool:
+    """Whether a value holds an integer (alone or in a list) beyond MAX_INT."""
+    if isinstance(value, list | tuple):
+        return any(_too_large(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT
 
 
 def _unprefixed(message: str, layer: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from vmem.errors import UsageError
@@ -11,7 +12,7 @@ _UNITS = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*([-+]?)(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 ACCEPTED_SIZES = "a number with a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (e.g. 4GiB, 512MB)"
 
 
@@ -22,13 +23,18 @@ def parse_size(text: str | int, flag: str = "size") -> int:
             raise UsageError(f"{flag}: must be positive, got {text}")
         return text
     match = _SIZE.match(str(text))
-    unit = match.group(2).lower() if match else ""
+    unit = match.group(3).lower() if match else ""
     if not match or (unit and unit not in _UNITS):
         raise UsageError(f"{flag}: cannot read '{text}' as a size; expected {ACCEPTED_SIZES}")
-    nbytes = int(float(match.group(1)) * _UNITS[unit or "b"])
-    if nbytes <= 0:
-        raise UsageError(f"{flag}: must be positive, got '{text}'")
-    return nbytes
+    value = float(match.group(2)) * _UNITS[unit or "b"]
+    if match.group(1) == "-" or value == 0:
+        raise UsageError(f"{flag}: must be positive, got '{text}'; expected {ACCEPTED_SIZES}")
+    if value < 1:
+        raise UsageError(f"{flag}: '{text}' is less than one byte; expected {ACCEPTED_SIZES}")
+    if not math.isfinite(value):
+        raise UsageError(f"{flag}: '{text}' is too large to be a size; expected "
+                         f"{ACCEPTED_SIZES}")
+    return int(value)
 
 
 def format_bytes(nbytes: float) -> str:

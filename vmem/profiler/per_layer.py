@@ -94,6 +94,22 @@ def layer_table(records: Sequence[StepRecord]) -> tuple[LayerStats, ...]:
     return tuple(rows)
 
 
+def offloads_outside_layers(records: Sequence[StepRecord]) -> dict[str, int]:
+    """Bytes offloaded in the last timed step of tensors that are no layer's
+    output (the network input, `data`): the per-layer table has no row for them,
+    and with them its offloaded column adds up to the step's offloaded bytes."""
+    timed = records[1:] or records
+    if not timed:
+        return {}
+    record = timed[-1]
+    layers = {s.name for s in record.spans if s.kind == "kernel"}
+    offloaded: dict[str, int] = defaultdict(int)
+    for span in record.spans:
+        if span.kind == "copy_d2h" and span.name not in layers:
+            offloaded[span.name] += span.nbytes
+    return dict(offloaded)
+
+
 def update_ms(record: StepRecord) -> float:
     """The optimizer's time in a step."""
     return sum(s.ms for s in record.spans if s.kind == "kernel" and s.phase == "update")

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from vmem.profiler.analysis import KINDS
 from vmem.profiler.facts import facts_lines
-from vmem.profiler.per_layer import LayerStats, layer_table, update_ms
+from vmem.profiler.per_layer import LayerStats, layer_table, offloads_outside_layers, update_ms
 from vmem.profiler.session import Session, Trial, TrialResult
 from vmem.units import format_bytes
 
@@ -28,6 +28,8 @@ def json_output(session: Session, layers: bool = False) -> Any:
         data = trial.result.to_json()
         if layers:
             data["layers"] = [asdict(row) for row in layer_table(trial.records)]
+            # the network input's offload, which no layer's row holds
+            data["offloaded_outside_layers"] = offloads_outside_layers(trial.records)
         return data
 
     if session.meta.command == "run":
@@ -202,7 +204,7 @@ def _layer_table(trial: Trial) -> Table:
                   f"memory: step {timed[-1].step + 1}",
                   caption=f"optimizer update: {_ms(update_ms(timed[-1]))}; allocated: bytes "
                   "the pass allocated; peak: most in use while it ran; after forward: in use "
-                  "once its forward pass freed")
+                  "once its forward pass freed" + _outside(trial))
     columns = ("layer", "forward", "backward", "stall", "allocated fwd", "allocated bwd", "peak",
                "after forward", "offloaded")
     for column in columns:
@@ -210,6 +212,15 @@ def _layer_table(trial: Trial) -> Table:
     for row in layer_table(records):
         table.add_row(*_layer_cells(row))
     return table
+
+
+def _outside(trial: Trial) -> str:
+    """The caption's note of offloads no row holds (the network input's)."""
+    outside = offloads_outside_layers(trial.records)
+    if not outside:
+        return ""
+    return "; offloaded besides the layers' outputs: " + ", ".join(
+        f"{name} {format_bytes(nbytes)}" for name, nbytes in outside.items())
 
 
 def _layer_cells(row: LayerStats) -> list[str]:

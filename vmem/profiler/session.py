@@ -118,6 +118,16 @@ class Session:
                                f"{', '.join(COMMANDS)}")
         if not session.trials:
             raise SessionError(f"{source}: not a valid vmem session: 'trials' is empty")
+        if session.meta.command == "run" and len(session.trials) != 1:
+            raise SessionError(f"{source}: not a valid vmem session: a run holds one trial, "
+                               f"'trials' has {len(session.trials)}")
+        named = [(f"trials[{i}]", t) for i, t in enumerate(session.trials)]
+        for where, trial in [*named, *([("oracle", session.oracle)] if session.oracle else [])]:
+            result = trial.result
+            if len(result.losses) != len(result.steps_ms):
+                raise SessionError(f"{source}: not a valid vmem session: '{where}.result' has "
+                                   f"{len(result.losses)} losses for {len(result.steps_ms)} "
+                                   "step times; a step has one of each")
         return session
 
 
