@@ -162,7 +162,7 @@ def test_a_batch_too_big_for_host_memory_is_one_line(capsys: pytest.CaptureFixtu
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import vmem.trial
 
-    def too_big(*_: object) -> None:
+    def too_big(*_: object, **__: object) -> None:
         raise MemoryError("Unable to allocate 71.5 GiB for an array")
 
     monkeypatch.setattr(vmem.trial, "synthetic_batch", too_big)

@@ -150,6 +150,26 @@ def test_compare_vgg16_on_the_papers_gpu(capsys: pytest.CaptureFixture[str]) -> 
     assert rows["vdnn-dyn"]["step_ms"] <= min(r["step_ms"] for r in fitting) * (1 + 1e-9)
 
 
+def test_a_sim_trial_holds_no_batch_in_host_memory() -> None:
+    """`sim` runs no kernels, so a trial gives it shapes without data: VGG-16 at batch
+    512 would be 308 MB of float32 inputs; the whole trial allocates far less."""
+    import tracemalloc
+
+    from vmem.trial import TrialSpec, run_trial
+
+    network = load_profile("vgg16").network
+    input_bytes = 512 * 3 * 224 * 224 * 4
+    tracemalloc.start()
+    try:
+        result, _ = run_trial(TrialSpec(network, batch=512, steps=2, device="sim:h100-pcie5",
+                                        policy="vdnn-conv"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.batch == 512 and result.peak_bytes > input_bytes
+    assert peak < input_bytes / 10
+
+
 # -- GPU presets and files -------------------------------------------------------------
 
 

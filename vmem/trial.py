@@ -42,9 +42,14 @@ class TrialSpec:
 
 
 def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+                    seed: int, data: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Seeded inputs N(0, 1) and uniform labels: the same batch every step, so
-    the loss falls as the network fits it."""
+    the loss falls as the network fits it. Without `data` (a backend that runs no
+    kernels, `sim`), zeros of the right shapes that take no memory: read-only
+    broadcast views, so a full-size batch costs no host memory."""
+    if not data:
+        return (np.broadcast_to(np.float32(0), (batch, *input_shape)),
+                np.broadcast_to(np.int64(0), (batch,)))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
     return x, rng.integers(0, classes, size=batch)
@@ -61,7 +66,8 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
                  allocation=spec.allocation) as runtime:
         batch = spec.batch or (spec.default_cpu_batch if runtime.backend.name == "cpu"
                                else spec.default_batch)
-        x, y = synthetic_batch(spec.network.input_shape, runtime.num_classes, batch, spec.seed)
+        x, y = synthetic_batch(spec.network.input_shape, runtime.num_classes, batch, spec.seed,
+                               data=runtime.backend.runs_kernels)
         losses: list[float | None] = []
         records: list[StepRecord] = []
         for _ in range(spec.steps):
