@@ -133,12 +133,18 @@ def test_memory_stream_waits_for_compute_then_offloads(backend: CudaBackend, cp:
 
 def test_copy_to_host_packs_a_strided_view_and_checks_sizes(backend: CudaBackend,
                                                             cp: Any) -> None:
-    full = cp.arange(64 * 48, dtype=cp.float32).reshape(64, 48)
+    full = cp.arange(64 * 48, dtype=cp.float32).reshape(64, 48)  # on the compute stream
     view = full[:, ::2]
     host = backend.pinned_empty(view.nbytes).view(np.float32).reshape(view.shape)
+    backend.wait(backend.memory, backend.record(backend.compute))  # as the executor does
     backend.copy_to_host(backend.memory, view, host)
     backend.host_wait(backend.record(backend.memory))
-    np.testing.assert_array_equal(host, cp.asnumpy(view))
+    expected = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)[:, ::2]
+    np.testing.assert_array_equal(host, expected)
+    # to_host packs a strided view itself: the compute stream stays current (CuPy's
+    # get() would pack it inside `with stream:`, leaving the null stream current)
+    np.testing.assert_array_equal(backend.to_host(view), host)
+    assert cp.cuda.get_current_stream().ptr == backend._cupy_stream(backend.compute).ptr
     with pytest.raises(ValueError, match="bytes"):
         backend.copy_to_host(backend.memory, full, backend.pinned_empty(full.nbytes - 4))
     backend.synchronize()
@@ -177,6 +183,15 @@ def test_asarray_and_to_host_round_trip(backend: CudaBackend, cp: Any) -> None:
     assert isinstance(back, np.ndarray)
     np.testing.assert_array_equal(back, host)
     assert float(backend.to_host(device.sum())) == pytest.approx(float(host.sum()), rel=1e-5)
+
+
+def test_asarray_of_pinned_memory_may_be_reused_on_return(backend: CudaBackend) -> None:
+    # CuPy copies pinned host memory directly, asynchronously: asarray must wait
+    host = backend.pinned_empty(32 * MiB).view(np.float32)
+    host[:] = 1
+    device = backend.asarray(host)
+    host[:] = 2
+    assert (backend.to_host(device) == 1).all()
 
 
 def test_set_capacity_limits_the_pool_and_puts_it_back(backend: CudaBackend, cp: Any) -> None:

@@ -192,10 +192,11 @@ class CudaBackend(Backend):
             previous.use()
 
     def _malloc(self, nbytes: int) -> Any:
-        """The pool's malloc, retried as CuPy retries a failed cudaMalloc: after
-        releasing cached blocks, then after collecting garbage too. The pool
-        counts its cached free blocks (of every stream) against the limit, and
-        on reaching the limit raises without releasing them."""
+        """The pool's malloc, retried after releasing cached blocks, then after
+        collecting garbage too. The pool counts its cached free blocks (of every
+        stream) against the limit; CuPy 14's own `_try_malloc` (cupy/cuda/memory.pyx)
+        already releases them and collects garbage before raising at the limit, so
+        there the retries only repeat that, on the failure path."""
         try:
             return self._pool.malloc(nbytes)
         except self._oom_error:
@@ -276,16 +277,34 @@ class CudaBackend(Backend):
         self._device.synchronize()
 
     def asarray(self, host: np.ndarray) -> Any:
-        """Copy a host array to the device on the compute stream. CuPy stages the
-        data through a pinned buffer, so `host` may be reused on return."""
-        with self._translate_oom(), self._on(self.compute):
-            return self._cupy.asarray(host)
+        """Copy a host array to the device on the compute stream; `host` may be
+        reused on return. CuPy stages pageable data through a pinned buffer, but
+        copies from pinned memory (a view of `pinned_empty`) directly and
+        asynchronously (cupy/_core/core.pyx `_array_default`): then this waits
+        for the copy."""
+        with self._translate_oom(), self._on(self.compute) as compute:
+            array = self._cupy.asarray(host)
+        if isinstance(host, np.ndarray) and host.size and self._is_pinned(host):
+            compute.synchronize()
+        return array
+
+    def _is_pinned(self, host: np.ndarray) -> bool:
+        is_pinned = getattr(self._cupy.cuda.pinned_memory, "is_memory_pinned", None)
+        try:
+            return bool(is_pinned(host.ctypes.data)) if is_pinned is not None else True
+        except Exception:
+            return True  # unknown: wait rather than let the caller overwrite it
 
     def to_host(self, array: Any) -> np.ndarray:
         if not isinstance(array, self._cupy.ndarray):
             return np.asarray(array)
-        compute = self._cupy_stream(self.compute)
-        host = array.get(stream=compute)
+        # ndarray.get packs a non-contiguous array inside `with stream:`, whose exit
+        # makes the thread's stream-stack base (the null stream) current instead of
+        # the compute stream (cupy/_core/core.pyx `get`, cupy/cuda/stream.pyx
+        # `pop_stream`): pack here, inside _on, so get() copies straight away.
+        with self._translate_oom(), self._on(self.compute) as compute:
+            packed = array if array.flags.c_contiguous else self._cupy.ascontiguousarray(array)
+            host = packed.get(stream=compute)
         compute.synchronize()  # older CuPy copies asynchronously when given a stream
         return host
 

@@ -2,9 +2,13 @@
 with CuPy as the array module) against torch.nn.functional.conv2d, for DESIGN.md's four
 VGG-16 layer shapes (3x3, padding 1).
 
-TF32: CuPy uses TF32 in cuBLAS when CUPY_TF32=1 is set before it is imported; PyTorch
-is set to match (cuDNN and matmul TF32 on exactly when CUPY_TF32=1), and the report
-says which. PyTorch runs with cudnn.benchmark on (its fastest algorithm).
+TF32: CuPy 14.2 reads CUPY_TF32 at the first float32 GEMM of the process and keeps it
+(cupy/_core/_routines_linalg.pyx `get_compute_type`), and only its 2-D path (dot ->
+cublasGemmEx) uses it: the layer's backward GEMMs are 2-D, but its forward is one
+broadcast batched matmul (sgemmBatched, or gemmStridedBatchedEx with a CUDA_R_32F
+compute type), which runs in FP32 whatever CUPY_TF32 says. PyTorch is set to match the
+variable (cuDNN and matmul TF32 on exactly when CUPY_TF32=1), and the report says so.
+PyTorch runs with cudnn.benchmark on (its fastest algorithm).
 
 Not yet run on a GPU (see bench/results/README.md).
 """
@@ -122,6 +126,8 @@ def bench_conv(*, batch: int = 64, runs: int = 10, warmup: int = 3, backward: bo
     tf = "1" if tf32 else "0"
     notes = [f"CUPY_TF32={tf}; PyTorch TF32 {'on' if tf32 else 'off'} to match, "
              "cudnn.benchmark on." if torch is not None else f"CUPY_TF32={tf}; no PyTorch here.",
+             "CuPy 14.2 applies CUPY_TF32 to 2-D GEMMs only: vmem's backward GEMMs use "
+             "TF32 when it is set, its forward (a broadcast batched matmul) is FP32 always.",
              f"Median of {runs} runs after {warmup} warm-up calls; 3x3 kernels, padding 1; "
              "backward = input and weight gradients (vmem: the layer's backward; PyTorch: "
              "aten.convolution_backward)."]
