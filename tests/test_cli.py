@@ -81,7 +81,8 @@ def test_run_under_a_memory_limit_reports_it(capsys: pytest.CaptureFixture[str])
     (["run", "digits", "--device", "cuda"], ["cuda", "cpu"]),
     (["run", "digits", "--policy", "magic"], ["--policy", "'magic'", "none"]),
     (["run", "digits", "--device", "cpu", "--memory-limit", "100KB"],
-     ["out of device memory", "capacity"]),
+     ["a memory limit of 97.66 KiB cannot train digits at batch 64 under any policy",
+      "needs at least"]),
 ])
 def test_bad_input_gets_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
                                             fragments: list[str]) -> None:
@@ -219,3 +220,92 @@ def test_plan_says_when_it_does_not_fit(capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run_cli(capsys, "plan", "vgg16", "--batch", "256", "--device", "sim:titan-x",
                            "--policy", "none")
     assert code == 0 and "does not fit" in out and "sim:titan-x's memory" in out
+
+
+@pytest.mark.parametrize("profile", ["alexnet-tiny", "digits"])
+def test_run_under_a_limit_below_the_weights_says_what_plan_says(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, profile: str) -> None:
+    """The limit is checked before the parameters are placed, so a limit the
+    weights alone exceed is the named refusal `vmem plan` gives, not an
+    allocation failing outside any layer."""
+    limit = ["--device", "cpu", "--memory-limit", "1KiB"]
+    code, _, planned = run_cli(capsys, "plan", profile, *limit)
+    assert_one_line_error(code, planned, "a memory limit of 1.00 KiB cannot train", "any policy")
+    saved = tmp_path / "run.json"
+    code, out, ran = run_cli(capsys, "run", profile, *limit, "--json", "--save-session",
+                             str(saved))
+    assert_one_line_error(code, ran, f"cannot train {profile} at batch")
+    assert ran.removeprefix("vmem run: ") == planned.removeprefix("vmem plan: ")
+    assert "out of device memory" not in ran and out == "" and not saved.exists()
+
+
+TITAN_X = "sim:titan-x's memory, 12.00 GiB (12,884,901,888 bytes)"
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "plan"])
+@pytest.mark.parametrize("limit", ["13GiB", "12884901889B", "99999999999TiB"])
+def test_a_limit_above_the_devices_memory_is_refused(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path, command: str,
+                                                     limit: str) -> None:
+    """A 12 GiB card cannot honour a 13 GiB limit: refused, rather than reported as
+    the capacity while the card's 12 GiB is the real one."""
+    saved = tmp_path / "s.json"
+    extra = ["--json"] if command == "plan" else ["--steps", "1", "--save-session", str(saved)]
+    code, out, err = run_cli(capsys, command, "tiny-branch", "--device", "sim:titan-x",
+                             "--memory-limit", limit, *extra)
+    assert_one_line_error(code, err, "--memory-limit: ", f"is more than {TITAN_X}",
+                          "a size up to that, or no --memory-limit")
+    assert out == "" and not saved.exists()
+
+
+def test_a_limit_of_the_whole_device_is_reported_as_given(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    titan = 12 * 2**30
+    code, out, _ = run_cli(capsys, "run", "tiny-branch", "--device", "sim:titan-x",
+                           "--memory-limit", "12GiB", "--steps", "1", "--json")
+    assert code == 0 and json.loads(out)["memory_limit_bytes"] == titan
+    code, out, _ = run_cli(capsys, "plan", "tiny-branch", "--device", "sim:titan-x",
+                           "--memory-limit", "12GiB", "--json")
+    assert code == 0 and json.loads(out)["capacity_bytes"] == titan
+
+
+def test_a_limit_above_a_cuda_devices_memory_is_refused(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On cuda the bound is the total memory the device reports (facts'
+    total_memory_bytes); a stand-in device of 1 GiB shows it without a GPU."""
+    import vmem.backends.cuda
+    from vmem.backends import get_backend
+    from vmem.backends.cpu import CpuBackend
+    from vmem.errors import UsageError
+
+    closed: list[str] = []
+
+    class OneGiBCard(CpuBackend):
+        def __init__(self, index: int = 0, capacity: int | None = None) -> None:
+            super().__init__(capacity)
+            self.name = f"cuda:{index}"
+
+        def facts(self) -> dict[str, object]:
+            return {"backend": self.name, "total_memory_bytes": 2**30}
+
+        def device_memory_bytes(self) -> int | None:  # the contract's default, not cpu's
+            return super(CpuBackend, self).device_memory_bytes()
+
+        def close(self) -> None:
+            closed.append(self.name)
+            super().close()
+
+    monkeypatch.setattr(vmem.backends.cuda, "CudaBackend", OneGiBCard)
+    with pytest.raises(UsageError, match=r"cuda:0's memory, 1.00 GiB \(1,073,741,824 bytes\)"):
+        get_backend("cuda", 2**30 + 1)
+    assert closed == ["cuda:0"]  # the device it opened to ask is given back
+    backend = get_backend("cuda:0", 2**30)
+    assert backend.arena.capacity == 2**30
+    backend.close()
+    unlimited = get_backend("cuda")
+    assert unlimited.arena.capacity is None  # no limit: the device itself is the bound
+    unlimited.close()
+    code, out, err = run_cli(capsys, "run", "digits", "--device", "cuda", "--memory-limit",
+                             "2GiB")
+    assert_one_line_error(code, err, "2.00 GiB is more than cuda:0's memory, 1.00 GiB")
+    assert out == ""

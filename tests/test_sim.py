@@ -208,11 +208,24 @@ def test_gpu_file_of_ones_own(tmp_path: Path, text: str) -> None:
     ("memory = ", "not valid TOML"),
     (GOOD.replace("tflops = 30\n", ""), "missing tflops"),
     (GOOD + "tflops_peak = 40\n", "unknown key(s) tflops_peak"),
-    (GOOD.replace("tflops = 30", "tflops = -30"), "tflops must be positive numbers"),
-    (GOOD.replace("tflops = 30", "tflops = nan"), "tflops must be positive numbers"),
-    (GOOD.replace("tflops = 30", 'tflops = "fast"'), "tflops must be positive numbers"),
-    (GOOD.replace("d2h_gbps = 20", "d2h_gbps = true"), "d2h_gbps must be positive numbers"),
+    (GOOD.replace("tflops = 30", "tflops = -30"), "tflops must be a positive number, got -30"),
+    (GOOD.replace("tflops = 30", "tflops = nan"), "tflops must be a positive number, got nan"),
+    (GOOD.replace("tflops = 30", 'tflops = "fast"'),
+     'tflops must be a positive number, got "fast"'),
+    # as TOML spells it, not Python (True)
+    (GOOD.replace("d2h_gbps = 20", "d2h_gbps = true"), "d2h_gbps must be a positive number, "
+                                                       "got true"),
+    (GOOD.replace("h2d_gbps = 22", "h2d_gbps = 0"), "h2d_gbps must be a positive number, got 0"),
+    (GOOD + "launch_us = -1\n", "launch_us must be a number >= 0, got -1"),
+    (GOOD + "launch_us = inf\n", "launch_us must be a number >= 0, got inf"),
     (GOOD.replace('"24GiB"', '"lots"'), "cannot read 'lots' as a size"),
+    (GOOD.replace('"24GiB"', "true"), 'memory must be a size such as "12GiB" or a number of '
+                                      "bytes, got true"),
+    (GOOD + "description = 5\n", "description must be a string, got 5"),
+    (GOOD + "description = false\n", "description must be a string, got false"),
+    # two GPUs in one file: not "missing memory, ..." as if the file were empty
+    ("[card-a]\n" + GOOD + "[card-b]\n" + GOOD,
+     "2 sections ([card-a], [card-b]); a GPU file describes one GPU"),
 ])
 def test_malformed_gpu_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         text: str, fragment: str) -> None:
@@ -222,6 +235,47 @@ def test_malformed_gpu_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert fragment in err and "bad.toml" in err
+    assert "True" not in err and "False" not in err  # TOML spells them true, false
+    assert ("missing" in err) == ("missing" in fragment)
+
+
+def test_zero_launch_latency_is_a_model_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "instant.toml"
+    path.write_text(GOOD + "launch_us = 0\n")
+    gpu = load_gpu(str(path))
+    assert gpu.launch_us == 0.0
+    sim = get_backend(f"sim:{path}")
+    assert isinstance(sim, SimBackend) and sim.costs is not None
+    # 20 GB/s device-to-host, nothing added per copy: 2 MB take exactly 0.1 ms
+    assert sim.costs.copy_ms(2 * 10**6, to_host=True) == pytest.approx(0.1, rel=1e-12)
+    code = main(["run", "alexnet-tiny", "--device", f"sim:{path}", "--steps", "1", "--json"])
+    assert code == 0
+
+
+def test_a_memory_limit_above_the_gpus_memory_is_refused() -> None:
+    titan = 12 * 2**30
+    for limit in (titan + 1, 13 * 2**30, 99999999999 * 2**40):
+        with pytest.raises(UsageError) as failure:
+            get_backend("sim:titan-x", limit)
+        message = str(failure.value)
+        assert message.startswith("--memory-limit: ") and "\n" not in message
+        assert "sim:titan-x's memory, 12.00 GiB (12,884,901,888 bytes)" in message
+        with pytest.raises(UsageError, match="sim:titan-x's memory"):
+            vmem.Runtime(NETWORK, device="sim:titan-x", memory_limit=limit)
+    assert get_backend("sim:titan-x", titan).arena.capacity == titan  # the whole card is fine
+    assert get_backend("sim:titan-x", titan - 1).arena.capacity == titan - 1
+    # the oracle is not bounded by the card, so a limit is not checked against it
+    assert get_backend("sim:titan-x", 13 * 2**30, bounded=False).arena.capacity == 13 * 2**30
+
+
+def test_set_memory_limit_keeps_to_the_gpus_memory() -> None:
+    titan = 12 * 2**30
+    with vmem.Runtime(NETWORK, device="sim:titan-x", memory_limit="1GiB") as runtime:
+        with pytest.raises(UsageError, match="13.00 GiB is more than sim:titan-x's memory"):
+            runtime.set_memory_limit("13GiB")
+        assert runtime.memory_limit == 2**30 and runtime.arena.capacity == 2**30  # unchanged
+        runtime.set_memory_limit(None)  # no limit: the card's own memory, not unbounded
+        assert runtime.memory_limit is None and runtime.arena.capacity == titan
 
 
 def test_unreadable_gpu_files_are_one_line(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
                         "cpu), cpu, cuda, cuda:N, or sim:GPU to model a GPU you do not have "
                         "(presets: titan-x, h100-pcie5; or sim:FILE.toml) (default: auto)")
     parser.add_argument("--memory-limit", help="device memory capacity to emulate, e.g. 4GiB "
-                        "or 512MB (B, KB/MB/GB, KiB/MiB/GiB)")
+                        "or 512MB (B, KB/MB/GB, KiB/MiB/GiB), at most the device's own memory")
     parser.add_argument("--allocation", choices=ALLOCATIONS, default=ALLOCATIONS[0],
                         help="liveness: free each feature and gradient map when no later step "
                         "needs it; network-wide: keep every map to the step's end, as Torch did "
@@ -306,6 +306,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     policies = _policies(args.policies)
     _check_outputs(args)
     base = _trial_spec(args, policies[0])
+    if base.memory_limit is not None:  # one above the device's memory: refused before any trial
+        from vmem.backends import get_backend
+
+        get_backend(base.device, base.memory_limit).close()
     ran: dict[str, tuple[Any, list[Any]] | VmemError] = {}
 
     def attempt(policy: str, progress: Any) -> None:
@@ -386,14 +390,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from vmem.planning import plan_for
+    from vmem.planning import plan_on_device
     from vmem.profile import load_profile
 
     profile = load_profile(args.profile)
-    limit = _size(args.memory_limit, "--memory-limit")
-    plan, peak = plan_for(profile, args.policy, args.device, args.batch, limit,
-                          allocation=args.allocation)
-    capacity, bound = _plan_capacity(args.device, limit)
+    planned = plan_on_device(profile, args.policy, args.device, args.batch,
+                             _size(args.memory_limit, "--memory-limit"),
+                             allocation=args.allocation)
+    plan, peak, capacity, bound = planned.plan, planned.peak, planned.capacity, planned.bound
     fits = capacity is None or peak <= capacity
     if args.json:
         print(json.dumps({**json.loads(plan.to_json()), "peak_bytes": peak,
@@ -409,19 +413,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          f"({capacity:,} bytes) of {bound}, so a step would run out of device "
                          f"memory{hint}", highlight=False, soft_wrap=True)
     return 0
-
-
-def _plan_capacity(device: str, limit: int | None) -> tuple[int | None, str]:
-    """The device memory a plan must fit, as `vmem.planning.plan_for` bounds it
-    (a sim GPU's memory caps the limit), and what sets it."""
-    spec = device.strip()
-    if spec.startswith("sim:"):
-        from vmem.costs import load_costs
-
-        gpu_bytes = load_costs(spec.removeprefix("sim:")).gpu.memory_bytes
-        if limit is None or gpu_bytes < limit:
-            return gpu_bytes, f"{spec}'s memory"
-    return limit, "--memory-limit"
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class GpuSpec:
     bandwidth_gbps  device memory bandwidth, bytes read + written (10^9 B/s)
     d2h_gbps        pinned device-to-host copy bandwidth (10^9 B/s)
     h2d_gbps        pinned host-to-device copy bandwidth (10^9 B/s)
-    launch_us       fixed cost of one kernel launch or copy (microseconds)
+    launch_us       fixed cost of one kernel launch or copy (microseconds; 0 models none)
     """
 
     name: str
@@ -77,9 +77,13 @@ def load_gpu(name_or_path: str) -> GpuSpec:
             table = tomllib.loads(_read(path, where))
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{where}: not valid TOML ({exc})") from None
-        sections = [v for v in table.values() if isinstance(v, dict)]
+        sections = [k for k, v in table.items() if isinstance(v, dict)]
+        if len(sections) > 1:
+            raise UsageError(f"GPU file {path}: {len(sections)} sections "
+                             f"({', '.join(f'[{k}]' for k in sections)}); a GPU file describes "
+                             "one GPU: its keys at top level, or in one section")
         if len(table) == 1 and len(sections) == 1:
-            table = sections[0]
+            table = table[sections[0]]
         return _spec(path.stem, table, str(path))
     presets = gpu_presets()
     if name_or_path not in presets:
@@ -106,11 +110,30 @@ def _read(path: Path, where: str) -> str:
         raise UsageError(f"{where}: not a text file") from None
 
 
-def _number(value: Any) -> float | None:
-    """A finite positive number, or None."""
+def _number(value: Any, least: float = 0.0, *, inclusive: bool = False) -> float | None:
+    """A finite number above `least` (or equal to it, if `inclusive`), or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) and value > 0 else None
+    if not math.isfinite(value) or value < least or (value == least and not inclusive):
+        return None
+    return float(value)
+
+
+def _toml(value: Any) -> str:
+    """A value as TOML writes it (true, "text", nan, [1, 2]), for messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if hasattr(value, "isoformat"):  # TOML dates and times
+        return value.isoformat()
+    return repr(value)
 
 
 def _spec(name: str, table: dict, where: str) -> GpuSpec:
@@ -120,13 +143,22 @@ def _spec(name: str, table: dict, where: str) -> GpuSpec:
         problem = (f"missing {', '.join(missing)}" if missing else
                    f"unknown key(s) {', '.join(unknown)}")
         raise UsageError(f"GPU file {where}: {problem}; keys: {GPU_FILE_KEYS}")
-    numbers = {k: _number(table[k]) for k in GPU_KEYS[1:] if k in table}
-    bad = [k for k, v in numbers.items() if v is None]
-    if bad:
-        raise UsageError(f"GPU file {where}: {', '.join(bad)} must be positive numbers, got "
-                         + ", ".join(repr(table[k]) for k in bad))
-    return GpuSpec(name, parse_size(str(table["memory"]), f"GPU file {where}: memory"),
-                   description=str(table.get("description", "")), **numbers)
+    # zero launch latency is a model of its own; zero throughput or bandwidth is not
+    numbers = {k: _number(table[k], inclusive=k == "launch_us")
+               for k in GPU_KEYS[1:] if k in table}
+    problems = [f"{k} must be {'a number >= 0' if k == 'launch_us' else 'a positive number'}, "
+                f"got {_toml(table[k])}" for k, v in numbers.items() if v is None]
+    memory = table["memory"]
+    if isinstance(memory, bool) or not isinstance(memory, str | int):
+        problems.insert(0, "memory must be a size such as \"12GiB\" or a number of bytes, "
+                           f"got {_toml(memory)}")
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"description must be a string, got {_toml(description)}")
+    if problems:
+        raise UsageError(f"GPU file {where}: {'; '.join(problems)}")
+    return GpuSpec(name, parse_size(str(memory), f"GPU file {where}: memory"),
+                   description=description, **numbers)
 
 
 @dataclass(frozen=True)

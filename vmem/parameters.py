@@ -10,6 +10,7 @@ import numpy as np
 
 from vmem.backends.base import Backend
 from vmem.graph import Network
+from vmem.layers.base import numel
 from vmem.memory import Block, MemoryKind
 from vmem.optim import SGD
 
@@ -79,7 +80,7 @@ class _Shaped:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return numel(self.shape) * self.dtype.itemsize
 
     def astype(self, dtype: Any, copy: bool = False) -> _Shaped:
         return _Shaped(self.shape, np.dtype(dtype))

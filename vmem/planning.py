@@ -3,8 +3,11 @@ runtime hands its policy."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from vmem.backends.base import bound_capacity
 from vmem.costs import CostModel, load_costs
 from vmem.dryrun import PeakOracle
 from vmem.executor import LIVENESS
@@ -40,27 +43,51 @@ def plan_with(network: Network, policy: str, batch: int, itemsize: int,
     return make_plan(policy, network, batch, itemsize, budget)
 
 
-def plan_for(profile: Profile, policy: str, device: str, batch: int | None,
-             capacity: int | None, dtype: str = "float32",
-             allocation: str = LIVENESS) -> tuple[Plan, int]:
-    """The plan `policy` makes for a profile on a device (a GPU preset for
-    sim:NAME, whose memory also caps the capacity), and its exact peak."""
+@dataclass(frozen=True)
+class DevicePlan:
+    """What `vmem plan` prints: a plan, its exact peak, the device memory it must
+    fit (None: nothing bounds it) and what sets that bound."""
+
+    plan: Plan
+    peak: int
+    capacity: int | None
+    bound: str  # "--memory-limit", or "sim:GPU's memory"
+
+
+def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None,
+                   limit: int | None, dtype: str = "float32",
+                   allocation: str = LIVENESS) -> DevicePlan:
+    """The plan `policy` makes for a profile on a device, bounded as a run on that
+    device is: by `limit`, else by a sim GPU's memory; a limit above the
+    device's own memory is refused (`vmem.backends.base.bound_capacity`)."""
     costs = None
     spec = device.strip()
+    itemsize = np.dtype(dtype).itemsize
     if spec.startswith("sim:"):
-        costs = load_costs(spec.removeprefix("sim:"), np.dtype(dtype).itemsize)
-        gpu = costs.gpu
-        capacity = gpu.memory_bytes if capacity is None else min(capacity, gpu.memory_bytes)
+        costs = load_costs(spec.removeprefix("sim:"), itemsize)
+        name = f"sim:{costs.gpu.name}"
+        capacity = bound_capacity(limit, costs.gpu.memory_bytes, name)
         on_cpu = False
     else:
         from vmem.backends import get_backend
 
-        backend = get_backend(spec)  # validates the device; cheap, holds nothing
-        on_cpu = backend.name == "cpu"
+        # validates the device and the limit against its memory; cheap, holds nothing
+        backend = get_backend(spec, limit)
+        name, on_cpu = backend.name, backend.name == "cpu"
         backend.close()
+        capacity = limit
+    bound = "--memory-limit" if limit is not None else f"{name}'s memory"
     batch = batch or (profile.cpu_batch if on_cpu else profile.batch)
-    itemsize = np.dtype(dtype).itemsize
     peak = PeakOracle(profile.network, np.dtype(dtype), SGD(), allocation)
     plan = plan_with(profile.network, policy, batch, itemsize,
                      make_budget(profile.network, capacity, peak, costs))
-    return plan, peak(plan)
+    return DevicePlan(plan, peak(plan), capacity, bound)
+
+
+def plan_for(profile: Profile, policy: str, device: str, batch: int | None,
+             capacity: int | None, dtype: str = "float32",
+             allocation: str = LIVENESS) -> tuple[Plan, int]:
+    """The plan `policy` makes for a profile on a device, and its exact peak
+    (see `plan_on_device`)."""
+    planned = plan_on_device(profile, policy, device, batch, capacity, dtype, allocation)
+    return planned.plan, planned.peak

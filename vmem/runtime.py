@@ -25,6 +25,7 @@ from vmem.parameters import ParameterStore
 from vmem.plan import Plan
 from vmem.planning import make_budget, plan_with
 from vmem.policies import POLICIES, Budget, check_policy
+from vmem.policies.vdnn import check_trainable
 from vmem.profiler.events import StepRecord
 from vmem.units import format_bytes, parse_size
 
@@ -45,12 +46,16 @@ class Runtime:
                  policy: str = "none", memory_limit: int | str | None = None,
                  host_memory_limit: int | str | None = None, optimizer: SGD | None = None,
                  seed: int = 0, dtype: str = "float32", oracular: bool = False,
-                 allocation: str = LIVENESS) -> None:
-        """`oracular`: a device with memory for everything, the reference that
-        slowdowns are measured against (on sim, not even the modeled GPU's
-        memory bounds it). `allocation`: "liveness" frees each map when it dies;
-        "network-wide" keeps every map to the step's end (the vDNN paper's
-        baseline)."""
+                 allocation: str = LIVENESS, batch: int | None = None) -> None:
+        """`memory_limit`: the device capacity to emulate; one above the device's
+        own memory (a sim GPU's, a CUDA device's) is refused. A limit no policy
+        can meet at `batch` (the batch the steps will have, where known; else 1,
+        below which nothing trains) is refused with MemoryLimitTooSmall before
+        anything is allocated. `oracular`: a device with memory for everything,
+        the reference that slowdowns are measured against (on sim, not even the
+        modeled GPU's memory bounds it). `allocation`: "liveness" frees each map
+        when it dies; "network-wide" keeps every map to the step's end (the vDNN
+        paper's baseline)."""
         self.network = resolve_network(network)
         if dtype not in DTYPES:
             raise UsageError(f"dtype: unknown '{dtype}'; accepted: {', '.join(DTYPES)}")
@@ -64,18 +69,24 @@ class Runtime:
         check_policy(policy)
         self.allocation = check_allocation(allocation)
         self.optimizer = optimizer or SGD()
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
+                                  or batch < 1):
+            raise UsageError(f"batch: must be a positive integer, got {batch!r}")
+        self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation)
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
         try:
             check_network = getattr(self.backend.costs, "check_network", None)
             if check_network is not None:  # a calibration made for another network
                 check_network(self.network)
+            # before the parameters take their place: a limit no policy can meet
+            # is refused by name, not as an allocation that fails on the way
+            check_trainable(self.network, batch or 1, self.dtype.itemsize, self.budget())
             self.params = ParameterStore(self.backend, self.network, self.optimizer,
                                          self.dtype, seed)
         except BaseException:
             self.backend.close()
             raise
         self.host_pool = PinnedHostPool(self.backend.pinned_empty, host_limit)
-        self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation)
         self._executors: dict[int, Executor] = {}
         self.steps = 0
         self.last_record: StepRecord | None = None
@@ -141,10 +152,12 @@ class Runtime:
         return "fits with --policy " + ", ".join(fitting)
 
     def set_memory_limit(self, memory_limit: int | str | None) -> None:
-        """Change the emulated device capacity between steps (None: no limit)."""
-        self.memory_limit = None if memory_limit is None else parse_size(memory_limit,
-                                                                         "memory_limit")
-        self.backend.set_capacity(self.memory_limit)
+        """Change the emulated device capacity between steps (None: no limit but
+        the device's own memory); a limit above the device's memory is refused."""
+        limit = None if memory_limit is None else parse_size(memory_limit, "memory_limit")
+        self.backend.check_memory_limit(limit)
+        self.memory_limit = limit
+        self.backend.set_capacity(limit)
         for executor in self._executors.values():  # plans depend on the budget
             executor.close()
         self._executors.clear()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from vmem.backends import resolve_device
 from vmem.errors import VmemError
 from vmem.executor import LIVENESS
 from vmem.graph import Network
@@ -60,12 +61,12 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
     """Train `spec.steps` steps; the first is a warm-up left out of the timing.
     `on_step` is called after each step (a progress bar). A VmemError (the
     policy does not fit, ...) propagates."""
+    batch = spec.batch or (spec.default_cpu_batch if resolve_device(spec.device) == "cpu"
+                           else spec.default_batch)
     with Runtime(spec.network, device=spec.device, policy=spec.policy,
                  memory_limit=spec.memory_limit, host_memory_limit=spec.host_memory_limit,
                  optimizer=SGD(lr=spec.lr), seed=spec.seed, oracular=spec.oracular,
-                 allocation=spec.allocation) as runtime:
-        batch = spec.batch or (spec.default_cpu_batch if runtime.backend.name == "cpu"
-                               else spec.default_batch)
+                 allocation=spec.allocation, batch=batch) as runtime:
         x, y = synthetic_batch(spec.network.input_shape, runtime.num_classes, batch, spec.seed,
                                data=runtime.backend.runs_kernels)
         losses: list[float | None] = []

@@ -13,10 +13,9 @@ ACCEPTED_DEVICES = ("auto, cpu, cuda, cuda:N, sim:GPU (a preset), sim:FILE.toml 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
-def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool = True
-                ) -> Backend:
-    """Make the backend a --device value names; `capacity` bounds its arena, and
-    so, on sim and unless `bounded` is False, does the modeled GPU's memory."""
+def resolve_device(spec: str) -> str:
+    """A --device value as `get_backend` reads it, "auto" resolved to "cuda" or
+    "cpu"; checks nothing else and makes no backend."""
     spec = spec.strip()
     if not spec.startswith("sim:"):
         spec = spec.lower()
@@ -24,6 +23,16 @@ def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool =
         from vmem.backends import cuda
 
         spec = "cuda" if cuda.available() else "cpu"
+    return spec
+
+
+def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool = True
+                ) -> Backend:
+    """Make the backend a --device value names; `capacity` bounds its arena, and
+    so, on sim and unless `bounded` is False, does the modeled GPU's memory. A
+    capacity above the device's own memory (a sim GPU's, a CUDA device's total)
+    cannot be honoured and is refused with a UsageError."""
+    spec = resolve_device(spec)
     if spec == "cpu":
         from vmem.backends.cpu import CpuBackend
 
@@ -38,8 +47,15 @@ def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool =
     if match:
         from vmem.backends.cuda import CudaBackend
 
-        return CudaBackend(int(match.group(1) or 0), capacity)
+        backend = CudaBackend(int(match.group(1) or 0), capacity)
+        try:
+            backend.check_memory_limit(capacity)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
     raise UsageError(f"--device: unknown device '{spec}'; accepted: {ACCEPTED_DEVICES}")
 
 
-__all__ = ["COMPUTE", "MEMORY", "Backend", "Event", "Mark", "Stream", "get_backend"]
+__all__ = ["COMPUTE", "MEMORY", "Backend", "Event", "Mark", "Stream", "get_backend",
+           "resolve_device"]

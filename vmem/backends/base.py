@@ -17,7 +17,24 @@ from typing import Any
 import numpy as np
 
 from vmem.costs import CostModel
+from vmem.errors import UsageError
 from vmem.memory import DeviceArena
+from vmem.units import format_bytes
+
+
+def bound_capacity(limit: int | None, device_bytes: int | None, device: str) -> int | None:
+    """The capacity a device's arena gets for a memory limit: the limit, or the
+    device's own memory where none is given (None: no bound, as on cpu). A
+    limit above the device's memory could not be honoured, so it is refused
+    rather than reported as if it were the capacity."""
+    if limit is None or device_bytes is None:
+        return device_bytes if limit is None else limit
+    if limit > device_bytes:
+        raise UsageError(
+            f"--memory-limit: {format_bytes(limit)} is more than {device}'s memory, "
+            f"{format_bytes(device_bytes)} ({device_bytes:,} bytes); accepted: a size up to "
+            "that, or no --memory-limit to use the whole device")
+    return limit
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,18 @@ class Backend(ABC):
     def set_capacity(self, capacity: int | None) -> None:
         """Change the emulated device capacity (None: no limit)."""
         self.arena.capacity = capacity
+
+    def device_memory_bytes(self) -> int | None:
+        """The device's own memory, which no memory limit may exceed; None where
+        nothing bounds a limit (the cpu backend, whose "device" is host memory).
+        By default the `total_memory_bytes` the device reports in `facts()`."""
+        total = self.facts().get("total_memory_bytes")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+    def check_memory_limit(self, limit: int | None) -> None:
+        """Refuse a memory limit above the device's own memory (see `bound_capacity`)."""
+        if limit is not None:
+            bound_capacity(limit, self.device_memory_bytes(), self.name)
 
     def asarray(self, host: np.ndarray) -> Any:
         """Copy a host array to the device (untracked: the caller accounts it)."""

@@ -152,5 +152,8 @@ class CpuBackend(Backend):
         return {"backend": self.name, "processor": platform.processor() or platform.machine(),
                 "cores": os.cpu_count()}
 
+    def device_memory_bytes(self) -> None:
+        return None  # host memory: any limit emulates a device of that size
+
     def close(self) -> None:
         self._memory_worker.stop()

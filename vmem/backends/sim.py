@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vmem.backends.base import Backend, Event, Mark, Stream
+from vmem.backends.base import Backend, Event, Mark, Stream, bound_capacity
 from vmem.costs import CalibratedCosts, CostModel, GpuSpec
 from vmem.memory import DeviceArena
 
@@ -39,20 +39,27 @@ class SimMark(Mark):
 class SimBackend(Backend):
     def __init__(self, gpu: GpuSpec | None, capacity: int | None = None,
                  bounded: bool = True, costs: CostModel | None = None) -> None:
-        """`capacity` bounds the arena, and so does the GPU's memory if `bounded`.
-        `costs` drives the clocks (default: the GPU's roofline; none without a
-        GPU, where every launch takes no time: a dry run)."""
+        """`capacity` bounds the arena; so does the GPU's memory if `bounded`, and
+        a capacity above it is refused (UsageError). `costs` drives the clocks
+        (default: the GPU's roofline; none without a GPU, where every launch
+        takes no time: a dry run)."""
         if costs is not None:
             gpu = costs.gpu
         self.gpu = gpu
+        self.bounded = bounded
         self.name = f"sim:{gpu.name}" if gpu else "sim"
         self.xp = None
-        if gpu is not None and bounded:
-            capacity = gpu.memory_bytes if capacity is None else min(capacity, gpu.memory_bytes)
-        self.arena = DeviceArena(capacity)
+        self.arena = DeviceArena(bound_capacity(capacity, self.device_memory_bytes(), self.name))
         self.costs = costs if costs is not None else (CostModel(gpu) if gpu else None)
         self._clock = {self.compute: 0.0, self.memory: 0.0}
         self._host = 0.0
+
+    def device_memory_bytes(self) -> int | None:
+        return self.gpu.memory_bytes if self.gpu is not None and self.bounded else None
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """Change the emulated capacity; None gives back the modeled GPU's memory."""
+        self.arena.capacity = bound_capacity(capacity, self.device_memory_bytes(), self.name)
 
     def _start(self, stream: Stream) -> float:
         return max(self._clock[stream], self._host)
