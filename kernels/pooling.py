@@ -41,21 +41,32 @@ def max_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
     return y
 
 
+# Scratch of max pooling's backward pass, whatever the batch: the recomputed maxima,
+# the pending windows and one offset's hits and routed gradients, about 10 bytes an
+# output element, for as many samples at once as fit in this (at least one sample).
+MAX_POOL_SCRATCH_BYTES = 64 * 2**20
+
+
 def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: int,
                       ceil_mode: bool) -> Array:
-    """dx for max pooling: each dy goes to the first maximum of its window."""
+    """dx for max pooling: each dy goes to the first maximum of its window. Runs over
+    groups of samples so that its scratch stays within MAX_POOL_SCRATCH_BYTES."""
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
-    y = max_pool_forward(xp, x, k, stride, pad, ceil_mode)
-    pending = xp.ones(y.shape, dtype=bool)  # windows whose maximum is not yet found
+    per_sample = c * ho * wo * (x.dtype.itemsize + dy.dtype.itemsize + 2)
+    group = max(1, min(n, MAX_POOL_SCRATCH_BYTES // max(1, per_sample)))
     dx = xp.zeros(x.shape, dtype=dy.dtype)
-    for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
-        hit = x[:, :, irow, icol] == y[:, :, orow, ocol]
-        still = pending[:, :, orow, ocol]
-        hit &= still
-        still ^= hit  # hit is a subset of still: clears the windows found here
-        view = dx[:, :, irow, icol]
-        view += xp.where(hit, dy[:, :, orow, ocol], 0)
+    for n0 in range(0, n, group):
+        xs, dys, dxs = x[n0:n0 + group], dy[n0:n0 + group], dx[n0:n0 + group]
+        y = max_pool_forward(xp, xs, k, stride, pad, ceil_mode)
+        pending = xp.ones(y.shape, dtype=bool)  # windows whose maximum is not yet found
+        for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+            hit = xs[:, :, irow, icol] == y[:, :, orow, ocol]
+            still = pending[:, :, orow, ocol]
+            hit &= still
+            still ^= hit  # hit is a subset of still: clears the windows found here
+            view = dxs[:, :, irow, icol]
+            view += xp.where(hit, dys[:, :, orow, ocol], 0)
     return dx
 
 

@@ -14,6 +14,7 @@ Shapes include the batch: NCHW for feature maps, (N, F) after a flatten.
 from __future__ import annotations
 
 import enum
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,15 +51,21 @@ DIRECT = Algorithm("direct")
 @dataclass(frozen=True)
 class Context:
     """What a step tells every layer: training or inference, a per-step seed (dropout
-    masks are a pure function of seed and layer name), and the labels (loss only)."""
+    masks are a pure function of seed and layer name), and the labels (loss only).
+    `inplace` is the executor's word, for one forward call of an INPLACE layer, that
+    the input dies with this call: the layer writes its output over it, so the device
+    really holds the one buffer the arena counts."""
 
     train: bool = True
     seed: int = 0
     labels: Array | None = None
+    inplace: bool = False
 
 
 def numel(shape: Shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    """The number of elements of a shape, exact: Python integers do not overflow
+    (a NumPy int64 product wraps around silently past 2**63)."""
+    return math.prod(int(d) for d in shape)
 
 
 def he_normal(shapes: dict[str, Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:

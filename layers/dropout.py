@@ -57,7 +57,7 @@ class Dropout(Layer):
         keep = keep_mask(ctx.seed, self.name, tuple(x.shape), float(self.p))
         host = np.where(keep, 1.0 / (1.0 - self.p), 0.0).astype(x.dtype)
         mask = xp.asarray(host)
-        return x * mask, (mask,)
+        return xp.multiply(x, mask, out=x if ctx.inplace else None), (mask,)
 
     def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
                  params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
@@ -66,4 +66,4 @@ class Dropout(Layer):
         if not needs_dx[0]:
             return [None], {}
         (mask,) = saved
-        return [dy * mask], {}
+        return [xp.multiply(dy, mask, out=dy)], {}  # nothing reads dy after this layer

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import vmem
+from vmem.errors import MemoryLimitTooSmall
 from vmem.layers import LAYER_TYPES
 from vmem.profiler.analysis import average_bytes, peak_bytes
+from vmem.units import format_bytes
 
 F32 = 4
 
@@ -112,9 +114,63 @@ def test_out_of_memory_in_forward() -> None:
         assert runtime.arena.in_use == BASE
 
 
-def test_weights_do_not_fit() -> None:
-    with pytest.raises(vmem.OutOfDeviceMemory, match="outside any layer"):
-        vmem.Runtime(small_network(), device="cpu", memory_limit=BASE - 1)
+# The least any configuration needs at batch 2: vdnn-all with im2col one sample at a
+# time (1152 bytes of columns, and the 216-byte weight-gradient temporary that sums
+# the chunks); the peak is conv1's backward pass, its input prefetched back.
+FLOOR = BASE + DATA + LOSS + CONV_OUT + (2 * 3 * 3) * (4 * 4) * F32 + 3 * 2 * 3 * 3 * F32
+# At batch 1 one chunk is the whole batch: no temporary, and half the maps.
+FLOOR_1 = BASE + DATA // 2 + LOSS + CONV_OUT // 2 + (2 * 3 * 3) * (4 * 4) * F32
+
+
+def _watch_backends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, list[bool]]]:
+    """Every backend a Runtime makes, with whether it was closed."""
+    import vmem.runtime
+
+    made: list[tuple[object, list[bool]]] = []
+    real = vmem.runtime.get_backend
+
+    def watched(*args: object, **kwargs: object) -> object:
+        backend = real(*args, **kwargs)
+        closed = [False]
+        close = backend.close
+
+        def close_and_note() -> None:
+            closed[0] = True
+            close()
+
+        backend.close = close_and_note  # type: ignore[method-assign]
+        made.append((backend, closed))
+        return backend
+
+    monkeypatch.setattr(vmem.runtime, "get_backend", watched)
+    return made
+
+
+@pytest.mark.parametrize(("batch_hint", "needed"), [(None, FLOOR_1), (2, FLOOR)])
+def test_weights_that_do_not_fit_are_refused_before_any_allocation(
+        monkeypatch: pytest.MonkeyPatch, batch_hint: int | None, needed: int) -> None:
+    assert (FLOOR, FLOOR_1) == (5636, 5100)
+    made = _watch_backends(monkeypatch)
+    with pytest.raises(MemoryLimitTooSmall) as failure:
+        vmem.Runtime(small_network(), device="cpu", memory_limit=BASE - 1, batch=batch_hint)
+    message = str(failure.value)
+    assert f"cannot train hand at batch {batch_hint or 1} under any policy" in message
+    assert f"needs at least {format_bytes(needed)} ({needed:,} bytes)" in message
+    assert "out of device memory" not in message
+    [(backend, closed)] = made
+    assert backend.arena.peak == 0 and backend.arena.in_use == 0  # nothing was placed
+    assert closed == [True]
+
+
+def test_a_batch_no_policy_fits_is_refused_by_name_and_leaks_nothing() -> None:
+    with vmem.Runtime(small_network(), device="cpu", memory_limit=FLOOR - 1) as runtime:
+        assert runtime.arena.in_use == BASE  # batch 1 can train: the runtime is made
+        with pytest.raises(MemoryLimitTooSmall,
+                           match=f"at batch 2 under any policy.*\\({FLOOR:,} bytes\\)"):
+            runtime.train_step(*batch(n=2))
+        assert runtime.arena.in_use == BASE and runtime.host_pool.reserved == 0
+        assert np.isfinite(runtime.train_step(*batch(n=1)))  # a batch that fits still runs
+        assert runtime.arena.in_use == BASE
 
 
 def test_training_reduces_loss_and_evaluate_gives_probabilities() -> None:
@@ -148,3 +204,29 @@ def test_bad_inputs_are_refused_clearly() -> None:
         with pytest.raises(vmem.UsageError, match="expected \\(2,\\)"):
             runtime.train_step(batch()[0], np.array([0, 1, 2]))
         assert runtime.arena.in_use == BASE
+
+
+def test_inplace_nodes_are_told_their_input_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor passes ctx.inplace exactly to the nodes whose output takes over
+    their input's block, so those write over it and the device holds one buffer."""
+    from vmem.layers import Dropout, ReLU
+    from vmem.profile import load_profile
+    from vmem.trial import synthetic_batch
+
+    told: dict[str, bool] = {}
+    for cls in (ReLU, Dropout):
+        def forward(self, xp, xs, params, algo, ctx, _inner=cls.forward):  # noqa: ANN001
+            told[self.name] = ctx.inplace
+            y, saved = _inner(self, xp, xs, params, algo, ctx)
+            assert (y is xs[0]) == ctx.inplace
+            return y, saved
+        monkeypatch.setattr(cls, "forward", forward)
+    network = load_profile("alexnet-tiny").network  # its dropouts cannot run in place
+    with vmem.Runtime(network, device="cpu", policy="vdnn-all") as runtime:
+        x, y = synthetic_batch(network.input_shape, runtime.num_classes, 2, seed=0)
+        runtime.train_step(x, y)
+    index = {node.name: i for i, node in enumerate(network.nodes)}
+    expected = {name: any(life.inplace_into == index[name] for life in network.lives.values())
+                for name in told}
+    assert told == expected
+    assert any(expected.values()) and not all(expected.values())

@@ -101,7 +101,9 @@ def check_gradients(layer: Layer, xs: list[np.ndarray], params: dict[str, np.nda
 
     dy = None if r is None else r.copy()
     dxs, grads = run_backward(layer, xs, params, y, saved, dy, algo)
-    if r is not None:
+    if r is not None and layer.INPLACE:  # an in-place layer writes dx over dy
+        assert dxs[0] is dy
+    elif r is not None:
         np.testing.assert_array_equal(dy, r)  # backward leaves dy alone
     assert sorted(grads) == sorted(params)
     for i, (x, dx) in enumerate(zip(xs, dxs, strict=True)):
@@ -200,8 +202,12 @@ def test_shapes_bytes_dtype_and_purity(case, dtype):
         assert all(dx.dtype == dtype and dx.shape == x.shape for dx, x in zip(dxs, xs,
                                                                               strict=True))
         assert all(g.dtype == dtype for g in grads.values())
-        # every dx is its own buffer
-        buffers = [dx for dx in dxs] + ([] if dy is None else [dy]) + list(xs) + list(saved)
+        # every dx is its own buffer, but an in-place layer's, which is dy's
+        written_over_dy = dy is not None and layer.INPLACE
+        if written_over_dy:
+            assert dxs[0] is dy
+        buffers = ([dx for dx in dxs] + ([] if dy is None or written_over_dy else [dy])
+                   + list(xs) + list(saved))
         for i, a in enumerate(dxs):
             assert not any(np.shares_memory(a, b) for b in buffers[:i] + buffers[i + 1:])
     # eval mode saves nothing
@@ -390,6 +396,20 @@ def test_avgpool_ceil_divides_by_clipped_area():
                                np.outer([3, 3, 2], [3, 3, 2]))
 
 
+@pytest.mark.parametrize("scratch", [1, 400])  # one sample a group; two, a short last
+def test_maxpool_backward_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch,
+                                                scratch: int) -> None:
+    """Grouping the samples to bound the scratch changes no bit of dx (ties included)."""
+    from vmem.kernels import pooling
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (5, 2, 6, 6)).astype(np.float32)  # many tied maxima
+    dy = rng.standard_normal((5, 2, 3, 3)).astype(np.float32)
+    whole = pooling.max_pool_backward(np, x, dy, 3, 2, 1, False)
+    monkeypatch.setattr(pooling, "MAX_POOL_SCRATCH_BYTES", scratch)
+    np.testing.assert_array_equal(pooling.max_pool_backward(np, x, dy, 3, 2, 1, False), whole)
+
+
 def test_maxpool_first_maximum_wins():
     layer = MaxPool(name="p", kernel=2, stride=1)
     x = np.zeros((1, 1, 3, 3))
@@ -465,6 +485,39 @@ def test_dropout_p_zero_keeps_everything():
     y, (m,) = Dropout(name="d", p=0.0).forward(np, [x], {}, DIRECT, Context())
     np.testing.assert_array_equal(y, x)
     assert np.all(m == 1)
+
+
+@pytest.mark.parametrize("layer", [ReLU(name="r"), Dropout(name="d", p=0.5)])
+def test_inplace_forward_writes_over_its_input(layer: Layer) -> None:
+    """With ctx.inplace the output is the input's buffer (the one block the arena
+    counts), with the values a separate output gets."""
+    x = np.random.default_rng(1).standard_normal((3, 4, 5))
+    expected, saved = layer.forward(np, [x.copy()], {}, DIRECT, Context(seed=4))
+    y, saved_inplace = layer.forward(np, [x], {}, DIRECT, Context(seed=4, inplace=True))
+    assert y is x
+    np.testing.assert_array_equal(y, expected)
+    for a, b in zip(saved, saved_inplace, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_relu_backward_in_bounded_passes(monkeypatch: pytest.MonkeyPatch,
+                                         contiguous: bool) -> None:
+    """Pass by pass (7 elements a pass, so passes end mid-row and the last is short)
+    the gradient equals np.where(y > 0, dy, 0), NaN in y giving 0, written over dy."""
+    import vmem.layers.activation as activation
+
+    monkeypatch.setattr(activation, "RELU_MASK_ELEMENTS", 7)
+    rng = np.random.default_rng(2)
+    y = np.maximum(rng.standard_normal((3, 4, 5)), 0)
+    y[0, 0, :2] = np.nan
+    dy = rng.standard_normal((3, 4, 5))
+    if not contiguous:
+        y, dy = y.transpose(2, 1, 0), dy.transpose(2, 1, 0)
+    expected = np.where(y > 0, dy, 0)
+    dx = activation.relu_backward_into(np, dy, y)
+    assert dx is dy
+    np.testing.assert_array_equal(dx, expected)
 
 
 # ---------------------------------------------------------------- softmax loss
@@ -550,3 +603,27 @@ def test_layers_are_frozen_and_keyword_only():
     with pytest.raises(TypeError):
         Conv("c", 4, 3)  # type: ignore[misc]
     assert hash(layer) == hash(Conv(name="c", out_channels=4, kernel=3))
+
+
+# ---------------------------------------------------------------- sizes past int64
+
+def test_numel_is_exact_past_int64():
+    """numel multiplies Python integers: a NumPy int64 product of (2**32, 2**32)
+    wraps around to 0, and (3**40, 3**40) to a wrong, possibly negative, number."""
+    from vmem.layers.base import numel
+
+    assert numel((2**32, 2**32)) == 2**64
+    assert numel((3**40, 3**40)) == 3**80
+    assert numel((np.int64(2**40), np.int32(2**30))) == 2**70  # NumPy dims too
+    assert type(numel((np.int64(3), 4))) is int
+    assert numel(()) == 1 and numel((5, 0, 7)) == 0
+
+
+def test_shapes_flops_and_bytes_past_int64_are_exact():
+    huge = (2, 2**32, 2**32, 1)  # 2**64 features per sample, 2**65 in all
+    assert Flatten(name="f").output_shape([huge]) == (2, 2**64)
+    fc = Linear(name="fc", out_features=3)
+    assert fc.param_shapes([huge])["weight"] == (3, 2**64)
+    assert fc.flops([huge]) == 2 * 2 * 2**64 * 3 + 2 * 3  # 2 * N * in * out, plus bias
+    assert ReLU(name="r").flops([huge]) == 2**65
+    assert Dropout(name="d", p=0.5).saved_bytes([huge], 4) == 2**67

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -321,8 +321,8 @@ class Executor:
                         and lives[name].last_forward_use == i}
             xs = [self._tensors[s].array for s in node.inputs]
             result = self._launch(recorder, node.name, FORWARD, self._layer_ms(node, FORWARD),
-                                  layer.forward, xp, xs,
-                                  self.params.layers[node.name].values, algo, ctx)
+                                  layer.forward, xp, xs, self.params.layers[node.name].values,
+                                  algo, replace(ctx, inplace=True) if inplace else ctx)
             self._free(workspace)
             y, saved = result if result is not None else (None, ())
             self._tensors[node.name] = Tensor(self._settle(out_block), y)

@@ -194,6 +194,27 @@ def test_asarray_of_pinned_memory_may_be_reused_on_return(backend: CudaBackend) 
     assert (backend.to_host(device) == 1).all()
 
 
+def test_cupy_tf32_sets_the_cublas_math_mode_and_close_puts_it_back(
+        monkeypatch: pytest.MonkeyPatch, cp: Any) -> None:
+    """CuPy applies CUPY_TF32 to 2-D GEMMs only; the backend puts the cuBLAS handle in
+    TF32 math mode for the batched ones (the convolution's forward), and back at close."""
+    from cupy_backends.cuda.libs import cublas
+
+    from vmem.backends.cuda import CUBLAS_TF32_TENSOR_OP_MATH
+
+    handle = cp.cuda.device.get_cublas_handle()
+    before = cublas.getMathMode(handle)
+    monkeypatch.setenv("CUPY_TF32", "1")
+    b = CudaBackend(0)
+    try:
+        assert cublas.getMathMode(handle) == CUBLAS_TF32_TENSOR_OP_MATH
+        facts = b.facts()
+        assert facts["tf32"] is True and facts["tf32_gemms"].startswith("every float32 GEMM")
+    finally:
+        b.close()
+    assert cublas.getMathMode(handle) == before
+
+
 def test_set_capacity_limits_the_pool_and_puts_it_back(backend: CudaBackend, cp: Any) -> None:
     pool = cp.get_default_memory_pool()
     before = pool.get_limit()

@@ -41,6 +41,52 @@ DEVICE_FULL_WHAT = "CuPy pool (the device itself is full)"
 
 _probe_result: tuple[bool, str] | None = None
 
+#: cublasMath_t's CUBLAS_TF32_TENSOR_OP_MATH (cublas_api.h), which CuPy does not export.
+CUBLAS_TF32_TENSOR_OP_MATH = 3
+
+
+def tf32_requested() -> bool:
+    """Whether CUPY_TF32 asks for TF32, read as CuPy reads it: an integer above 0."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0")) > 0
+    except ValueError:
+        return False
+
+
+def use_tf32_math_mode() -> tuple[int | None, str]:
+    """With CUPY_TF32 set, put this thread's cuBLAS handle for the current device (the
+    one CuPy uses) in TF32 math mode; returns (the mode it had, or None when unchanged,
+    and what TF32 now covers, for the device facts). Never raises.
+
+    CuPy applies CUPY_TF32 to its 2-D GEMMs only, as a compute type per call; its
+    batched matmul -- the convolution's forward -- calls cublasSgemmBatched or
+    gemmStridedBatchedEx with a 32-bit compute type, which follow the handle's math
+    mode instead. PyTorch's allow_tf32 sets this same mode, so with it both libraries
+    run every float32 GEMM in TF32. Not yet run on a GPU."""
+    if not tf32_requested():
+        return None, "off"
+    try:
+        import cupy
+        from cupy_backends.cuda.libs import cublas
+
+        handle = cupy.cuda.device.get_cublas_handle()
+        previous = int(cublas.getMathMode(handle))
+        cublas.setMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH)
+    except Exception as exc:  # TF32 is a speed setting: report it, run in FP32
+        return None, f"2-D GEMMs only (cuBLAS math mode not set: {_one_line(exc)})"
+    return previous, "every float32 GEMM (CUPY_TF32 and cuBLAS TF32 math mode)"
+
+
+def restore_math_mode(previous: int | None) -> None:
+    """Put back the math mode `use_tf32_math_mode` found. Never raises."""
+    if previous is None:
+        return
+    with contextlib.suppress(Exception):
+        import cupy
+        from cupy_backends.cuda.libs import cublas
+
+        cublas.setMathMode(cupy.cuda.device.get_cublas_handle(), previous)
+
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
@@ -125,10 +171,13 @@ class CudaBackend(Backend):
         self._oom_error: type[BaseException] = cupy.cuda.memory.OutOfMemoryError
         self._closed = False
         self._limit_changed = False
+        self._previous_math_mode: int | None = None
+        self._tf32 = "off"
         try:
             self._device = cupy.cuda.Device(index)
             self._previous_device = cupy.cuda.runtime.getDevice()
             self._device.use()
+            self._previous_math_mode, self._tf32 = use_tf32_math_mode()
             self._pool = cupy.get_default_memory_pool()
             self._previous_limit = int(self._pool.get_limit())
             self._apply_pool_limit(capacity)
@@ -139,6 +188,7 @@ class CudaBackend(Backend):
             self._streams[self.compute].use()
         except Exception as exc:
             self._restore_limit()
+            restore_math_mode(self._previous_math_mode)
             with contextlib.suppress(Exception):
                 cupy.cuda.runtime.setDevice(self._previous_device)
             raise DeviceUnavailable(f"--device cuda:{index}: cannot set up the device: "
@@ -390,7 +440,8 @@ class CudaBackend(Backend):
             except Exception as exc:
                 facts[key] = f"unavailable: {_one_line(exc)}"
         facts["cupy"] = getattr(self._cupy, "__version__", "unknown")
-        facts["tf32"] = os.environ.get("CUPY_TF32", "0") == "1"
+        facts["tf32"] = tf32_requested()
+        facts["tf32_gemms"] = self._tf32
         try:
             facts["pool_limit_bytes"] = int(self._pool.get_limit())
             facts["pool_reserved_bytes"] = self.pool_reserved_bytes()
@@ -456,6 +507,8 @@ class CudaBackend(Backend):
                 # CuPy's own staging buffers (asarray), not vmem's host pool
                 self._cupy.get_default_pinned_memory_pool().free_all_blocks()
             self._restore_limit()
+            with contextlib.suppress(Exception), self._device:
+                restore_math_mode(self._previous_math_mode)
             with contextlib.suppress(Exception):
                 self._cupy.cuda.runtime.setDevice(self._previous_device)
 

@@ -4,18 +4,17 @@ VGG-16 layer shapes (3x3, padding 1).
 
 TF32: CuPy 14.2 reads CUPY_TF32 at the first float32 GEMM of the process and keeps it
 (cupy/_core/_routines_linalg.pyx `get_compute_type`), and only its 2-D path (dot ->
-cublasGemmEx) uses it: the layer's backward GEMMs are 2-D, but its forward is one
-broadcast batched matmul (sgemmBatched, or gemmStridedBatchedEx with a CUDA_R_32F
-compute type), which runs in FP32 whatever CUPY_TF32 says. PyTorch is set to match the
-variable (cuDNN and matmul TF32 on exactly when CUPY_TF32=1), and the report says so.
-PyTorch runs with cudnn.benchmark on (its fastest algorithm).
+cublasGemmEx) uses it; the layer's forward is one broadcast batched matmul, which
+follows the cuBLAS handle's math mode instead. So with CUPY_TF32 set this sets that
+mode too (`use_tf32_math_mode`, as the cuda backend does), and PyTorch is set to match
+(cuDNN and matmul TF32 on exactly when CUPY_TF32 asks for it); the report says which
+GEMMs ran in TF32. PyTorch runs with cudnn.benchmark on (its fastest algorithm).
 
 Not yet run on a GPU (see bench/results/README.md).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,9 +103,11 @@ def bench_conv(*, batch: int = 64, runs: int = 10, warmup: int = 3, backward: bo
                every_algorithm: bool = False, layers: Sequence[tuple[int, int, int]] = LAYERS
                ) -> str:
     """The markdown report of `vmem bench conv`."""
+    from vmem.backends.cuda import restore_math_mode, tf32_requested, use_tf32_math_mode
+
     cp = require_cuda("conv")
     torch = torch_cuda()
-    tf32 = os.environ.get("CUPY_TF32", "0") == "1"
+    tf32 = tf32_requested()
     if torch is not None:
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -114,20 +115,23 @@ def bench_conv(*, batch: int = 64, runs: int = 10, warmup: int = 3, backward: bo
     timer = GpuTimer(cp)
     rng = np.random.default_rng(0)
     rows = []
-    for shape in layers:
-        rows += _layer_rows(cp, torch, timer, shape, batch, runs, warmup, backward,
-                            every_algorithm, rng)
-        cp.get_default_memory_pool().free_all_blocks()
-        if torch is not None:
-            torch.cuda.empty_cache()
+    previous_mode, tf32_gemms = use_tf32_math_mode()
+    try:
+        for shape in layers:
+            rows += _layer_rows(cp, torch, timer, shape, batch, runs, warmup, backward,
+                                every_algorithm, rng)
+            cp.get_default_memory_pool().free_all_blocks()
+            if torch is not None:
+                torch.cuda.empty_cache()
+    finally:
+        restore_math_mode(previous_mode)
     headers = [f"layer (batch {batch})", "algorithm", "workspace GiB", "fwd ms",
                "fwd TFLOP/s", "torch fwd ms", "vmem/torch fwd", "DESIGN.md torch ms (H200)",
                "bwd ms", "torch bwd ms", "rel err vs torch"]
     tf = "1" if tf32 else "0"
     notes = [f"CUPY_TF32={tf}; PyTorch TF32 {'on' if tf32 else 'off'} to match, "
              "cudnn.benchmark on." if torch is not None else f"CUPY_TF32={tf}; no PyTorch here.",
-             "CuPy 14.2 applies CUPY_TF32 to 2-D GEMMs only: vmem's backward GEMMs use "
-             "TF32 when it is set, its forward (a broadcast batched matmul) is FP32 always.",
+             f"vmem's GEMMs in TF32: {tf32_gemms}.",
              f"Median of {runs} runs after {warmup} warm-up calls; 3x3 kernels, padding 1; "
              "backward = input and weight gradients (vmem: the layer's backward; PyTorch: "
              "aten.convolution_backward)."]

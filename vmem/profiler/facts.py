@@ -43,6 +43,8 @@ def facts_lines(facts: dict[str, Any] | None) -> list[str]:
         parts.append(f"calibrated from {get['calibration']}")
     if "cupy" in get:
         parts.append(f"CuPy {get['cupy']}")
+    if get.get("tf32") is True:
+        parts.append(f"TF32: {get.get('tf32_gemms', 'on')}")
     lines = ["device: " + " · ".join(parts)]
     nvml = facts.get("nvml")
     if isinstance(nvml, str):
