@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,6 +92,10 @@ def test_json_prints_what_was_written(tmp_path: Path, capsys: pytest.CaptureFixt
                          "--json") == 0
     assert json.loads(capsys.readouterr().out) == json.loads(path.read_text())
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.json"]  # no temporary left
+    # written as sessions and traces are: the mode a new file gets under the umask
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_predicting_another_batch(calibration: Path, capsys: pytest.CaptureFixture[str]
@@ -230,7 +235,7 @@ def test_without_a_gpu_calibrate_says_so_and_writes_nothing(
 
 @pytest.mark.parametrize(("argv", "fragment"), [
     (("-o", "{tmp}/cal.txt"), "-o: the file must end in .json"),
-    (("-o", "{tmp}/missing/cal.json"), "-o: cannot write in"),
+    (("-o", "{tmp}/missing/cal.json"), "-o: cannot write"),
     (("-o", "{tmp}/cal.json", "--steps", "1"), "--steps: calibrate needs at least 2"),
     (("-o", "{tmp}/cal.json", "--device", "sim:titan-x"), "calibrate measures a real device"),
     (("-o", "{tmp}/cal.json", "--batch", "0"), "--batch: must be a positive integer"),

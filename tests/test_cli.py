@@ -309,3 +309,16 @@ def test_a_limit_above_a_cuda_devices_memory_is_refused(capsys: pytest.CaptureFi
                              "2GiB")
     assert_one_line_error(code, err, "2.00 GiB is more than cuda:0's memory, 1.00 GiB")
     assert out == ""
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (("bench", "step", "--profile", "nosuch"), ("unknown profile 'nosuch'",)),
+    (("bench", "step", "--policy", "bogus"), ("--policy", "unknown policy 'bogus'")),
+    (("bench", "softmax", "--out", "/nonexistent-dir/report.md"), ("--out", "does not exist")),
+])
+def test_bench_checks_its_arguments_before_asking_for_a_gpu(
+        capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
+        fragments: tuple[str, ...]) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *fragments)
+    assert "CUDA" not in err and out == ""

@@ -26,7 +26,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -106,36 +105,21 @@ def _check_device(text: str) -> str:
 
 def _check_output(text: str) -> Path:
     """Refuse, before measuring anything, a path that cannot be written."""
-    path = Path(text)
-    if path.suffix != ".json":
+    from vmem.profiler.output import check_writable
+
+    if Path(text).suffix != ".json":
         raise UsageError(f"-o: the file must end in .json (the sim reads --device "
                          f"sim:FILE.json), got '{text}'")
-    if path.is_dir():
-        raise UsageError(f"-o: '{text}' is a directory")
-    try:
-        handle, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UsageError(f"-o: cannot write in '{path.parent}' ({exc.strerror or exc})"
-                         ) from None
-    os.close(handle)
-    os.unlink(probe)
-    return path
+    return check_writable(text, "-o")
 
 
 def write_calibration(document: dict[str, Any], path: Path) -> None:
-    """Write whole or not at all, and check that the sim reads it back."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(document, out, indent=1, default=str)
-            out.write("\n")
-        load_calibration(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    """Write whole or not at all (as sessions and traces are), once the sim has read
+    it back."""
+    from vmem.profiler.output import write_atomic
+
+    text = json.dumps(document, indent=1, default=str) + "\n"
+    write_atomic(path, text, "-o", check=lambda written: load_calibration(str(written)))
 
 
 # -- the measurements ---------------------------------------------------------------

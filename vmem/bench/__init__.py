@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from vmem.cliargs import positive_int
@@ -101,7 +100,19 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark `args.bench_kind` names, print its markdown report and write it
     to --out. Raises DeviceUnavailable without a GPU (the CLI prints one line, exit 2)."""
+    from vmem.profiler.output import check_writable, write_atomic
+
     kind = args.bench_kind
+    # what the user gave is checked before the GPU is asked for, not after a benchmark
+    out = getattr(args, "out", None)
+    if out is not None:
+        check_writable(out, "--out")
+    if kind == "step":
+        from vmem.policies import check_policy
+        from vmem.profile import load_profile
+
+        load_profile(args.profile)
+        check_policy(args.policy)
     if kind == "softmax":
         from vmem.bench.softmax import bench_softmax
 
@@ -125,10 +136,8 @@ def run_bench(args: argparse.Namespace) -> int:
     else:  # argparse only lets KINDS through
         raise ValueError(f"unknown bench kind {kind!r}; accepted: {', '.join(KINDS)}")
     sys.stdout.write(report)
-    if getattr(args, "out", None):
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report)
+    if out is not None:
+        write_atomic(out, report, "--out")
     return 0
 
 

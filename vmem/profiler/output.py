@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from vmem.errors import UsageError
@@ -31,9 +32,12 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> Path:
     return target
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str, flag: str) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, flag: str,
+                 check: Callable[[Path], object] | None = None) -> None:
     """Write `data` to `path` whole: a reader sees the old file or the new one,
-    and a failure leaves neither a partial file nor the temporary one."""
+    and a failure leaves neither a partial file nor the temporary one. `check`,
+    given the written temporary file, may refuse it (by raising) before it
+    replaces the target."""
     target = check_writable(path, flag)
     payload = data.encode() if isinstance(data, str) else data
     temporary = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -41,6 +45,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, flag: str) -> 
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as file:
             file.write(payload)
+        if check is not None:
+            check(temporary)
         os.replace(temporary, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
