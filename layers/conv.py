@@ -13,15 +13,19 @@ forward and backward allocate besides their outputs and gradients):
 
 Backward per chunk: lower x into the column buffer, accumulate dW sample by
 sample (sample 0 writes dW, each later one goes through the temp and is added),
-then, when dx is needed, write dcol over the same buffer and col2im it into dx.
-Because dW is accumulated in sample order and every other value is computed per
-sample, the results are the same for every chunk size (bit-identical where the
-GEMM library is deterministic for equal shapes, as OpenBLAS and cuBLAS are).
+then, when dx is needed, write dcol over the same buffer in one batched matmul
+and col2im it into dx. Because dW is accumulated in sample order and every other
+value is computed per sample, the results are the same for every chunk size
+(bit-identical where the GEMM library gives each matrix of a batch the bits it
+gives it alone, as NumPy's loop over 2-D BLAS calls does; cuBLAS may pick another
+kernel for another batch count, so on a GPU chunk sizes agree to rounding).
 
-Backward's GEMMs are 2-D, one per (sample, group), with transposed operands as
-views: both NumPy and CuPy pass 2-D transposes to BLAS as flags, whereas CuPy's
-batched matmul copies any non-contiguous operand, which would be scratch beyond
-the declared workspace. Forward's one batched matmul has contiguous operands.
+dW's GEMMs are 2-D, one per (sample, group), with the columns transposed as a
+view: both NumPy and CuPy pass 2-D transposes to BLAS as flags, whereas CuPy's
+batched matmul copies any non-contiguous operand, which would be the whole
+column buffer again. The batched matmuls (forward; dcol) have contiguous
+operands: the weight broadcast over the chunk, and for dcol W transposed once
+per backward call (a weight-sized temporary, not counted as workspace).
 """
 
 from __future__ import annotations
@@ -173,6 +177,8 @@ class Conv(Layer):
         dw = xp.empty((g, og, kdim), dtype=x.dtype)
         dw_temp = xp.empty_like(dw) if n > 1 else None
         dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
+        # W[g].T, contiguous: CuPy's batched matmul would copy a transposed view per call
+        weight_t = xp.ascontiguousarray(weight.transpose(0, 2, 1)) if dx is not None else None
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
             lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m]).reshape(m, g, kdim, hw)
@@ -184,9 +190,9 @@ class Conv(Layer):
                     dw += target
             if dx is None:
                 continue
-            for i in range(m):  # dcol[n, g] = W[g].T @ dy[n, g], over the columns
-                for gi in range(g):
-                    xp.matmul(weight[gi].T, dy4[n0 + i, gi], out=lowered[i, gi])
+            # dcol[n, g] = W[g].T @ dy[n, g] for the whole chunk in one batched GEMM,
+            # written over the columns (no sample's dcol depends on another's)
+            xp.matmul(weight_t, dy4[n0:n0 + m], out=lowered)
             col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
         grads = {"weight": dw.reshape(params["weight"].shape)}
         if self.bias:
