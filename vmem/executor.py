@@ -396,6 +396,9 @@ class Executor:
             y = self._tensors[node.name].array if Keeps.OUTPUT in keeps else None
             saved_block, saved = self._saved.pop(node.name)
             entry = self.params.layers[node.name]
+            # last step's weight gradients (spent as the update's scratch) go before
+            # this step's are made: the device holds one set, as the arena counts
+            entry.grads.update(dict.fromkeys(entry.grads))
             into = {s: self._grads[s].array for s, (_, accumulate) in targets.items()
                     if accumulate}
             result = self._launch(recorder, node.name, BACKWARD, self._layer_ms(node, BACKWARD),

@@ -32,11 +32,21 @@ class SGD:
 
     def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any],
                decay: bool) -> None:
-        """Update `param` in place (no new device buffer beyond one temporary)."""
-        step = grad + self.weight_decay * param if decay and self.weight_decay else grad
+        """Update `param` (and the velocity) in place. `grad` serves as scratch --
+        nothing reads a weight gradient after the update -- so the update allocates
+        no device buffer: the device holds what the arena counts."""
+        wd = self.weight_decay if decay else 0.0
         if self.momentum:
             velocity = state["velocity"]
             velocity *= self.momentum
-            velocity += step
-            step = velocity
-        param -= self.lr * step
+            velocity += grad
+            if wd:
+                xp.multiply(param, wd, out=grad)
+                velocity += grad
+            xp.multiply(velocity, self.lr, out=grad)
+            param -= grad
+        else:  # w <- w (1 - lr wd) - lr g
+            if wd:
+                param *= 1.0 - self.lr * wd
+            grad *= self.lr
+            param -= grad
