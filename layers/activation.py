@@ -24,11 +24,11 @@ def relu_backward_into(xp: Any, dy: Array, y: Array) -> Array:
     flat_dy, flat_y = dy.reshape(-1), y.reshape(-1)
     mask = xp.empty(min(flat_dy.size, RELU_MASK_ELEMENTS), dtype=bool)
     for start in range(0, flat_dy.size, mask.size):
-        part = slice(start, start + mask.size)
-        keep = mask[:flat_dy[part].size]
-        xp.greater(flat_y[part], 0, out=keep)
-        xp.logical_not(keep, out=keep)  # now: where dx is 0
-        xp.copyto(flat_dy[part], 0, where=keep)
+        dy_part, y_part = flat_dy[start:start + mask.size], flat_y[start:start + mask.size]
+        zero = mask[:dy_part.size]
+        xp.greater(y_part, 0, out=zero)
+        xp.logical_not(zero, out=zero)  # where dx is 0
+        xp.copyto(dy_part, 0, where=zero)
     return dy
 
 
