@@ -46,13 +46,12 @@ CuPy is imported lazily: this module imports on a machine without CuPy.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vmem.errors import DeviceUnavailable
+from vmem.kernels.cuda_module import LauncherSlot
 
 Array = Any
 
@@ -732,81 +731,16 @@ ce_grad(const float* p, const long long* labels, float* g, long long rows, int c
 # -------------------------------------------------------------------- launching
 
 
-class _CupyLauncher:
-    """Compiles each kernel instantiation on first use (one RawModule per name
-    expression, so a process compiles only what it runs; CuPy caches the binaries on
-    disk unless CUPY_CACHE_IN_MEMORY=1), or a list of them in one NVRTC run
-    (`precompile`), and launches kernels on CuPy's current stream."""
-
-    def __init__(self) -> None:
-        import cupy
-
-        self.xp = cupy
-        self._kernels: dict[tuple[int, str], Any] = {}
-        self._sms: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def kernel(self, name: str) -> Any:
-        device = self.xp.cuda.runtime.getDevice()
-        key = (device, name)
-        fn = self._kernels.get(key)
-        if fn is None:
-            with self._lock:
-                fn = self._kernels.get(key)
-                if fn is None:
-                    module = self.xp.RawModule(code=SOURCE, options=NVRTC_OPTIONS,
-                                               name_expressions=[name])
-                    fn = module.get_function(name)
-                    self._kernels[key] = fn
-        return fn
-
-    def precompile(self, names: list[str]) -> None:
-        """Compile `names` in one RawModule (one NVRTC run instead of one per kernel)."""
-        device = self.xp.cuda.runtime.getDevice()
-        todo = [n for n in names if (device, n) not in self._kernels]
-        if not todo:
-            return
-        with self._lock:
-            module = self.xp.RawModule(code=SOURCE, options=NVRTC_OPTIONS, name_expressions=todo)
-            for name in todo:
-                self._kernels[(device, name)] = module.get_function(name)
-
-    def launch(self, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
-        self.kernel(name)((int(grid),), (int(block),), args)
-
-    def sm_count(self) -> int:
-        device = self.xp.cuda.runtime.getDevice()
-        if device not in self._sms:
-            self._sms[device] = int(self.xp.cuda.Device(device).attributes["MultiProcessorCount"])
-        return self._sms[device]
-
-    def pointer(self, a: Array) -> int:
-        return int(a.data.ptr)
-
-    def is_array(self, a: Any) -> bool:
-        return isinstance(a, self.xp.ndarray)
-
-
-_launcher: Any = None
+_SLOT = LauncherSlot("vmem.kernels.cuda_softmax", SOURCE, NVRTC_OPTIONS)
 
 
 def _get_launcher() -> Any:
-    global _launcher
-    if _launcher is None:
-        from vmem.backends import cuda
-
-        if not cuda.available():
-            raise DeviceUnavailable("vmem.kernels.cuda_softmax needs CuPy and a CUDA device: "
-                                    f"{cuda.unavailable_reason()}")
-        _launcher = _CupyLauncher()
-    return _launcher
+    return _SLOT.get()
 
 
 def _use_launcher(launcher: Any) -> Any:
     """Swap the launcher (the CPU emulator in tests); returns the previous one."""
-    global _launcher
-    previous, _launcher = _launcher, launcher
-    return previous
+    return _SLOT.swap(launcher)
 
 
 def precompile(names: list[str] | None = None) -> None:

@@ -5,19 +5,39 @@ split into G groups of Cg channels, `cols.reshape(N, G, Cg*k*k, Ho*Wo)` is a vie
 so a grouped convolution is one broadcast batched matmul:
 weight (G, Og, Cg*k*k) @ cols (N, G, Cg*k*k, Ho*Wo) -> (N, G, Og, Ho*Wo).
 
-Both directions loop over the k*k kernel offsets and move one strided slice per
-offset (no padded copy of the input, no scatter-add), which works the same on
+The array code below loops over the k*k kernel offsets and moves one strided slice
+per offset (no padded copy of the input, no scatter-add), which works the same on
 NumPy and CuPy. Within one offset the strided positions are distinct, so `+=` in
-col2im accumulates exactly.
+col2im accumulates exactly; each input pixel receives its contributions in
+row-major offset order, starting from zero.
+
+On CuPy, float32 and float64 calls on C-contiguous arrays go to the CUDA kernels of
+`vmem.kernels.cuda_im2col` instead -- one launch each way, no zero fill, a gather
+for col2im in the same order, so the results have the same bits -- unless
+`VMEM_CUDA_IM2COL` is set to something other than "1".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from vmem.kernels.cuda_module import kernels_wanted
 from vmem.kernels.windows import conv_output_size, offsets_2d
 
 Array = Any
+
+#: Default of VMEM_CUDA_IM2COL: whether CuPy calls use the CUDA kernels.
+CUDA_IM2COL_DEFAULT = True
+
+
+def _cuda_kernels(xp: Any, src: Array, dst: Array, x_shape: tuple[int, ...], k: int,
+                  pad: int) -> Any:
+    """The CUDA kernel module when it should take this call, else None."""
+    if not kernels_wanted(xp, "VMEM_CUDA_IM2COL", CUDA_IM2COL_DEFAULT):
+        return None
+    from vmem.kernels import cuda_im2col
+
+    return cuda_im2col if cuda_im2col.supports(src, dst, x_shape, k, pad) else None
 
 
 def cols_shape(x_shape: tuple[int, ...], k: int, stride: int, pad: int) -> tuple[int, int, int]:
@@ -38,6 +58,9 @@ def im2col(xp: Any, x: Array, k: int, stride: int, pad: int, out: Array | None =
         out = xp.empty(shape, dtype=x.dtype)
     elif tuple(out.shape) != shape:
         raise ValueError(f"im2col: out has shape {tuple(out.shape)}, expected {shape}")
+    kernels = _cuda_kernels(xp, x, out, tuple(x.shape), k, pad)
+    if kernels is not None:
+        return kernels.im2col(x, k, stride, pad, out)
     if pad > 0:
         out.fill(0)  # positions that read padding are never written below
     cols6 = out.reshape(n, c, k, k, ho, wo)  # a view: out is contiguous
@@ -57,9 +80,11 @@ def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, 
                          f"expected {cols_shape(x_shape, k, stride, pad)} for {tuple(x_shape)}")
     ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
     if out is None:
-        out = xp.zeros(tuple(x_shape), dtype=cols.dtype)
-    else:
-        out.fill(0)
+        out = xp.empty(tuple(x_shape), dtype=cols.dtype)
+    kernels = _cuda_kernels(xp, cols, out, tuple(x_shape), k, pad)
+    if kernels is not None:
+        return kernels.col2im(cols, x_shape, k, stride, pad, out)
+    out.fill(0)
     cols6 = cols.reshape(n, c, k, k, ho, wo)
     for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
         view = out[:, :, irow, icol]

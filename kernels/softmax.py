@@ -29,10 +29,11 @@ float64; results have the input's dtype.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
+
+from vmem.kernels.cuda_module import kernels_wanted
 
 Array = Any
 
@@ -46,10 +47,7 @@ ONLINE_BLOCK = 256
 
 def _cuda_kernels(xp: Any, x: Array, axis: int) -> Any:
     """The CUDA kernel module when it should take this call, else None."""
-    if getattr(xp, "__name__", "") != "cupy":
-        return None
-    flag = os.environ.get("VMEM_CUDA_SOFTMAX")
-    if not (flag == "1" if flag is not None else CUDA_SOFTMAX_DEFAULT):
+    if not kernels_wanted(xp, "VMEM_CUDA_SOFTMAX", CUDA_SOFTMAX_DEFAULT):
         return None
     if x.dtype != np.float32 or x.ndim < 1 or axis not in (-1, x.ndim - 1) or x.size == 0:
         return None

@@ -12,20 +12,23 @@ forward and backward allocate besides their outputs and gradients):
   + O * (C/G) * k * k * itemsize   (when N > 1)     backward's weight-gradient temp
 
 Backward per chunk: lower x into the column buffer, accumulate dW sample by
-sample (sample 0 writes dW, each later one goes through the temp and is added),
-then, when dx is needed, write dcol over the same buffer in one batched matmul
-and col2im it into dx. Because dW is accumulated in sample order and every other
-value is computed per sample, the results are the same for every chunk size
-(bit-identical where the GEMM library gives each matrix of a batch the bits it
-gives it alone, as NumPy's loop over 2-D BLAS calls does; cuBLAS may pick another
-kernel for another batch count, so on a GPU chunk sizes agree to rounding).
+sample, then, when dx is needed, write dcol over the same buffer in one batched
+matmul and col2im it into dx. Sample 0 writes dW; each later sample's product goes
+through the temp and is added (NumPy), or is added by its own GEMM with beta = 1
+(CuPy, `kernels.gemm`), which needs no temp: the arena still counts it, so on a
+GPU the count is one weight's size high. Because dW is accumulated in sample
+order and every other value is computed per sample, the results are the same for
+every chunk size (bit-identical where the GEMM library gives each matrix of a
+batch the bits it gives it alone, as NumPy's loop over 2-D BLAS calls does;
+cuBLAS may pick another kernel for another batch count, so on a GPU chunk sizes
+agree to rounding).
 
 dW's GEMMs are 2-D, one per (sample, group), with the columns transposed as a
-view: both NumPy and CuPy pass 2-D transposes to BLAS as flags, whereas CuPy's
-batched matmul copies any non-contiguous operand, which would be the whole
-column buffer again. The batched matmuls (forward; dcol) have contiguous
-operands: the weight broadcast over the chunk, and for dcol W transposed once
-per backward call (a weight-sized temporary, not counted as workspace).
+flag, not a copy. The batched matmuls (forward; dcol) have contiguous operands,
+since CuPy's batched matmul copies any non-contiguous one: the weight broadcast
+over the chunk, and for dcol W transposed once per backward call (a weight-sized
+temporary, not counted as workspace). On CuPy, im2col and col2im are one CUDA
+kernel each (`kernels.cuda_im2col`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vmem.kernels.gemm import accumulates_in_place, matmul_nt
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
@@ -175,7 +179,8 @@ class Conv(Layer):
         dy4 = xp.ascontiguousarray(dy).reshape(n, g, og, hw)
         cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
         dw = xp.empty((g, og, kdim), dtype=x.dtype)
-        dw_temp = xp.empty_like(dw) if n > 1 else None
+        in_place = accumulates_in_place(xp)
+        dw_temp = xp.empty_like(dw) if n > 1 and not in_place else None
         dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
         # W[g].T, contiguous: CuPy's batched matmul would copy a transposed view per call
         weight_t = xp.ascontiguousarray(weight.transpose(0, 2, 1)) if dx is not None else None
@@ -183,9 +188,11 @@ class Conv(Layer):
             m = min(chunk, n - n0)
             lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m]).reshape(m, g, kdim, hw)
             for i in range(m):
-                target = dw if n0 + i == 0 else dw_temp
+                first = n0 + i == 0
+                target = dw if first or in_place else dw_temp
                 for gi in range(g):  # dW[g] (+)= dy[n, g] @ cols[n, g].T
-                    xp.matmul(dy4[n0 + i, gi], lowered[i, gi].T, out=target[gi])
+                    matmul_nt(xp, dy4[n0 + i, gi], lowered[i, gi], target[gi],
+                              accumulate=in_place and not first)
                 if target is not dw:
                     dw += target
             if dx is None:

@@ -1,0 +1,114 @@
+"""One CUDA C source, compiled by NVRTC through CuPy's RawModule on first use, and the
+launcher its kernels go through.
+
+Kernel modules (`cuda_softmax`, `cuda_im2col`) hold a `LauncherSlot`: it builds the
+CuPy launcher when a kernel first runs (or says in one line why it cannot), and tests
+swap in a stand-in with the same four methods (`launch`, `sm_count`, `pointer`,
+`is_array`, and `xp`) -- the CPU emulator, which runs the same CUDA C on NumPy arrays.
+
+CuPy is imported lazily: this module imports on a machine without CuPy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from vmem.errors import DeviceUnavailable
+
+Array = Any
+
+
+def kernels_wanted(xp: Any, env: str, default: bool) -> bool:
+    """Whether a call on array module `xp` should take the CUDA kernels: only on CuPy,
+    and then as the environment variable `env` says ("1": yes, anything else: no), or
+    `default` when it is unset."""
+    if getattr(xp, "__name__", "") != "cupy":
+        return False
+    flag = os.environ.get(env)
+    return flag == "1" if flag is not None else default
+
+
+class CupyLauncher:
+    """Compiles each kernel instantiation of `source` on first use (one RawModule per
+    name expression, so a process compiles only what it runs; CuPy caches the binaries
+    on disk unless CUPY_CACHE_IN_MEMORY=1), or a list of them in one NVRTC run
+    (`precompile`), and launches kernels on CuPy's current stream."""
+
+    def __init__(self, source: str, options: tuple[str, ...]) -> None:
+        import cupy
+
+        self.xp = cupy
+        self.source = source
+        self.options = options
+        self._kernels: dict[tuple[int, str], Any] = {}
+        self._sms: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def kernel(self, name: str) -> Any:
+        device = self.xp.cuda.runtime.getDevice()
+        key = (device, name)
+        fn = self._kernels.get(key)
+        if fn is None:
+            with self._lock:
+                fn = self._kernels.get(key)
+                if fn is None:
+                    module = self.xp.RawModule(code=self.source, options=self.options,
+                                               name_expressions=[name])
+                    fn = module.get_function(name)
+                    self._kernels[key] = fn
+        return fn
+
+    def precompile(self, names: list[str]) -> None:
+        """Compile `names` in one RawModule (one NVRTC run instead of one per kernel)."""
+        device = self.xp.cuda.runtime.getDevice()
+        todo = [n for n in names if (device, n) not in self._kernels]
+        if not todo:
+            return
+        with self._lock:
+            module = self.xp.RawModule(code=self.source, options=self.options,
+                                       name_expressions=todo)
+            for name in todo:
+                self._kernels[(device, name)] = module.get_function(name)
+
+    def launch(self, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
+        self.kernel(name)((int(grid),), (int(block),), args)
+
+    def sm_count(self) -> int:
+        device = self.xp.cuda.runtime.getDevice()
+        if device not in self._sms:
+            self._sms[device] = int(self.xp.cuda.Device(device).attributes["MultiProcessorCount"])
+        return self._sms[device]
+
+    def pointer(self, a: Array) -> int:
+        return int(a.data.ptr)
+
+    def is_array(self, a: Any) -> bool:
+        return isinstance(a, self.xp.ndarray)
+
+
+class LauncherSlot:
+    """The launcher of one kernel module: a CupyLauncher built on first use, or
+    whatever a test put there."""
+
+    def __init__(self, owner: str, source: str, options: tuple[str, ...]) -> None:
+        self.owner = owner
+        self.source = source
+        self.options = options
+        self._launcher: Any = None
+
+    def get(self) -> Any:
+        if self._launcher is None:
+            from vmem.backends import cuda
+
+            if not cuda.available():
+                raise DeviceUnavailable(f"{self.owner} needs CuPy and a CUDA device: "
+                                        f"{cuda.unavailable_reason()}")
+            self._launcher = CupyLauncher(self.source, self.options)
+        return self._launcher
+
+    def swap(self, launcher: Any) -> Any:
+        """Put `launcher` in (None: build the CuPy one on next use); returns the previous."""
+        previous, self._launcher = self._launcher, launcher
+        return previous

@@ -1,0 +1,147 @@
+"""Convolution's CuPy path without a GPU. The CUDA C of vmem.kernels.cuda_im2col runs on
+the CPU emulator (tests/cuda_emulator.py; needs g++, skipped without), bit for bit
+against the array code of vmem.kernels.im2col on NumPy, with every output poisoned
+(NaN) first so an element a kernel skips fails. The Conv layer runs on a stand-in for
+CuPy (NumPy under CuPy's name, cuBLAS's accumulating GEMM done by NumPy) and must give
+NumPy's bits: which calls take the kernels, and which GEMMs add into the gradient."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from conv_cases import GEOMETRIES
+from cuda_emulator import UNAVAILABLE, EmulatorLauncher, build_emulator
+
+from vmem.kernels import cuda_im2col
+from vmem.kernels.im2col import _cuda_kernels, col2im, cols_shape, im2col
+from vmem.layers import Context, Conv
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+    lib = build_emulator(cuda_im2col.SOURCE, set(cuda_im2col.all_name_expressions()))
+    previous = cuda_im2col._use_launcher(EmulatorLauncher(lib, sms=2))
+    yield
+    cuda_im2col._use_launcher(previous)
+
+
+def fake_cupy() -> types.ModuleType:
+    """NumPy under CuPy's name: the array code's dispatch takes the kernels for it, and
+    the emulator runs them on NumPy arrays."""
+    module = types.ModuleType("cupy")
+    module.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, k, stride, pad", GEOMETRIES)
+def test_kernels_match_the_array_code_bit_for_bit(emulator, x_shape, k, stride, pad, dtype):
+    rng = np.random.default_rng(abs(hash((x_shape, k, stride, pad))) % 2**32)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    cols = np.full(cols_shape(x_shape, k, stride, pad), np.nan, dtype=dtype)
+    cuda_im2col.im2col(x, k, stride, pad, cols)
+    expected = im2col(np, x, k, stride, pad)
+    np.testing.assert_array_equal(cols, expected)
+
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    dx = np.full(x_shape, np.nan, dtype=dtype)
+    cuda_im2col.col2im(dcols, x_shape, k, stride, pad, dx)
+    np.testing.assert_array_equal(dx, col2im(np, dcols, x_shape, k, stride, pad))
+
+
+def test_kernels_loop_past_their_grid(emulator, monkeypatch):
+    """More rows and planes than blocks: each block takes every grid-th one."""
+    monkeypatch.setattr(cuda_im2col, "MAX_BLOCKS", 3)
+    x_shape, k, stride, pad = (2, 3, 6, 5), 3, 1, 1
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    cols = np.full(cols_shape(x_shape, k, stride, pad), np.nan, dtype=np.float32)
+    np.testing.assert_array_equal(cuda_im2col.im2col(x, k, stride, pad, cols),
+                                  im2col(np, x, k, stride, pad))
+    dx = np.full(x_shape, np.nan, dtype=np.float32)
+    np.testing.assert_array_equal(cuda_im2col.col2im(cols, x_shape, k, stride, pad, dx),
+                                  col2im(np, cols, x_shape, k, stride, pad))
+
+
+def test_cupy_calls_take_the_kernels(emulator, monkeypatch):
+    """Through the array code's entry points: a CuPy float32 call runs the kernels (here
+    on the emulator) and gives the array code's bits; VMEM_CUDA_IM2COL=0 turns them off."""
+    cp = fake_cupy()
+    x = np.random.default_rng(2).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    cols = im2col(cp, x, 3, 1, 1)
+    np.testing.assert_array_equal(cols, im2col(np, x, 3, 1, 1))
+    np.testing.assert_array_equal(col2im(cp, cols, x.shape, 3, 1, 1),
+                                  col2im(np, cols, x.shape, 3, 1, 1))
+    assert _cuda_kernels(cp, x, cols, x.shape, 3, 1) is cuda_im2col
+    monkeypatch.setenv("VMEM_CUDA_IM2COL", "0")
+    assert _cuda_kernels(cp, x, cols, x.shape, 3, 1) is None
+
+
+def test_which_calls_the_kernels_take(monkeypatch):
+    monkeypatch.delenv("VMEM_CUDA_IM2COL", raising=False)
+    cp = fake_cupy()
+    x = np.zeros((2, 3, 6, 5), np.float32)
+    cols = np.zeros(cols_shape(x.shape, 3, 1, 1), np.float32)
+    assert _cuda_kernels(np, x, cols, x.shape, 3, 1) is None  # NumPy: the array code
+    assert _cuda_kernels(cp, x, cols, x.shape, 3, 1) is cuda_im2col
+    assert _cuda_kernels(cp, x.astype(np.float16), cols.astype(np.float16), x.shape, 3,
+                         1) is None  # no float16 kernels
+    assert _cuda_kernels(cp, x, cols.astype(np.float64), x.shape, 3, 1) is None
+    assert _cuda_kernels(cp, x[:, :, :, ::2], cols, x.shape, 3, 1) is None  # strided
+    big = (1, 1, 2**15, 2**15)  # a plane past 32-bit indexing once k*k columns are counted
+    assert _cuda_kernels(cp, x, cols, big, 3, 1) is None
+
+
+def test_launch_shapes():
+    assert cuda_im2col.threads_for(1) == 32 and cuda_im2col.threads_for(196) == 224
+    assert cuda_im2col.threads_for(50176) == cuda_im2col.MAX_THREADS
+    assert len(cuda_im2col.all_name_expressions()) == 4
+
+
+def numpy_cublas() -> types.ModuleType:
+    """cupy.cublas's gemm as cuBLAS defines it (out = a' b' + beta out; out is not read
+    when beta is 0), computed by NumPy: the product rounded, then the sum."""
+    module = types.ModuleType("cupy.cublas")
+
+    def gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+        assert (transa, transb, alpha) == ("N", "T", 1.0) and out is not None
+        product = np.matmul(a, b.T)
+        if beta == 0.0:
+            out[...] = product
+        else:
+            assert beta == 1.0
+            out += product
+        return out
+
+    module.gemm = gemm  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, groups):
+    """On CuPy the layer lowers with the kernels and adds each sample's dW product with
+    its GEMM (no temp); with a GEMM that rounds as NumPy does, every output equals the
+    NumPy path's, for every chunk size."""
+    monkeypatch.setitem(sys.modules, "cupy.cublas", numpy_cublas())
+    cp = fake_cupy()
+    layer = Conv(name="c", out_channels=6, kernel=3, stride=2, pad=1, groups=groups)
+    in_shape = (5, 4, 9, 8)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(in_shape).astype(np.float32)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params([in_shape], rng).items()}
+    dy = rng.standard_normal(layer.output_shape([in_shape])).astype(np.float32)
+    algos = layer.algorithms([in_shape], 4)
+    assert len(algos) > 2  # chunks 5, 4, 2, 1: one chunk that does not divide the batch
+    for algo in algos:
+        y_np, _ = layer.forward(np, [x], params, algo, Context())
+        y_cp, _ = layer.forward(cp, [x], params, algo, Context())
+        np.testing.assert_array_equal(y_cp, y_np)
+        (dx_np,), g_np = layer.backward(np, dy, [x], None, params, (), algo, [in_shape], [True])
+        (dx_cp,), g_cp = layer.backward(cp, dy, [x], None, params, (), algo, [in_shape], [True])
+        np.testing.assert_array_equal(dx_cp, dx_np)
+        for name in g_np:
+            np.testing.assert_array_equal(g_cp[name], g_np[name], err_msg=f"{algo.name} {name}")
