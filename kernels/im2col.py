@@ -30,10 +30,15 @@ Array = Any
 CUDA_IM2COL_DEFAULT = True
 
 
+def im2col_kernels_on(xp: Any) -> bool:
+    """Whether CuPy calls (`xp`: the cupy module) take the CUDA kernels."""
+    return kernels_wanted(xp, "VMEM_CUDA_IM2COL", CUDA_IM2COL_DEFAULT)
+
+
 def _cuda_kernels(xp: Any, src: Array, dst: Array, x_shape: tuple[int, ...], k: int,
                   pad: int) -> Any:
     """The CUDA kernel module when it should take this call, else None."""
-    if not kernels_wanted(xp, "VMEM_CUDA_IM2COL", CUDA_IM2COL_DEFAULT):
+    if not im2col_kernels_on(xp):
         return None
     from vmem.kernels import cuda_im2col
 

@@ -15,7 +15,9 @@ Not yet run on a GPU (see bench/results/README.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from vmem.bench.timing import (
     require_cuda,
     torch_cuda,
 )
+from vmem.kernels.im2col import im2col_kernels_on
 
 #: (in channels, out channels, height = width): DESIGN.md's table, batch 64.
 LAYERS = [(64, 64, 224), (128, 128, 112), (256, 256, 56), (512, 512, 14)]
@@ -75,18 +78,24 @@ def _layer_rows(cp: Any, torch: Any, timer: GpuTimer, shape: tuple[int, int, int
                                                   [0, 0], 1, [True, True, True]),
                                    warmup=warmup, runs=runs)
     rows = []
-    for algo in _pick_algorithms(layer.algorithms([in_shape], 4), every_algorithm):
-        fwd = timer.time(lambda i, algo=algo: layer.forward(cp, [x], params, algo, ctx),
-                         warmup=warmup, runs=runs)
-        y, saved = layer.forward(cp, [x], params, algo, ctx)
-        err = None if ref_y is None else rel_err(cp.asnumpy(y), ref_y.cpu().numpy())
-        bwd = None
-        if backward:
-            dy = cp.random.standard_normal(y.shape, dtype=cp.float32)
-            bwd = timer.time(lambda i, algo=algo, y=y, saved=saved, dy=dy: layer.backward(
-                cp, dy, [x], y, params, saved, algo, [in_shape], [True]),
-                warmup=min(warmup, 2), runs=runs)
-        rows.append([f"{c}→{o}, {hw}²", algo.name, algo.workspace_bytes / 2**30,
+    picked = _pick_algorithms(layer.algorithms([in_shape], 4), every_algorithm)
+    # the fastest algorithm once more with the strided-copy im2col, where the kernels ran
+    variants = [(algo, False) for algo in picked] + (
+        [(picked[0], True)] if im2col_kernels_on(cp) else [])
+    for algo, strided in variants:
+        with _strided_im2col(strided):
+            fwd = timer.time(lambda i, algo=algo: layer.forward(cp, [x], params, algo, ctx),
+                             warmup=warmup, runs=runs)
+            y, saved = layer.forward(cp, [x], params, algo, ctx)
+            err = None if ref_y is None else rel_err(cp.asnumpy(y), ref_y.cpu().numpy())
+            bwd = None
+            if backward:
+                dy = cp.random.standard_normal(y.shape, dtype=cp.float32)
+                bwd = timer.time(lambda i, algo=algo, y=y, saved=saved, dy=dy: layer.backward(
+                    cp, dy, [x], y, params, saved, algo, [in_shape], [True]),
+                    warmup=min(warmup, 2), runs=runs)
+        name = f"{algo.name}, strided copies" if strided else algo.name
+        rows.append([f"{c}→{o}, {hw}²", name, algo.workspace_bytes / 2**30,
                      fwd.median_ms, flops / (fwd.median_ms * 1e9),
                      None if torch_fwd is None else torch_fwd.median_ms,
                      None if torch_fwd is None else fwd.median_ms / torch_fwd.median_ms,
@@ -97,6 +106,23 @@ def _layer_rows(cp: Any, torch: Any, timer: GpuTimer, shape: tuple[int, int, int
         y = saved = dy = None
         cp.get_default_memory_pool().free_all_blocks()
     return rows
+
+
+@contextlib.contextmanager
+def _strided_im2col(on: bool) -> Iterator[None]:
+    """With `on`, the layer's im2col and col2im use the strided-copy array code."""
+    if not on:
+        yield
+        return
+    previous = os.environ.get("VMEM_CUDA_IM2COL")
+    os.environ["VMEM_CUDA_IM2COL"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["VMEM_CUDA_IM2COL"]
+        else:
+            os.environ["VMEM_CUDA_IM2COL"] = previous
 
 
 def bench_conv(*, batch: int = 64, runs: int = 10, warmup: int = 3, backward: bool = True,
@@ -132,6 +158,10 @@ def bench_conv(*, batch: int = 64, runs: int = 10, warmup: int = 3, backward: bo
     notes = [f"CUPY_TF32={tf}; PyTorch TF32 {'on' if tf32 else 'off'} to match, "
              "cudnn.benchmark on." if torch is not None else f"CUPY_TF32={tf}; no PyTorch here.",
              f"vmem's GEMMs in TF32: {tf32_gemms}.",
+             "vmem's im2col / col2im: " + ("one CUDA kernel each; the rows marked 'strided "
+                                           "copies' use the array code (VMEM_CUDA_IM2COL=0)."
+                                           if im2col_kernels_on(cp) else
+                                           "strided array copies (VMEM_CUDA_IM2COL)."),
              f"Median of {runs} runs after {warmup} warm-up calls; 3x3 kernels, padding 1; "
              "backward = input and weight gradients (vmem: the layer's backward; PyTorch: "
              "aten.convolution_backward)."]
