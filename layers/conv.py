@@ -28,7 +28,8 @@ flag, not a copy. The batched matmuls (forward; dcol) have contiguous operands,
 since CuPy's batched matmul copies any non-contiguous one: the weight broadcast
 over the chunk, and for dcol W transposed once per backward call (a weight-sized
 temporary, not counted as workspace). On CuPy, im2col and col2im are one CUDA
-kernel each (`kernels.cuda_im2col`).
+kernel each (`kernels.cuda_im2col`), and each batched matmul is one strided-batched
+cuBLAS GEMM per group with the weight's stride 0 (`kernels.gemm`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vmem.kernels.gemm import accumulates_in_place, matmul_nt
+from vmem.kernels.gemm import accumulates_in_place, matmul_nt, matmul_shared_left
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
@@ -162,7 +163,7 @@ class Conv(Layer):
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
             lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m])
-            xp.matmul(weight, lowered.reshape(m, g, kdim, hw), out=y4[n0:n0 + m])
+            matmul_shared_left(xp, weight, lowered.reshape(m, g, kdim, hw), y4[n0:n0 + m])
         if self.bias:
             y += params["bias"].reshape(1, -1, 1, 1)
         return y, ()
@@ -199,9 +200,11 @@ class Conv(Layer):
                 continue
             # dcol[n, g] = W[g].T @ dy[n, g] for the whole chunk in one batched GEMM,
             # written over the columns (no sample's dcol depends on another's)
-            xp.matmul(weight_t, dy4[n0:n0 + m], out=lowered)
+            matmul_shared_left(xp, weight_t, dy4[n0:n0 + m], lowered)
             col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
         grads = {"weight": dw.reshape(params["weight"].shape)}
         if self.bias:
-            grads["bias"] = dy.sum(axis=(0, 2, 3))
+            # over the contiguous pixels first: a reduction over axes (0, 2, 3) at once
+            # would give CuPy only O outputs to spread over the GPU, one block each
+            grads["bias"] = dy4.reshape(n, self.out_channels, hw).sum(axis=2).sum(axis=0)
         return [dx], grads

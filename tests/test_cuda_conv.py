@@ -3,7 +3,9 @@ the CPU emulator (tests/cuda_emulator.py; needs g++, skipped without), bit for b
 against the array code of vmem.kernels.im2col on NumPy, with every output poisoned
 (NaN) first so an element a kernel skips fails. The Conv layer runs on a stand-in for
 CuPy (NumPy under CuPy's name, cuBLAS's accumulating GEMM done by NumPy) and must give
-NumPy's bits: which calls take the kernels, and which GEMMs add into the gradient."""
+NumPy's bits: which calls take the kernels, which GEMMs add into the gradient, and the
+cuBLAS strided-batched calls that replace CuPy's broadcasting matmul, run by a NumPy
+stand-in that reads them column-major from flat buffers."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 from conv_cases import GEOMETRIES
 from cuda_emulator import UNAVAILABLE, EmulatorLauncher, build_emulator
 
-from vmem.kernels import cuda_im2col
+from vmem.kernels import cuda_im2col, gemm
 from vmem.kernels.im2col import _cuda_kernels, col2im, cols_shape, im2col
 from vmem.layers import Context, Conv
 
@@ -121,12 +123,55 @@ def numpy_cublas() -> types.ModuleType:
     return module
 
 
+def column_major(flat: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> np.ndarray:
+    """The rows x cols column-major matrix at `offset` of `flat` with leading dimension
+    ld, as a view; it must lie inside the buffer."""
+    assert ld >= rows and offset >= 0 and offset + (cols - 1) * ld + rows <= flat.size
+    size = flat.itemsize
+    return np.lib.stride_tricks.as_strided(flat[offset:], shape=(rows, cols),
+                                           strides=(size, ld * size))
+
+
+def run_strided_batched_on_numpy(xp, calls, a, b, c) -> None:
+    """cublas<t>gemmStridedBatched by its definition (C_i = A_i B_i, column-major), with
+    each product computed as NumPy computes the row-major C_i^T = B_i^T A_i^T, so its
+    bits are NumPy matmul's."""
+    fa, fb, fc = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+    for call in calls:
+        for i in range(call.batch):
+            ma = column_major(fa, call.offset_a + i * call.stride_a, call.m, call.k, call.lda)
+            mb = column_major(fb, call.offset_b + i * call.stride_b, call.k, call.n, call.ldb)
+            mc = column_major(fc, call.offset_c + i * call.stride_c, call.m, call.n, call.ldc)
+            mc.T[...] = np.matmul(mb.T, ma.T)
+
+
+@pytest.mark.parametrize("groups, samples", [(1, 1), (1, 4), (3, 2)])
+def test_strided_batched_calls_compute_the_shared_left_product(groups, samples):
+    rng = np.random.default_rng(groups * 10 + samples)
+    a = rng.standard_normal((groups, 5, 7))
+    b = rng.standard_normal((samples, groups, 7, 6))
+    out = np.full((samples, groups, 5, 6), np.nan)
+    calls = gemm.shared_left_calls(a.shape, b.shape)
+    assert len(calls) == groups and all(call.stride_b == 0 for call in calls)
+    run_strided_batched_on_numpy(np, calls, b, a, out)  # cuBLAS's A is b, its B is a
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="do not match"):
+        gemm.shared_left_calls((groups, 5, 8), b.shape)
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, groups):
     """On CuPy the layer lowers with the kernels and adds each sample's dW product with
     its GEMM (no temp); with a GEMM that rounds as NumPy does, every output equals the
     NumPy path's, for every chunk size."""
     monkeypatch.setitem(sys.modules, "cupy.cublas", numpy_cublas())
+    calls: list = []
+
+    def record_and_run(xp, batch_calls, a, b, c):
+        calls.extend(batch_calls)
+        run_strided_batched_on_numpy(xp, batch_calls, a, b, c)
+
+    monkeypatch.setattr(gemm, "_run_strided_batched", record_and_run)
     cp = fake_cupy()
     layer = Conv(name="c", out_channels=6, kernel=3, stride=2, pad=1, groups=groups)
     in_shape = (5, 4, 9, 8)
@@ -145,3 +190,7 @@ def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, g
         np.testing.assert_array_equal(dx_cp, dx_np)
         for name in g_np:
             np.testing.assert_array_equal(g_cp[name], g_np[name], err_msg=f"{algo.name} {name}")
+    # CuPy's forward and dcol GEMMs: one strided-batched call per group and chunk, none
+    # through CuPy's broadcasting matmul
+    chunks = sum(-(-in_shape[0] // algo.chunk) for algo in algos)
+    assert len(calls) == 2 * groups * chunks
