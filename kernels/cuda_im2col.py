@@ -49,7 +49,24 @@ MAX_BLOCKS = 1 << 20
 
 DTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
-SOURCE = r"""
+#: Window geometry for the gather kernels here and in `cuda_pooling`.
+WINDOW_HELPERS = r"""
+__device__ __forceinline__ int vmem_min_i(int a, int b) { return a < b ? a : b; }
+
+// The output positions o in [0, out) whose window reads input index i: o * stride + off
+// = i + pad for a kernel offset off in [0, k). Returns the largest such o in `hi` and the
+// smallest in `lo` (lo > hi when there is none); off rises as o falls.
+__device__ __forceinline__ void vmem_readers(int i, int pad, int k, int stride, int out,
+                                             int& lo, int& hi) {
+    const int t = i + pad;          // >= 0
+    hi = vmem_min_i(t / stride, out - 1);
+    const int first = t - k + 1;    // o * stride >= first
+    lo = first <= 0 ? 0 : (first + stride - 1) / stride;
+}
+
+"""
+
+SOURCE = WINDOW_HELPERS + r"""
 // vmem im2col / col2im. Not yet run on a GPU (see kernels/cuda_im2col.py).
 
 // x (N, C, H, W) -> cols (N, C, k, k, Ho, Wo): block b handles the rows b, b + grid, ...
@@ -70,19 +87,6 @@ __global__ void vmem_im2col(const T* __restrict__ x, T* __restrict__ cols, long 
             out[p] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? plane[iy * w + ix] : T(0);
         }
     }
-}
-
-__device__ __forceinline__ int vmem_min_i(int a, int b) { return a < b ? a : b; }
-
-// The output positions o in [0, out) whose window reads input index i: o * stride + off
-// = i + pad for a kernel offset off in [0, k). Returns the largest such o in `hi` and the
-// smallest in `lo` (lo > hi when there is none); off rises as o falls.
-__device__ __forceinline__ void vmem_readers(int i, int pad, int k, int stride, int out,
-                                             int& lo, int& hi) {
-    const int t = i + pad;          // >= 0
-    hi = vmem_min_i(t / stride, out - 1);
-    const int first = t - k + 1;    // o * stride >= first
-    lo = first <= 0 ? 0 : (first + stride - 1) / stride;
 }
 
 // cols (N, C, k, k, Ho, Wo) -> dx (N, C, H, W): block b handles the planes b, b + grid,

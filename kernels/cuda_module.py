@@ -20,14 +20,29 @@ from vmem.errors import DeviceUnavailable
 Array = Any
 
 
-def kernels_wanted(xp: Any, env: str, default: bool) -> bool:
-    """Whether a call on array module `xp` should take the CUDA kernels: only on CuPy,
-    and then as the environment variable `env` says ("1": yes, anything else: no), or
-    `default` when it is unset."""
+#: vmem's CUDA kernel families, each with the environment variable that switches it
+#: ("1": on, anything else: off) and its default when unset. Softmax stays off until
+#: its kernels have run on a GPU; the others replace array code known to be slow.
+KERNEL_SWITCHES: dict[str, tuple[str, bool]] = {
+    "im2col": ("VMEM_CUDA_IM2COL", True),
+    "pooling": ("VMEM_CUDA_POOLING", True),
+    "softmax": ("VMEM_CUDA_SOFTMAX", False),
+}
+
+
+def kernels_on(xp: Any, family: str) -> bool:
+    """Whether calls on array module `xp` take the CUDA kernels of `family`: only on
+    CuPy, and then as its switch says."""
     if getattr(xp, "__name__", "") != "cupy":
         return False
+    env, default = KERNEL_SWITCHES[family]
     flag = os.environ.get(env)
     return flag == "1" if flag is not None else default
+
+
+def families_on(xp: Any) -> list[str]:
+    """The kernel families calls on `xp` take (for device facts)."""
+    return [family for family in KERNEL_SWITCHES if kernels_on(xp, family)]
 
 
 class CupyLauncher:

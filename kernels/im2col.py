@@ -21,24 +21,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmem.kernels.cuda_module import kernels_wanted
+from vmem.kernels.cuda_module import kernels_on
 from vmem.kernels.windows import conv_output_size, offsets_2d
 
 Array = Any
 
-#: Default of VMEM_CUDA_IM2COL: whether CuPy calls use the CUDA kernels.
-CUDA_IM2COL_DEFAULT = True
-
-
-def im2col_kernels_on(xp: Any) -> bool:
-    """Whether CuPy calls (`xp`: the cupy module) take the CUDA kernels."""
-    return kernels_wanted(xp, "VMEM_CUDA_IM2COL", CUDA_IM2COL_DEFAULT)
-
-
 def _cuda_kernels(xp: Any, src: Array, dst: Array, x_shape: tuple[int, ...], k: int,
                   pad: int) -> Any:
     """The CUDA kernel module when it should take this call, else None."""
-    if not im2col_kernels_on(xp):
+    if not kernels_on(xp, "im2col"):
         return None
     from vmem.kernels import cuda_im2col
 

@@ -12,15 +12,29 @@ row-major order (as Caffe and PyTorch do), so no index tensor is kept.
 Average pooling divides by the window area counting padding
 (count_include_pad=True), except that a window which ceil_mode lets run past the
 padded edge is clipped there and divides by the clipped area (PyTorch's rule).
+
+On CuPy, float32 and float64 calls on C-contiguous arrays go to the CUDA kernels of
+`vmem.kernels.cuda_pooling` instead -- one launch per pass, no scratch, the same sums
+in the same order, so the same bits -- unless `VMEM_CUDA_POOLING` is set to
+something other than "1".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from vmem.kernels.cuda_module import kernels_on
 from vmem.kernels.windows import offsets_2d, pool_output_size
 
 Array = Any
+
+def _cuda_kernels(xp: Any, *arrays: Array) -> Any:
+    """The CUDA kernel module when it should take a call on these arrays, else None."""
+    if not kernels_on(xp, "pooling"):
+        return None
+    from vmem.kernels import cuda_pooling
+
+    return cuda_pooling if cuda_pooling.supports(*arrays) else None
 
 
 def output_hw(x_shape: tuple[int, ...], k: int, stride: int, pad: int, ceil_mode: bool
@@ -34,6 +48,10 @@ def max_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
                      ) -> Array:
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
+    kernels = _cuda_kernels(xp, x)
+    if kernels is not None:
+        return kernels.max_pool_forward(x, xp.empty((n, c, ho, wo), dtype=x.dtype), k, stride,
+                                        pad)
     y = xp.full((n, c, ho, wo), -xp.inf, dtype=x.dtype)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
         view = y[:, :, orow, ocol]
@@ -53,6 +71,10 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
     groups of samples so that its scratch stays within MAX_POOL_SCRATCH_BYTES."""
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
+    kernels = _cuda_kernels(xp, x, dy)
+    if kernels is not None:  # no scratch at all
+        return kernels.max_pool_backward(x, dy, xp.empty(x.shape, dtype=dy.dtype), k, stride,
+                                         pad)
     per_sample = c * ho * wo * (x.dtype.itemsize + dy.dtype.itemsize + 2)
     group = max(1, min(n, MAX_POOL_SCRATCH_BYTES // max(1, per_sample)))
     dx = xp.zeros(x.shape, dtype=dy.dtype)
@@ -88,6 +110,10 @@ def avg_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
                      ) -> Array:
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
+    kernels = _cuda_kernels(xp, x)
+    if kernels is not None:
+        return kernels.avg_pool_forward(x, xp.empty((n, c, ho, wo), dtype=x.dtype), k, stride,
+                                        pad)
     y = xp.zeros((n, c, ho, wo), dtype=x.dtype)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
         view = y[:, :, orow, ocol]
@@ -100,6 +126,10 @@ def avg_pool_backward(xp: Any, dy: Array, x_shape: tuple[int, ...], k: int, stri
                       pad: int, ceil_mode: bool) -> Array:
     h, w = x_shape[-2:]
     ho, wo = output_hw(x_shape, k, stride, pad, ceil_mode)
+    kernels = _cuda_kernels(xp, dy)
+    if kernels is not None:
+        return kernels.avg_pool_backward(dy, xp.empty(tuple(x_shape), dtype=dy.dtype), k,
+                                         stride, pad)
     g = dy / avg_pool_divisor(xp, x_shape, k, stride, pad, ceil_mode, dy.dtype)
     dx = xp.zeros(tuple(x_shape), dtype=dy.dtype)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):

@@ -33,13 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from vmem.kernels.cuda_module import kernels_wanted
+from vmem.kernels.cuda_module import kernels_on
 
 Array = Any
-
-#: Default of VMEM_CUDA_SOFTMAX: whether `softmax`, `log_softmax` and `cross_entropy`
-#: use the CUDA kernels on CuPy float32 arrays. Off until they have run on a GPU.
-CUDA_SOFTMAX_DEFAULT = False
 
 #: Columns per block of the blocked online reference.
 ONLINE_BLOCK = 256
@@ -47,7 +43,7 @@ ONLINE_BLOCK = 256
 
 def _cuda_kernels(xp: Any, x: Array, axis: int) -> Any:
     """The CUDA kernel module when it should take this call, else None."""
-    if not kernels_wanted(xp, "VMEM_CUDA_SOFTMAX", CUDA_SOFTMAX_DEFAULT):
+    if not kernels_on(xp, "softmax"):
         return None
     if x.dtype != np.float32 or x.ndim < 1 or axis not in (-1, x.ndim - 1) or x.size == 0:
         return None

@@ -7,13 +7,16 @@ barriers and merges, not speed nor the device's memory model.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -101,6 +104,7 @@ emu_uint3 blockDim, gridDim;
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline float __expf(float x) { return std::exp(x); }
+inline double __longlong_as_double(long long u) { double d; std::memcpy(&d, &u, 8); return d; }
 
 struct EmuWarp {
     std::barrier<> bar{32};
@@ -229,3 +233,15 @@ def build_emulator(source: str, names: set[str]) -> ctypes.CDLL:
                         str(src), "-o", str(tmp)], check=True)
         tmp.rename(lib)
     return ctypes.CDLL(str(lib))
+
+
+@contextlib.contextmanager
+def emulated(module: ModuleType, sms: int = 2) -> Iterator[None]:
+    """Run a kernel module's (`SOURCE`, `all_name_expressions()`, `_use_launcher`) CUDA
+    C on the emulator inside the block."""
+    lib = build_emulator(module.SOURCE, set(module.all_name_expressions()))
+    previous = module._use_launcher(EmulatorLauncher(lib, sms=sms))
+    try:
+        yield
+    finally:
+        module._use_launcher(previous)

@@ -14,8 +14,8 @@ import types
 
 import numpy as np
 import pytest
-from conv_cases import GEOMETRIES
-from cuda_emulator import UNAVAILABLE, EmulatorLauncher, build_emulator
+from cuda_emulator import UNAVAILABLE, emulated
+from window_cases import GEOMETRIES
 
 from vmem.kernels import cuda_im2col, gemm
 from vmem.kernels.im2col import _cuda_kernels, col2im, cols_shape, im2col
@@ -26,10 +26,8 @@ from vmem.layers import Context, Conv
 def emulator():
     if UNAVAILABLE is not None:
         pytest.skip(UNAVAILABLE)
-    lib = build_emulator(cuda_im2col.SOURCE, set(cuda_im2col.all_name_expressions()))
-    previous = cuda_im2col._use_launcher(EmulatorLauncher(lib, sms=2))
-    yield
-    cuda_im2col._use_launcher(previous)
+    with emulated(cuda_im2col):
+        yield
 
 
 def fake_cupy() -> types.ModuleType:

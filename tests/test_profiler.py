@@ -334,9 +334,11 @@ def test_device_facts_lines() -> None:
     for fragment in ("cuda:0", "H100", "driver 550.54", "80.00 GiB total",
                      "3.00 GiB used (NVML)", "PCIe gen5 ×16"):
         assert fragment in line
-    assert "im2col" not in line  # the kernels: the default, not worth a word
-    (line,) = facts_lines({**cuda, "im2col_kernels": False})
-    assert "im2col by strided copies (VMEM_CUDA_IM2COL)" in line
+    assert "kernels" not in line
+    (line,) = facts_lines({**cuda, "cuda_kernels": ["im2col", "pooling"]})
+    assert line.endswith("vmem CUDA kernels: im2col, pooling")
+    (line,) = facts_lines({**cuda, "cuda_kernels": []})
+    assert line.endswith("vmem CUDA kernels: none")
     no_nvml = {"backend": "cuda:0", "device": "GPU", "cuda_driver": "12.4",
                "nvml": "unavailable: pynvml is not installed (pip install nvidia-ml-py)"}
     line, nvml = facts_lines(no_nvml)

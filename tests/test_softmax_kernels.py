@@ -20,6 +20,7 @@ from softmax_cases import fresh_rng, rel_err, seed_of, special_rows
 from vmem.errors import DeviceUnavailable
 from vmem.kernels import cuda_softmax
 from vmem.kernels import softmax as sm
+from vmem.kernels.cuda_module import KERNEL_SWITCHES
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12, np.float16: 2e-3}
 
@@ -377,7 +378,7 @@ def test_dispatch_from_the_array_functions(monkeypatch):
     monkeypatch.setenv("VMEM_CUDA_SOFTMAX", "0")
     assert sm._cuda_kernels(fake_cupy, x, -1) is None
     monkeypatch.delenv("VMEM_CUDA_SOFTMAX")
-    assert (sm._cuda_kernels(fake_cupy, x, -1) is cuda_softmax) == sm.CUDA_SOFTMAX_DEFAULT
+    assert (sm._cuda_kernels(fake_cupy, x, -1) is cuda_softmax) == KERNEL_SWITCHES["softmax"][1]
 
 
 # ------------------------------------------------------------------ vmem bench, no GPU

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conv_cases import GEOMETRIES
+from window_cases import GEOMETRIES
 
 from vmem.kernels import cuda_im2col
 from vmem.kernels.gemm import matmul_nt

@@ -33,7 +33,7 @@ import numpy as np
 from vmem.backends import ACCEPTED_DEVICES
 from vmem.backends.base import Backend, Event, Mark, Stream
 from vmem.errors import DeviceUnavailable, OutOfDeviceMemory
-from vmem.kernels.im2col import im2col_kernels_on
+from vmem.kernels.cuda_module import families_on
 from vmem.memory import DeviceArena
 
 INSTALL_HINT = "pip install 'vmem-dnn[cuda12]' or [cuda13]"
@@ -443,7 +443,7 @@ class CudaBackend(Backend):
         facts["cupy"] = getattr(self._cupy, "__version__", "unknown")
         facts["tf32"] = tf32_requested()
         facts["tf32_gemms"] = self._tf32
-        facts["im2col_kernels"] = im2col_kernels_on(self._cupy)
+        facts["cuda_kernels"] = families_on(self._cupy)
         try:
             facts["pool_limit_bytes"] = int(self._pool.get_limit())
             facts["pool_reserved_bytes"] = self.pool_reserved_bytes()

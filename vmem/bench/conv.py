@@ -30,7 +30,7 @@ from vmem.bench.timing import (
     require_cuda,
     torch_cuda,
 )
-from vmem.kernels.im2col import im2col_kernels_on
+from vmem.kernels.cuda_module import kernels_on
 
 #: (in channels, out channels, height = width): DESIGN.md's table, batch 64.
 LAYERS = [(64, 64, 224), (128, 128, 112), (256, 256, 56), (512, 512, 14)]
@@ -81,7 +81,7 @@ def _layer_rows(cp: Any, torch: Any, timer: GpuTimer, shape: tuple[int, int, int
     picked = _pick_algorithms(layer.algorithms([in_shape], 4), every_algorithm)
     # the fastest algorithm once more with the strided-copy im2col, where the kernels ran
     variants = [(algo, False) for algo in picked] + (
-        [(picked[0], True)] if im2col_kernels_on(cp) else [])
+        [(picked[0], True)] if kernels_on(cp, "im2col") else [])
     for algo, strided in variants:
         with _strided_im2col(strided):
             fwd = timer.time(lambda i, algo=algo: layer.forward(cp, [x], params, algo, ctx),
@@ -160,7 +160,7 @@ def bench_conv(*, batch: int = 64, runs: int = 10, warmup: int = 3, backward: bo
              f"vmem's GEMMs in TF32: {tf32_gemms}.",
              "vmem's im2col / col2im: " + ("one CUDA kernel each; the rows marked 'strided "
                                            "copies' use the array code (VMEM_CUDA_IM2COL=0)."
-                                           if im2col_kernels_on(cp) else
+                                           if kernels_on(cp, "im2col") else
                                            "strided array copies (VMEM_CUDA_IM2COL)."),
              f"Median of {runs} runs after {warmup} warm-up calls; 3x3 kernels, padding 1; "
              "backward = input and weight gradients (vmem: the layer's backward; PyTorch: "

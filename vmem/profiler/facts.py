@@ -45,8 +45,8 @@ def facts_lines(facts: dict[str, Any] | None) -> list[str]:
         parts.append(f"CuPy {get['cupy']}")
     if get.get("tf32") is True:
         parts.append(f"TF32: {get.get('tf32_gemms', 'on')}")
-    if get.get("im2col_kernels") is False:
-        parts.append("im2col by strided copies (VMEM_CUDA_IM2COL)")
+    if isinstance(get.get("cuda_kernels"), list):
+        parts.append("vmem CUDA kernels: " + (", ".join(get["cuda_kernels"]) or "none"))
     lines = ["device: " + " · ".join(parts)]
     nvml = facts.get("nvml")
     if isinstance(nvml, str):
