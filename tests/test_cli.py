@@ -70,6 +70,16 @@ def test_run_under_a_memory_limit_reports_it(capsys: pytest.CaptureFixture[str])
     assert result["peak_bytes"] <= 2 * 2**20
 
 
+@pytest.mark.parametrize("argv", [["run", "digits", "--bogus"], ["--bogus", "run", "digits"],
+                                  ["compare", "digits", "--json", "-x", "1"]])
+def test_unknown_options_name_the_command(capsys, argv):
+    code, out, err = run_cli(capsys, *argv)
+    command = next(a for a in argv if not a.startswith("-"))
+    assert_one_line_error(code, err, f"vmem {command}: error: unrecognized arguments",
+                          f"see vmem {command} --help")
+    assert out == ""
+
+
 @pytest.mark.parametrize(("argv", "fragments"), [
     (["run", "nosuchnet"], ["unknown profile 'nosuchnet'", "alexnet", "vgg16"]),
     (["run", "digits", "--batch", "0"], ["--batch", "positive integer", "'0'"]),
@@ -190,6 +200,25 @@ def test_compare_none_without_a_limit_is_the_oracle(capsys: pytest.CaptureFixtur
     assert session.oracle is not None
     assert session.oracle.result.steps_ms == tuple(rows["none"]["steps_ms"])
     assert rows["vdnn-all"]["slowdown"] == rows["vdnn-all"]["step_ms"] / rows["none"]["step_ms"]
+    assert rows["none"]["oracular"] is True and rows["vdnn-all"]["oracular"] is False
+
+
+def test_compare_json_ends_with_the_oracle_when_no_row_is_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Under a limit the oracle (none, no limit) is a run of its own: its object comes
+    last, marked, and every policy's slowdown is over its step time."""
+    code, out, _ = run_cli(capsys, "compare", "tiny-branch", "--device", "sim:titan-x",
+                           "--steps", "2", "--policies", "none,vdnn-all", "--memory-limit",
+                           "1MiB", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [(r["policy"], r["oracular"]) for r in rows] == [
+        ("none", False), ("vdnn-all", False), ("none", True)]
+    oracle = rows[-1]
+    assert oracle["memory_limit_bytes"] is None and oracle["slowdown"] == 1.0
+    for row in rows[:2]:
+        assert row["memory_limit_bytes"] == 2**20
+        assert row["slowdown"] == pytest.approx(row["step_ms"] / oracle["step_ms"])
 
 
 def test_compare_under_a_limit_no_policy_meets_is_refused(capsys: pytest.CaptureFixture[str],

@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse would name only "vmem"; name the command they were given to
+        print(f"vmem {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
+              f"(see vmem {args.command} --help)", file=sys.stderr)
+        return EXIT_USAGE
     args.argv = argv
     commands = {"profiles": cmd_profiles, "run": cmd_run, "compare": cmd_compare,
                 "report": cmd_report, "plan": cmd_plan, "calibrate": cmd_calibrate,

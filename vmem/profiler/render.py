@@ -22,8 +22,10 @@ ORACLE_LABEL = "oracle (none, no limit)"
 
 def json_output(session: Session, layers: bool = False) -> Any:
     """What `--json` prints: a run's result as one object, a comparison's as a
-    list with one object per policy; with `layers`, each has its per-layer
-    figures under "layers"."""
+    list with one object per policy, then the oracular run's (policy none, no
+    limit) where no policy's row is that run; in a comparison, "oracular" says
+    which object is the oracle. With `layers`, each has its per-layer figures
+    under "layers"."""
     def one(trial: Trial) -> dict[str, Any]:
         data = trial.result.to_json()
         if layers:
@@ -34,7 +36,12 @@ def json_output(session: Session, layers: bool = False) -> Any:
 
     if session.meta.command == "run":
         return one(session.trials[0])
-    return [one(trial) for trial in session.trials]
+    oracle = session.oracle
+    rows = [{**one(trial), "oracular": oracle is not None and trial.result == oracle.result}
+            for trial in session.trials]
+    if oracle is not None and not any(row["oracular"] for row in rows):
+        rows.append({**one(oracle), "oracular": True})
+    return rows
 
 
 def render(session: Session, console: Console, layers: bool = False) -> None:
