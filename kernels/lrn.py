@@ -10,6 +10,12 @@ ACROSS_CHANNELS window. The gradient is
             - 2 * alpha * beta / size * x[j] * sum_{i : j in window(i)} dy[i] * y[i] / scale[i]
 
 where the sum runs over the transposed window [j - (size-1)//2, j + size//2].
+
+Both passes run over groups of samples (axis 0), so that their temporaries -- a
+few arrays the size of the group's feature map -- stay within LRN_SCRATCH_BYTES
+however large the batch: the device then holds little beyond the input, output
+and gradients the arena counts. Samples are independent, so the results are the
+same for every grouping.
 """
 
 from __future__ import annotations
@@ -18,10 +24,30 @@ from typing import Any
 
 Array = Any
 
+# Scratch of either pass, whatever the batch: at most this many bytes of temporaries
+# (each pass holds up to SCRATCH_ARRAYS arrays of its group's size), at least one sample.
+LRN_SCRATCH_BYTES = 64 * 2**20
+SCRATCH_ARRAYS = 5
 
-def channel_window_sum(xp: Any, a: Array, before: int, after: int) -> Array:
-    """out[:, c] = sum of a[:, c'] for c' in [c - before, c + after] within [0, C)."""
-    out = a.copy()
+
+def sample_groups(x: Array) -> range:
+    """Starts of the sample groups a pass runs over (groups of `group_size(x)`)."""
+    return range(0, x.shape[0], group_size(x))
+
+
+def group_size(x: Array) -> int:
+    per_sample = max(1, x[:1].nbytes * SCRATCH_ARRAYS)
+    return max(1, min(x.shape[0], LRN_SCRATCH_BYTES // per_sample))
+
+
+def channel_window_sum(xp: Any, a: Array, before: int, after: int, out: Array | None = None
+                       ) -> Array:
+    """out[:, c] = sum of a[:, c'] for c' in [c - before, c + after] within [0, C);
+    `out`, when given, is overwritten and returned."""
+    if out is None:
+        out = a.copy()
+    else:
+        out[...] = a
     channels = a.shape[1]
     for d in range(1, min(after, channels - 1) + 1):
         view = out[:, : channels - d]
@@ -40,20 +66,30 @@ def lrn_scale(xp: Any, x: Array, size: int, alpha: float, k: float) -> Array:
 
 
 def lrn_forward(xp: Any, x: Array, size: int, alpha: float, beta: float, k: float) -> Array:
-    scale = lrn_scale(xp, x, size, alpha, k)
-    return x * xp.power(scale, -beta)
+    y = xp.empty_like(x)
+    step = group_size(x)
+    for n0 in sample_groups(x):
+        xs = x[n0:n0 + step]
+        scale = lrn_scale(xp, xs, size, alpha, k)
+        xp.multiply(xs, xp.power(scale, -beta), out=y[n0:n0 + step])
+    return y
 
 
 def lrn_backward(xp: Any, x: Array, dy: Array, size: int, alpha: float, beta: float,
                  k: float) -> Array:
     """dx from the input alone: scale and y are recomputed."""
-    scale = lrn_scale(xp, x, size, alpha, k)
-    scale_pow = xp.power(scale, -beta)
-    ratio = dy * x  # dy * y / scale, built in place
-    ratio *= scale_pow
-    ratio /= scale
-    back = channel_window_sum(xp, ratio, (size - 1) // 2, size // 2)
-    back *= x
-    back *= -2.0 * alpha * beta / size
-    back += dy * scale_pow
-    return back
+    dx = xp.empty_like(dy)
+    step = group_size(x)
+    for n0 in sample_groups(x):
+        xs, dys = x[n0:n0 + step], dy[n0:n0 + step]
+        scale = lrn_scale(xp, xs, size, alpha, k)
+        scale_pow = xp.power(scale, -beta)
+        ratio = dys * xs  # dy * y / scale, built in place
+        ratio *= scale_pow
+        ratio /= scale
+        back = channel_window_sum(xp, ratio, (size - 1) // 2, size // 2, out=dx[n0:n0 + step])
+        back *= xs
+        back *= -2.0 * alpha * beta / size
+        scale_pow *= dys
+        back += scale_pow
+    return dx
