@@ -26,6 +26,7 @@ Array = Any
 KERNEL_SWITCHES: dict[str, tuple[str, bool]] = {
     "im2col": ("VMEM_CUDA_IM2COL", True),
     "pooling": ("VMEM_CUDA_POOLING", True),
+    "lrn": ("VMEM_CUDA_LRN", True),
     "softmax": ("VMEM_CUDA_SOFTMAX", False),
 }
 

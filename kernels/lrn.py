@@ -16,11 +16,18 @@ few arrays the size of the group's feature map -- stay within LRN_SCRATCH_BYTES
 however large the batch: the device then holds little beyond the input, output
 and gradients the arena counts. Samples are independent, so the results are the
 same for every grouping.
+
+On CuPy, float32 and float64 calls on C-contiguous arrays go to the CUDA kernels of
+`vmem.kernels.cuda_lrn` instead (one launch per pass, no scratch, the same
+operations in the same order), unless `VMEM_CUDA_LRN` is set to something other
+than "1".
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from vmem.kernels.cuda_module import kernels_on
 
 Array = Any
 
@@ -65,8 +72,20 @@ def lrn_scale(xp: Any, x: Array, size: int, alpha: float, k: float) -> Array:
     return scale
 
 
+def _cuda_kernels(xp: Any, *arrays: Array) -> Any:
+    """The CUDA kernel module when it should take a call on these arrays, else None."""
+    if not kernels_on(xp, "lrn"):
+        return None
+    from vmem.kernels import cuda_lrn
+
+    return cuda_lrn if cuda_lrn.supports(*arrays) else None
+
+
 def lrn_forward(xp: Any, x: Array, size: int, alpha: float, beta: float, k: float) -> Array:
     y = xp.empty_like(x)
+    kernels = _cuda_kernels(xp, x)
+    if kernels is not None:
+        return kernels.lrn_forward(x, y, size, alpha, beta, k)
     step = group_size(x)
     for n0 in sample_groups(x):
         xs = x[n0:n0 + step]
@@ -79,6 +98,9 @@ def lrn_backward(xp: Any, x: Array, dy: Array, size: int, alpha: float, beta: fl
                  k: float) -> Array:
     """dx from the input alone: scale and y are recomputed."""
     dx = xp.empty_like(dy)
+    kernels = _cuda_kernels(xp, x, dy)
+    if kernels is not None:
+        return kernels.lrn_backward(x, dy, dx, size, alpha, beta, k)
     step = group_size(x)
     for n0 in sample_groups(x):
         xs, dys = x[n0:n0 + step], dy[n0:n0 + step]

@@ -105,6 +105,14 @@ inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); r
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline float __expf(float x) { return std::exp(x); }
 inline double __longlong_as_double(long long u) { double d; std::memcpy(&d, &u, 8); return d; }
+// Round-to-nearest arithmetic: plain IEEE operations here (x86-64 without FMA
+// contraction at the emulator's flags).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
 
 struct EmuWarp {
     std::barrier<> bar{32};
@@ -229,8 +237,8 @@ def build_emulator(source: str, names: set[str]) -> ctypes.CDLL:
         src = lib.with_suffix(".cpp")
         src.write_text(code)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
-                        str(src), "-o", str(tmp)], check=True)
+        subprocess.run(["g++", "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-shared",
+                        "-fPIC", "-w", str(src), "-o", str(tmp)], check=True)
         tmp.rename(lib)
     return ctypes.CDLL(str(lib))
 
