@@ -3,8 +3,8 @@ launcher its kernels go through.
 
 Kernel modules (`cuda_softmax`, `cuda_im2col`) hold a `LauncherSlot`: it builds the
 CuPy launcher when a kernel first runs (or says in one line why it cannot), and tests
-swap in a stand-in with the same four methods (`launch`, `sm_count`, `pointer`,
-`is_array`, and `xp`) -- the CPU emulator, which runs the same CUDA C on NumPy arrays.
+swap in a stand-in with the same methods (`launch`, `sm_count`, `pointer`,
+`is_array`) and `xp` -- the CPU emulator, which runs the same CUDA C on NumPy arrays.
 
 CuPy is imported lazily: this module imports on a machine without CuPy.
 """
@@ -22,9 +22,11 @@ Array = Any
 
 #: vmem's CUDA kernel families, each with the environment variable that switches it
 #: ("1": on, anything else: off) and its default when unset. Softmax stays off until
-#: its kernels have run on a GPU; the others replace array code known to be slow.
+#: its kernels have run on a GPU; the others replace array code known to be slow
+#: ("gemm": the convolution's GEMMs as direct cuBLAS calls, `kernels.gemm`).
 KERNEL_SWITCHES: dict[str, tuple[str, bool]] = {
     "im2col": ("VMEM_CUDA_IM2COL", True),
+    "gemm": ("VMEM_CUDA_GEMM", True),
     "pooling": ("VMEM_CUDA_POOLING", True),
     "lrn": ("VMEM_CUDA_LRN", True),
     "softmax": ("VMEM_CUDA_SOFTMAX", False),

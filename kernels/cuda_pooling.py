@@ -18,8 +18,10 @@ scratch: one block per (sample, channel) plane, one thread per element.
   maximum recomputed from x; a window whose maximum is NaN routes nothing).
 
 Same geometry as `vmem.kernels.windows` (floor or ceil rule, padding never read).
-float32 and float64; arrays C-contiguous. RawModule compiles with flush-to-zero, so
-sums that meet subnormal float32 values may differ from NumPy's.
+float32 and float64; arrays C-contiguous. RawModule compiles with flush-to-zero (as
+CuPy's own kernels, so the array code on CuPy behaves alike): float32 subnormals
+compare and add as zero, so a window whose maximum is a subnormal, or a sum that
+meets one, may differ from NumPy's.
 
 CuPy is imported lazily: this module imports on a machine without CuPy.
 """

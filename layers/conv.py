@@ -180,7 +180,7 @@ class Conv(Layer):
         dy4 = xp.ascontiguousarray(dy).reshape(n, g, og, hw)
         cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
         dw = xp.empty((g, og, kdim), dtype=x.dtype)
-        in_place = accumulates_in_place(xp)
+        in_place = accumulates_in_place(xp, dy4, cols, dw)
         dw_temp = xp.empty_like(dw) if n > 1 and not in_place else None
         dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
         # W[g].T, contiguous: CuPy's batched matmul would copy a transposed view per call

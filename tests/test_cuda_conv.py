@@ -9,7 +9,6 @@ stand-in that reads them column-major from flat buffers."""
 
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
@@ -102,25 +101,6 @@ def test_launch_shapes():
     assert len(cuda_im2col.all_name_expressions()) == 4
 
 
-def numpy_cublas() -> types.ModuleType:
-    """cupy.cublas's gemm as cuBLAS defines it (out = a' b' + beta out; out is not read
-    when beta is 0), computed by NumPy: the product rounded, then the sum."""
-    module = types.ModuleType("cupy.cublas")
-
-    def gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
-        assert (transa, transb, alpha) == ("N", "T", 1.0) and out is not None
-        product = np.matmul(a, b.T)
-        if beta == 0.0:
-            out[...] = product
-        else:
-            assert beta == 1.0
-            out += product
-        return out
-
-    module.gemm = gemm  # type: ignore[attr-defined]
-    return module
-
-
 def column_major(flat: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> np.ndarray:
     """The rows x cols column-major matrix at `offset` of `flat` with leading dimension
     ld, as a view; it must lie inside the buffer."""
@@ -130,17 +110,23 @@ def column_major(flat: np.ndarray, offset: int, rows: int, cols: int, ld: int) -
                                            strides=(size, ld * size))
 
 
-def run_strided_batched_on_numpy(xp, calls, a, b, c) -> None:
-    """cublas<t>gemmStridedBatched by its definition (C_i = A_i B_i, column-major), with
-    each product computed as NumPy computes the row-major C_i^T = B_i^T A_i^T, so its
-    bits are NumPy matmul's."""
+def run_gemms_on_numpy(xp, calls, a, b, c, accumulate) -> None:
+    """cublas<t>gemmStridedBatched by its definition (C_i = op(A_i) B_i [+ C_i],
+    column-major), each product computed as NumPy computes the row-major
+    C_i^T = B_i^T op(A_i)^T, and then added: the bits of NumPy's matmul, and of its
+    matmul into a temporary then added."""
     fa, fb, fc = a.reshape(-1), b.reshape(-1), c.reshape(-1)
     for call in calls:
+        a_rows, a_cols = (call.k, call.m) if call.trans_a else (call.m, call.k)
         for i in range(call.batch):
-            ma = column_major(fa, call.offset_a + i * call.stride_a, call.m, call.k, call.lda)
+            ma = column_major(fa, call.offset_a + i * call.stride_a, a_rows, a_cols, call.lda)
             mb = column_major(fb, call.offset_b + i * call.stride_b, call.k, call.n, call.ldb)
             mc = column_major(fc, call.offset_c + i * call.stride_c, call.m, call.n, call.ldc)
-            mc.T[...] = np.matmul(mb.T, ma.T)
+            product = np.matmul(mb.T, ma if call.trans_a else ma.T)
+            if accumulate:
+                mc.T[...] += product
+            else:
+                mc.T[...] = product
 
 
 @pytest.mark.parametrize("groups, samples", [(1, 1), (1, 4), (3, 2)])
@@ -151,25 +137,39 @@ def test_strided_batched_calls_compute_the_shared_left_product(groups, samples):
     out = np.full((samples, groups, 5, 6), np.nan)
     calls = gemm.shared_left_calls(a.shape, b.shape)
     assert len(calls) == groups and all(call.stride_b == 0 for call in calls)
-    run_strided_batched_on_numpy(np, calls, b, a, out)  # cuBLAS's A is b, its B is a
+    run_gemms_on_numpy(np, calls, b, a, out, False)  # cuBLAS's A is b, its B is a
     np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="do not match"):
         gemm.shared_left_calls((groups, 5, 8), b.shape)
 
 
+@pytest.mark.parametrize("m, n, k", [(5, 6, 7), (1, 4, 3), (4, 1, 1)])
+def test_the_nt_call_computes_a_times_b_transposed(m, n, k):
+    rng = np.random.default_rng(m * 100 + n * 10 + k)
+    a, b, c = rng.standard_normal((m, k)), rng.standard_normal((n, k)), rng.standard_normal((m, n))
+    call = gemm.nt_call(a.shape, b.shape)
+    out = np.full((m, n), np.nan)
+    run_gemms_on_numpy(np, [call], b, a, out, False)  # cuBLAS's A is b, its B is a
+    np.testing.assert_allclose(out, a @ b.T, rtol=1e-12, atol=1e-12)
+    out = c.copy()
+    run_gemms_on_numpy(np, [call], b, a, out, True)
+    np.testing.assert_allclose(out, c + a @ b.T, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="do not match"):
+        gemm.nt_call(a.shape, (n, k + 1))
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, groups):
-    """On CuPy the layer lowers with the kernels and adds each sample's dW product with
-    its GEMM (no temp); with a GEMM that rounds as NumPy does, every output equals the
-    NumPy path's, for every chunk size."""
-    monkeypatch.setitem(sys.modules, "cupy.cublas", numpy_cublas())
+    """On CuPy the layer lowers with the kernels and makes every GEMM a cuBLAS call, the
+    weight gradient's adding each sample's product into dW (no temp); with GEMMs that
+    round as NumPy does, every output equals the NumPy path's, for every chunk size."""
     calls: list = []
 
-    def record_and_run(xp, batch_calls, a, b, c):
-        calls.extend(batch_calls)
-        run_strided_batched_on_numpy(xp, batch_calls, a, b, c)
+    def record_and_run(xp, batch_calls, a, b, c, accumulate):
+        calls.extend((call, accumulate) for call in batch_calls)
+        run_gemms_on_numpy(xp, batch_calls, a, b, c, accumulate)
 
-    monkeypatch.setattr(gemm, "_run_strided_batched", record_and_run)
+    monkeypatch.setattr(gemm, "_run_gemms", record_and_run)
     cp = fake_cupy()
     layer = Conv(name="c", out_channels=6, kernel=3, stride=2, pad=1, groups=groups)
     in_shape = (5, 4, 9, 8)
@@ -188,7 +188,30 @@ def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, g
         np.testing.assert_array_equal(dx_cp, dx_np)
         for name in g_np:
             np.testing.assert_array_equal(g_cp[name], g_np[name], err_msg=f"{algo.name} {name}")
-    # CuPy's forward and dcol GEMMs: one strided-batched call per group and chunk, none
-    # through CuPy's broadcasting matmul
+    # forward and dcol: one strided-batched call per group and chunk; dW: one call per
+    # sample and group, every sample's but the first adding into dW
     chunks = sum(-(-in_shape[0] // algo.chunk) for algo in algos)
-    assert len(calls) == 2 * groups * chunks
+    batched = [c for c, _ in calls if not c.trans_a]
+    per_sample = [(c, acc) for c, acc in calls if c.trans_a]
+    assert len(batched) == 2 * groups * chunks
+    assert len(per_sample) == len(algos) * in_shape[0] * groups
+    assert sum(acc for _, acc in per_sample) == len(algos) * (in_shape[0] - 1) * groups
+
+
+def test_without_the_cublas_switch_conv_uses_cupys_matmul(emulator, monkeypatch):
+    """VMEM_CUDA_GEMM=0: no direct cuBLAS call; dW through a temporary, as on NumPy."""
+    monkeypatch.setenv("VMEM_CUDA_GEMM", "0")
+    monkeypatch.setattr(gemm, "_run_gemms", lambda *args: pytest.fail("cuBLAS called"))
+    cp = fake_cupy()
+    layer = Conv(name="c", out_channels=3, kernel=3, pad=1)
+    in_shape = (3, 2, 5, 5)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(in_shape).astype(np.float32)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params([in_shape], rng).items()}
+    dy = rng.standard_normal(layer.output_shape([in_shape])).astype(np.float32)
+    algo = layer.algorithms([in_shape], 4)[0]
+    assert not gemm.accumulates_in_place(cp, x)
+    (dx_cp,), g_cp = layer.backward(cp, dy, [x], None, params, (), algo, [in_shape], [True])
+    (dx_np,), g_np = layer.backward(np, dy, [x], None, params, (), algo, [in_shape], [True])
+    np.testing.assert_array_equal(dx_cp, dx_np)
+    np.testing.assert_array_equal(g_cp["weight"], g_np["weight"])

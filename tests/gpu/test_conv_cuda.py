@@ -14,7 +14,7 @@ import pytest
 from window_cases import GEOMETRIES
 
 from vmem.kernels import cuda_im2col
-from vmem.kernels.gemm import matmul_nt
+from vmem.kernels.gemm import matmul_nt, matmul_shared_left
 from vmem.kernels.im2col import col2im, cols_shape, im2col
 from vmem.layers import Context, Conv
 
@@ -71,6 +71,18 @@ def test_gemm_adds_into_its_output(cp):
     np.testing.assert_allclose(cp.asnumpy(out), ref, rtol=GEMM_RTOL, atol=GEMM_RTOL * 30)
     matmul_nt(cp, cp.asarray(a), cp.asarray(b), out)
     np.testing.assert_allclose(cp.asnumpy(out), ref - c, rtol=GEMM_RTOL, atol=GEMM_RTOL * 30)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_shares_the_left_matrix_across_samples(cp, dtype):
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((2, 24, 40)).astype(dtype)
+    b = rng.standard_normal((3, 2, 40, 33)).astype(dtype)
+    out = cp.full((3, 2, 24, 33), cp.nan, dtype=dtype)
+    matmul_shared_left(cp, cp.asarray(a), cp.asarray(b), out)
+    tol = GEMM_RTOL if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cp.asnumpy(out), np.matmul(a.astype(np.float64), b),
+                               rtol=tol, atol=tol * 30)
 
 
 @pytest.mark.parametrize("groups", [1, 2])

@@ -60,10 +60,11 @@ def use_tf32_math_mode() -> tuple[int | None, str]:
     and what TF32 now covers, for the device facts). Never raises.
 
     CuPy applies CUPY_TF32 to its 2-D GEMMs only, as a compute type per call; its
-    batched matmul -- the convolution's forward -- calls cublasSgemmBatched or
-    gemmStridedBatchedEx with a 32-bit compute type, which follow the handle's math
-    mode instead. PyTorch's allow_tf32 sets this same mode, so with it both libraries
-    run every float32 GEMM in TF32. Not yet run on a GPU."""
+    batched matmul calls cublasSgemmBatched or gemmStridedBatchedEx with a 32-bit
+    compute type, and the convolution calls cublasSgemmStridedBatched itself
+    (vmem.kernels.gemm): these follow the handle's math mode instead. PyTorch's
+    allow_tf32 sets this same mode, so with it both libraries run every float32 GEMM
+    in TF32. Not yet run on a GPU."""
     if not tf32_requested():
         return None, "off"
     try:

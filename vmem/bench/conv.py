@@ -4,11 +4,12 @@ VGG-16 layer shapes (3x3, padding 1).
 
 TF32: CuPy 14.2 reads CUPY_TF32 at the first float32 GEMM of the process and keeps it
 (cupy/_core/_routines_linalg.pyx `get_compute_type`), and only its 2-D path (dot ->
-cublasGemmEx) uses it; the layer's forward is one broadcast batched matmul, which
-follows the cuBLAS handle's math mode instead. So with CUPY_TF32 set this sets that
-mode too (`use_tf32_math_mode`, as the cuda backend does), and PyTorch is set to match
-(cuDNN and matmul TF32 on exactly when CUPY_TF32 asks for it); the report says which
-GEMMs ran in TF32. PyTorch runs with cudnn.benchmark on (its fastest algorithm).
+cublasGemmEx) uses it; the layer's GEMMs are cuBLAS strided-batched calls of its own
+(vmem.kernels.gemm), which follow the cuBLAS handle's math mode instead. So with
+CUPY_TF32 set this sets that mode too (`use_tf32_math_mode`, as the cuda backend
+does), and PyTorch is set to match (cuDNN and matmul TF32 on exactly when CUPY_TF32
+asks for it); the report says which GEMMs ran in TF32. PyTorch runs with
+cudnn.benchmark on (its fastest algorithm).
 
 Not yet run on a GPU (see bench/results/README.md).
 """
