@@ -253,3 +253,12 @@ def emulated(module: ModuleType, sms: int = 2) -> Iterator[None]:
         yield
     finally:
         module._use_launcher(previous)
+
+
+def numpy_as_cupy() -> ModuleType:
+    """NumPy under CuPy's name: array code that dispatches on the module's name takes
+    its CUDA path (kernels on the emulator, cuBLAS calls where a test stands in for
+    them) with NumPy arrays."""
+    module = ModuleType("cupy")
+    module.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
+    return module

@@ -9,11 +9,9 @@ stand-in that reads them column-major from flat buffers."""
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
-from cuda_emulator import UNAVAILABLE, emulated
+from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
 from window_cases import GEOMETRIES
 
 from vmem.kernels import cuda_im2col, gemm
@@ -27,14 +25,6 @@ def emulator():
         pytest.skip(UNAVAILABLE)
     with emulated(cuda_im2col):
         yield
-
-
-def fake_cupy() -> types.ModuleType:
-    """NumPy under CuPy's name: the array code's dispatch takes the kernels for it, and
-    the emulator runs them on NumPy arrays."""
-    module = types.ModuleType("cupy")
-    module.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
-    return module
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -69,7 +59,7 @@ def test_kernels_loop_past_their_grid(emulator, monkeypatch):
 def test_cupy_calls_take_the_kernels(emulator, monkeypatch):
     """Through the array code's entry points: a CuPy float32 call runs the kernels (here
     on the emulator) and gives the array code's bits; VMEM_CUDA_IM2COL=0 turns them off."""
-    cp = fake_cupy()
+    cp = numpy_as_cupy()
     x = np.random.default_rng(2).standard_normal((2, 3, 6, 5)).astype(np.float32)
     cols = im2col(cp, x, 3, 1, 1)
     np.testing.assert_array_equal(cols, im2col(np, x, 3, 1, 1))
@@ -82,7 +72,7 @@ def test_cupy_calls_take_the_kernels(emulator, monkeypatch):
 
 def test_which_calls_the_kernels_take(monkeypatch):
     monkeypatch.delenv("VMEM_CUDA_IM2COL", raising=False)
-    cp = fake_cupy()
+    cp = numpy_as_cupy()
     x = np.zeros((2, 3, 6, 5), np.float32)
     cols = np.zeros(cols_shape(x.shape, 3, 1, 1), np.float32)
     assert _cuda_kernels(np, x, cols, x.shape, 3, 1) is None  # NumPy: the array code
@@ -170,7 +160,7 @@ def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, g
         run_gemms_on_numpy(xp, batch_calls, a, b, c, accumulate)
 
     monkeypatch.setattr(gemm, "_run_gemms", record_and_run)
-    cp = fake_cupy()
+    cp = numpy_as_cupy()
     layer = Conv(name="c", out_channels=6, kernel=3, stride=2, pad=1, groups=groups)
     in_shape = (5, 4, 9, 8)
     rng = np.random.default_rng(3)
@@ -202,7 +192,7 @@ def test_without_the_cublas_switch_conv_uses_cupys_matmul(emulator, monkeypatch)
     """VMEM_CUDA_GEMM=0: no direct cuBLAS call; dW through a temporary, as on NumPy."""
     monkeypatch.setenv("VMEM_CUDA_GEMM", "0")
     monkeypatch.setattr(gemm, "_run_gemms", lambda *args: pytest.fail("cuBLAS called"))
-    cp = fake_cupy()
+    cp = numpy_as_cupy()
     layer = Conv(name="c", out_channels=3, kernel=3, pad=1)
     in_shape = (3, 2, 5, 5)
     rng = np.random.default_rng(4)

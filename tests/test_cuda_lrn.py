@@ -13,7 +13,7 @@ import types
 
 import numpy as np
 import pytest
-from cuda_emulator import UNAVAILABLE, emulated
+from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
 
 from vmem.kernels import cuda_lrn, lrn
 
@@ -85,8 +85,7 @@ def test_kernels_loop_past_their_grid(emulator, monkeypatch):
 
 def test_which_calls_take_the_kernels(emulator, monkeypatch):
     monkeypatch.delenv("VMEM_CUDA_LRN", raising=False)
-    cp = types.ModuleType("cupy")
-    cp.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
+    cp = numpy_as_cupy()
     x = np.random.default_rng(3).standard_normal((2, 6, 3, 3)).astype(np.float32)
     args = (5, 0.1, 0.75, 2.0)
     assert lrn._cuda_kernels(cp, x) is cuda_lrn

@@ -6,11 +6,9 @@ many exact ties (the first maximum in row-major order takes the gradient), NaN a
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
-from cuda_emulator import UNAVAILABLE, emulated
+from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
 from window_cases import POOL_GEOMETRIES
 
 from vmem.kernels import cuda_pooling, pooling
@@ -82,8 +80,7 @@ def test_which_calls_take_the_kernels(emulator, monkeypatch):
     on the emulator, NumPy under CuPy's name) with the array code's bits;
     VMEM_CUDA_POOLING=0, other dtypes and strided arrays keep the array code."""
     monkeypatch.delenv("VMEM_CUDA_POOLING", raising=False)
-    cp = types.ModuleType("cupy")
-    cp.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
+    cp = numpy_as_cupy()
     rng = np.random.default_rng(8)
     x = tied_input(rng, (2, 3, 8, 8), np.float32, False)
     dy = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
