@@ -176,11 +176,11 @@ static int emu_launch(void (*k)(A...), unsigned grid, unsigned block, void** arg
     std::thread watchdog([&] {
         long long last = -1; int still = 0;
         while (!finished) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
             const long long now = emu_progress.load();
             still = (now == last) ? still + 1 : 0;
             last = now;
-            if (still > 150) emu_fail("no progress for 30 s (a deadlock?)");
+            if (still > 6000) emu_fail("no progress for 30 s (a deadlock?)");
         }
     });
     std::vector<std::thread> threads;

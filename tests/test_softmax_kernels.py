@@ -4,7 +4,7 @@ every failure message), plus the CUDA module's planning, which needs no GPU.
 
 With VMEM_EMULATE_CUDA=1 (and g++ with C++20), the CUDA C of vmem.kernels.cuda_softmax
 also runs here under a CPU emulator (one std::thread per CUDA thread, real barriers,
-emulated warp shuffles) against the same references: slow (minutes), off by default.
+emulated warp shuffles) against the same references: about a minute, off by default.
 """
 
 from __future__ import annotations
