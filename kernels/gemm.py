@@ -20,6 +20,7 @@ its transpose, so row-major C = A B is called as column-major C^T = B^T A^T
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ class GemmCall:
     trans_a: bool = False
 
 
+@functools.lru_cache(maxsize=1024)  # the same shapes come back every chunk and step
 def nt_call(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> GemmCall:
     """out (M, N) = a (M, K) @ b (N, K).T, all C-contiguous: column-major out^T = b a^T,
     with cuBLAS's A the buffer of b (stored K x N column-major, transposed) and its B
@@ -78,7 +80,9 @@ def nt_call(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> GemmCall:
                     stride_b=0, offset_c=0, ldc=n, stride_c=0, batch=1, trans_a=True)
 
 
-def shared_left_calls(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> list[GemmCall]:
+@functools.lru_cache(maxsize=1024)
+def shared_left_calls(a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+                      ) -> tuple[GemmCall, ...]:
     """One call per group for out[s, g] = a[g] @ b[s, g] on C-contiguous a (G, M, K),
     b (S, G, K, N) and out (S, G, M, N): column-major out^T = b^T a^T, with cuBLAS's A
     the sample's b (stride G*K*N) and its B the group's weight (stride 0)."""
@@ -86,18 +90,18 @@ def shared_left_calls(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> lis
     s, g_b, k_b, n = b_shape
     if (g_b, k_b) != (g, k):
         raise ValueError(f"shared_left_calls: a {a_shape} and b {b_shape} do not match")
-    return [GemmCall(m=n, n=m_rows, k=k,
-                     offset_a=gi * k * n, lda=n, stride_a=g * k * n,
-                     offset_b=gi * m_rows * k, ldb=k, stride_b=0,
-                     offset_c=gi * m_rows * n, ldc=n, stride_c=g * m_rows * n, batch=s)
-            for gi in range(g)]
+    return tuple(GemmCall(m=n, n=m_rows, k=k,
+                          offset_a=gi * k * n, lda=n, stride_a=g * k * n,
+                          offset_b=gi * m_rows * k, ldb=k, stride_b=0,
+                          offset_c=gi * m_rows * n, ldc=n, stride_c=g * m_rows * n, batch=s)
+                 for gi in range(g))
 
 
 def matmul_nt(xp: Any, a: Array, b: Array, out: Array, accumulate: bool = False) -> Array:
     """out = a @ b.T (2-D, one dtype, out C-contiguous), or with `accumulate` out +=
     a @ b.T in the same GEMM (only where `accumulates_in_place`). Returns out."""
     if on_cublas(xp, a, b, out):
-        _run_gemms(xp, [nt_call(tuple(a.shape), tuple(b.shape))], b, a, out, accumulate)
+        _run_gemms(xp, (nt_call(tuple(a.shape), tuple(b.shape)),), b, a, out, accumulate)
         return out
     if accumulate:
         raise ValueError(f"matmul_nt: {getattr(xp, '__name__', xp)} cannot add a product "
@@ -115,7 +119,14 @@ def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
     return xp.matmul(a, b, out=out)
 
 
-def _run_gemms(xp: Any, calls: list[GemmCall], a: Array, b: Array, c: Array,
+# Host scalars 0 and 1 of each dtype, alive for the whole process (cuBLAS reads alpha
+# and beta during the call), with their addresses: (array, address).
+_SCALARS = {(dtype, value): (array, array.ctypes.data)
+            for dtype in (np.dtype(np.float32), np.dtype(np.float64)) for value in (0, 1)
+            for array in [np.array(value, dtype=dtype)]}
+
+
+def _run_gemms(xp: Any, calls: tuple[GemmCall, ...], a: Array, b: Array, c: Array,
                accumulate: bool) -> None:
     """Issue `calls` with cuBLAS's A, B and C in the CuPy arrays a, b and c, alpha = 1,
     beta = 1 with `accumulate` else 0. The binding puts the handle on the current
@@ -126,13 +137,14 @@ def _run_gemms(xp: Any, calls: list[GemmCall], a: Array, b: Array, c: Array,
 
     handle = xp.cuda.device.get_cublas_handle()
     cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-    gemm = cublas.sgemmStridedBatched if c.dtype == np.float32 else cublas.dgemmStridedBatched
-    alpha, beta = np.ones((), dtype=c.dtype), np.array(1 if accumulate else 0, dtype=c.dtype)
-    size = c.dtype.itemsize
+    dtype = c.dtype
+    gemm = cublas.sgemmStridedBatched if dtype == np.float32 else cublas.dgemmStridedBatched
+    alpha, beta = _SCALARS[dtype, 1][1], _SCALARS[dtype, int(accumulate)][1]
+    size = dtype.itemsize
+    pa, pb, pc = a.data.ptr, b.data.ptr, c.data.ptr
     for call in calls:
         gemm(handle, cublas.CUBLAS_OP_T if call.trans_a else cublas.CUBLAS_OP_N,
              cublas.CUBLAS_OP_N, call.m, call.n, call.k,
-             alpha.ctypes.data, a.data.ptr + call.offset_a * size, call.lda, call.stride_a,
-             b.data.ptr + call.offset_b * size, call.ldb, call.stride_b,
-             beta.ctypes.data, c.data.ptr + call.offset_c * size, call.ldc, call.stride_c,
-             call.batch)
+             alpha, pa + call.offset_a * size, call.lda, call.stride_a,
+             pb + call.offset_b * size, call.ldb, call.stride_b,
+             beta, pc + call.offset_c * size, call.ldc, call.stride_c, call.batch)
