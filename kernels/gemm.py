@@ -1,11 +1,12 @@
 """The convolution's GEMMs, called on cuBLAS directly where CuPy's general matmul costs
 more than the product.
 
-- `matmul_nt`: out = a @ b.T, or out += a @ b.T. The weight gradient is a sum over
-  samples of dy[n] @ cols[n].T; cuBLAS computes C = A B + beta C in one call, so on
-  CuPy each sample's product is added into the gradient by its GEMM (beta = 1): no
-  temporary, no separate add. NumPy's matmul cannot add into its output, so there the
-  caller keeps a temporary and adds it. Either way the sum runs in sample order.
+- `matmul_nt_sum`: out[g] (+)= sum over samples s of a[s, g] @ b[s, g].T, the weight
+  gradient's sum of dy[n] @ cols[n].T. cuBLAS computes C = A B + beta C in one call,
+  so on CuPy each sample's product is added into the gradient by its GEMM (beta = 1):
+  no temporary, no separate add. NumPy's matmul cannot add into its output, so there
+  each product goes through a scratch array and is added. Either way the sum runs in
+  sample order, one 2-D product per sample and group.
 - `matmul_shared_left`: out[s, g] = a[g] @ b[s, g], one weight matrix per group shared
   by every sample of a chunk. CuPy's matmul broadcasts `a` by building arrays of
   matrix pointers on the device (two small kernels per operand, per call); here each
@@ -13,9 +14,10 @@ more than the product.
 
 Both go through cublas<t>gemmStridedBatched (a single product is a batch of one),
 called from the binding CuPy itself uses, with little Python around it: the weight
-gradient makes one call per sample. cuBLAS is column-major and a row-major matrix is
-its transpose, so row-major C = A B is called as column-major C^T = B^T A^T
-(`GemmCall`, built by `nt_call` and `shared_left_calls`). Not yet run on a GPU.
+gradient makes one call per sample, issued from one loop over precomputed call
+descriptions (`GemmCall`, built by `nt_sum_calls` and `shared_left_calls`). cuBLAS is
+column-major and a row-major matrix is its transpose, so row-major C = A B is called
+as column-major C^T = B^T A^T. Not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def on_cublas(xp: Any, *arrays: Array) -> bool:
 
 
 def accumulates_in_place(xp: Any, *arrays: Array) -> bool:
-    """Whether `matmul_nt(xp, *arrays, accumulate=True)` works: on cuBLAS only."""
+    """Whether `matmul_nt_sum` on these arrays needs no scratch: on cuBLAS."""
     return on_cublas(xp, *arrays)
 
 
@@ -69,15 +71,19 @@ class GemmCall:
 
 
 @functools.lru_cache(maxsize=1024)  # the same shapes come back every chunk and step
-def nt_call(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> GemmCall:
-    """out (M, N) = a (M, K) @ b (N, K).T, all C-contiguous: column-major out^T = b a^T,
-    with cuBLAS's A the buffer of b (stored K x N column-major, transposed) and its B
-    the buffer of a (a^T, K x M)."""
-    (m_rows, k), (n, k_b) = a_shape, b_shape
-    if k_b != k:
-        raise ValueError(f"nt_call: a {a_shape} and b {b_shape} do not match")
-    return GemmCall(m=n, n=m_rows, k=k, offset_a=0, lda=k, stride_a=0, offset_b=0, ldb=k,
-                    stride_b=0, offset_c=0, ldc=n, stride_c=0, batch=1, trans_a=True)
+def nt_sum_calls(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[GemmCall, ...]:
+    """One call per (sample, group), samples outer, for out[g] (+)= a[s, g] @ b[s, g].T
+    on C-contiguous a (S, G, M, K), b (S, G, N, K) and out (G, M, N): column-major
+    out[g]^T = b[s, g] a[s, g]^T, with cuBLAS's A the buffer of b (stored K x N
+    column-major, transposed) and its B the buffer of a (a^T, K x M)."""
+    samples, g, m_rows, k = a_shape
+    s_b, g_b, n, k_b = b_shape
+    if (s_b, g_b, k_b) != (samples, g, k):
+        raise ValueError(f"nt_sum_calls: a {a_shape} and b {b_shape} do not match")
+    return tuple(GemmCall(m=n, n=m_rows, k=k, offset_a=(si * g + gi) * n * k, lda=k,
+                          stride_a=0, offset_b=(si * g + gi) * m_rows * k, ldb=k, stride_b=0,
+                          offset_c=gi * m_rows * n, ldc=n, stride_c=0, batch=1, trans_a=True)
+                 for si in range(samples) for gi in range(g))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -97,16 +103,29 @@ def shared_left_calls(a_shape: tuple[int, ...], b_shape: tuple[int, ...]
                  for gi in range(g))
 
 
-def matmul_nt(xp: Any, a: Array, b: Array, out: Array, accumulate: bool = False) -> Array:
-    """out = a @ b.T (2-D, one dtype, out C-contiguous), or with `accumulate` out +=
-    a @ b.T in the same GEMM (only where `accumulates_in_place`). Returns out."""
+def matmul_nt_sum(xp: Any, a: Array, b: Array, out: Array, start: bool,
+                  scratch: Array | None = None) -> Array:
+    """out[g] (+)= sum over s of a[s, g] @ b[s, g].T for a (S, G, M, K), b (S, G, N, K)
+    and out (G, M, N), one dtype, out C-contiguous, in sample order: with `start` the
+    first sample's product is written over out (its old values unused), else every
+    product is added. `scratch` (out's shape) takes each product before it is added
+    where the library cannot add into out (not `accumulates_in_place`). Returns out."""
     if on_cublas(xp, a, b, out):
-        _run_gemms(xp, (nt_call(tuple(a.shape), tuple(b.shape)),), b, a, out, accumulate)
+        calls = nt_sum_calls(tuple(a.shape), tuple(b.shape))
+        first = a.shape[1] if start else 0  # the first sample's calls, one per group
+        _run_gemms(xp, calls[:first], b, a, out, False)
+        _run_gemms(xp, calls[first:], b, a, out, True)
         return out
-    if accumulate:
-        raise ValueError(f"matmul_nt: {getattr(xp, '__name__', xp)} cannot add a product "
-                         "into its output; use a temporary")
-    return xp.matmul(a, b.T, out=out)
+    for si in range(a.shape[0]):
+        target = out if start and si == 0 else scratch
+        if target is None:
+            raise ValueError(f"matmul_nt_sum: {getattr(xp, '__name__', xp)} cannot add a "
+                             "product into its output; give a scratch array")
+        for gi in range(a.shape[1]):
+            xp.matmul(a[si, gi], b[si, gi].T, out=target[gi])
+        if target is not out:
+            out += target
+    return out
 
 
 def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
@@ -133,6 +152,8 @@ def _run_gemms(xp: Any, calls: tuple[GemmCall, ...], a: Array, b: Array, c: Arra
     stream; the handle's math mode applies (TF32 where the backend set it). alpha and
     beta are host scalars, read during the call: the pointer mode is set to host
     (cuBLAS's default, and what CuPy restores after changing it)."""
+    if not calls:
+        return
     from cupy_backends.cuda.libs import cublas
 
     handle = xp.cuda.device.get_cublas_handle()

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vmem.kernels.gemm import accumulates_in_place, matmul_nt, matmul_shared_left
+from vmem.kernels.gemm import accumulates_in_place, matmul_nt_sum, matmul_shared_left
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
@@ -180,7 +180,7 @@ class Conv(Layer):
         dy4 = xp.ascontiguousarray(dy).reshape(n, g, og, hw)
         cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
         dw = xp.empty((g, og, kdim), dtype=x.dtype)
-        in_place = accumulates_in_place(xp, dy4, cols, dw)
+        in_place = accumulates_in_place(xp, dy4, cols, dw)  # cuBLAS adds into dW itself
         dw_temp = xp.empty_like(dw) if n > 1 and not in_place else None
         dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
         # W[g].T, contiguous: CuPy's batched matmul would copy a transposed view per call
@@ -188,14 +188,8 @@ class Conv(Layer):
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
             lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m]).reshape(m, g, kdim, hw)
-            for i in range(m):
-                first = n0 + i == 0
-                target = dw if first or in_place else dw_temp
-                for gi in range(g):  # dW[g] (+)= dy[n, g] @ cols[n, g].T
-                    matmul_nt(xp, dy4[n0 + i, gi], lowered[i, gi], target[gi],
-                              accumulate=in_place and not first)
-                if target is not dw:
-                    dw += target
+            # dW[g] (+)= dy[n, g] @ cols[n, g].T, sample after sample
+            matmul_nt_sum(xp, dy4[n0:n0 + m], lowered, dw, start=n0 == 0, scratch=dw_temp)
             if dx is None:
                 continue
             # dcol[n, g] = W[g].T @ dy[n, g] for the whole chunk in one batched GEMM,

@@ -133,19 +133,35 @@ def test_strided_batched_calls_compute_the_shared_left_product(groups, samples):
         gemm.shared_left_calls((groups, 5, 8), b.shape)
 
 
-@pytest.mark.parametrize("m, n, k", [(5, 6, 7), (1, 4, 3), (4, 1, 1)])
-def test_the_nt_call_computes_a_times_b_transposed(m, n, k):
-    rng = np.random.default_rng(m * 100 + n * 10 + k)
-    a, b, c = rng.standard_normal((m, k)), rng.standard_normal((n, k)), rng.standard_normal((m, n))
-    call = gemm.nt_call(a.shape, b.shape)
-    out = np.full((m, n), np.nan)
-    run_gemms_on_numpy(np, [call], b, a, out, False)  # cuBLAS's A is b, its B is a
-    np.testing.assert_allclose(out, a @ b.T, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("samples, groups, m, n, k", [(3, 1, 5, 6, 7), (2, 2, 1, 4, 3),
+                                                      (1, 1, 4, 1, 1)])
+def test_nt_sum_calls_sum_a_times_b_transposed(samples, groups, m, n, k):
+    rng = np.random.default_rng(samples * 1000 + m * 100 + n * 10 + k)
+    a = rng.standard_normal((samples, groups, m, k))
+    b = rng.standard_normal((samples, groups, n, k))
+    c = rng.standard_normal((groups, m, n))
+    calls = gemm.nt_sum_calls(a.shape, b.shape)
+    assert len(calls) == samples * groups
+    expected = np.einsum("sgmk,sgnk->gmn", a, b)
+    out = np.full(c.shape, np.nan)  # start: the first sample's products write out
+    run_gemms_on_numpy(np, calls[:groups], b, a, out, False)  # cuBLAS's A is b, its B is a
+    run_gemms_on_numpy(np, calls[groups:], b, a, out, True)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     out = c.copy()
-    run_gemms_on_numpy(np, [call], b, a, out, True)
-    np.testing.assert_allclose(out, c + a @ b.T, rtol=1e-12, atol=1e-12)
+    run_gemms_on_numpy(np, calls, b, a, out, True)
+    np.testing.assert_allclose(out, c + expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="do not match"):
-        gemm.nt_call(a.shape, (n, k + 1))
+        gemm.nt_sum_calls(a.shape, (samples, groups, n, k + 1))
+
+
+def test_matmul_nt_sum_on_numpy_needs_scratch_to_add():
+    a = np.ones((2, 1, 2, 3))
+    out = np.empty((1, 2, 2))
+    with pytest.raises(ValueError, match="scratch"):
+        gemm.matmul_nt_sum(np, a, a, out, start=False)
+    np.testing.assert_array_equal(gemm.matmul_nt_sum(np, a, a, out, start=True,
+                                                     scratch=np.empty_like(out)),
+                                  np.full((1, 2, 2), 6.0))
 
 
 @pytest.mark.parametrize("groups", [1, 2])

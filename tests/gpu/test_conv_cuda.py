@@ -14,7 +14,7 @@ import pytest
 from window_cases import GEOMETRIES
 
 from vmem.kernels import cuda_im2col
-from vmem.kernels.gemm import matmul_nt, matmul_shared_left
+from vmem.kernels.gemm import matmul_nt_sum, matmul_shared_left
 from vmem.kernels.im2col import col2im, cols_shape, im2col
 from vmem.layers import Context, Conv
 
@@ -61,16 +61,16 @@ def test_array_code_on_cupy_gives_the_kernels_bits(cp, monkeypatch):
     assert bool((col2im(cp, cols, x_shape, k, stride, pad) == dx).all())
 
 
-def test_gemm_adds_into_its_output(cp):
+@pytest.mark.parametrize("start", [True, False])
+def test_gemm_adds_each_sample_into_its_output(cp, start):
     rng = np.random.default_rng(6)
-    a, b, c = (rng.standard_normal(s).astype(np.float32) for s in ((64, 300), (72, 300),
-                                                                     (64, 72)))
+    a, b = rng.standard_normal((3, 2, 64, 300)), rng.standard_normal((3, 2, 72, 300))
+    c = rng.standard_normal((2, 64, 72)).astype(np.float32)
+    a, b = a.astype(np.float32), b.astype(np.float32)
     out = cp.asarray(c)
-    matmul_nt(cp, cp.asarray(a), cp.asarray(b), out, accumulate=True)
-    ref = a.astype(np.float64) @ b.T.astype(np.float64) + c
-    np.testing.assert_allclose(cp.asnumpy(out), ref, rtol=GEMM_RTOL, atol=GEMM_RTOL * 30)
-    matmul_nt(cp, cp.asarray(a), cp.asarray(b), out)
-    np.testing.assert_allclose(cp.asnumpy(out), ref - c, rtol=GEMM_RTOL, atol=GEMM_RTOL * 30)
+    matmul_nt_sum(cp, cp.asarray(a), cp.asarray(b), out, start=start)
+    ref = np.einsum("sgmk,sgnk->gmn", a.astype(np.float64), b) + (0 if start else c)
+    np.testing.assert_allclose(cp.asnumpy(out), ref, rtol=GEMM_RTOL, atol=GEMM_RTOL * 100)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
