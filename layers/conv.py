@@ -183,7 +183,8 @@ class Conv(Layer):
         in_place = accumulates_in_place(xp, dy4, cols, dw)  # cuBLAS adds into dW itself
         dw_temp = xp.empty_like(dw) if n > 1 and not in_place else None
         dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
-        # W[g].T, contiguous: CuPy's batched matmul would copy a transposed view per call
+        # W[g].T, contiguous: the strided-batched GEMM takes contiguous operands only
+        # (and CuPy's batched matmul would copy a transposed view per call)
         weight_t = xp.ascontiguousarray(weight.transpose(0, 2, 1)) if dx is not None else None
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
