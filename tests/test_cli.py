@@ -59,6 +59,7 @@ def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["batch"] == 16 and result["device"] == "cpu" and result["policy"] == "none"
     assert len(result["losses"]) == 3 and result["memory_limit_bytes"] is None
     assert 0 < result["average_bytes"] <= result["peak_bytes"]
+    assert result["host_ms"] > 0  # the host time to issue a step, measured
 
 
 def test_run_under_a_memory_limit_reports_it(capsys: pytest.CaptureFixture[str]) -> None:

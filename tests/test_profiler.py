@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,12 @@ def test_session_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     session.save(path)
     assert load_session(path) == session
+    # host times, which older sessions lack, come back too
+    trial = session.trials[0]
+    timed = replace(session, trials=(Trial(replace(trial.result, host_ms=4.0),
+                                           tuple(replace(r, host_ms=4.5) for r in trial.records)),))
+    timed.save(path)
+    assert load_session(path) == timed
     data = json.loads(path.read_text())
     assert (data["format"], data["version"]) == ("vmem-session", 1)
     # a loss that is not a number is written as null, and the file stays strict JSON

@@ -128,6 +128,7 @@ class Executor:
             self._backward(recorder)
             self._update(recorder)
             self._release_held()
+            recorder.issued()
             loss = self._read_scalar(loss_tensor)
             self._free(self._tensors.pop(self.network.loss.name).block)
             return StepResult(loss, recorder.finish(step, loss))

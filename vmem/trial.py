@@ -92,6 +92,7 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
                              for kind in by_kind[0]},
             step_ms=statistics.median(r.duration_ms for r in timed),
             steps_ms=tuple(r.duration_ms for r in records),
+            host_ms=_median_or_none([r.host_ms for r in timed]),
             losses=tuple(losses),
             offloaded_bytes=analysis.copied_bytes(timed[-1], "copy_d2h"),
             prefetched_bytes=analysis.copied_bytes(timed[-1], "copy_h2d"),
@@ -100,6 +101,11 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
             pool_reserved_bytes=runtime.backend.pool_reserved_bytes(),
             device_facts=runtime.backend.facts())
     return result, records
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def failed_trial(spec: TrialSpec, error: VmemError, batch: int, device: str) -> TrialResult:

@@ -48,3 +48,6 @@ class StepRecord:
     loss: float | None = None
     # start_in_use by kind (MemoryKind values), in the arena's order
     start_by_kind: tuple[tuple[str, int], ...] = ()
+    # host (Python) time from the step's start until its last work was issued: near
+    # duration_ms, the device waited for the host (a launch-bound step)
+    host_ms: float | None = None

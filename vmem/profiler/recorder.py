@@ -3,6 +3,7 @@ them into times once the step has synchronized."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from vmem.backends.base import Backend, Mark, Stream
@@ -35,6 +36,8 @@ class StepRecorder:
         self.start_by_kind = tuple((str(kind), nbytes) for kind, nbytes
                                    in backend.arena.bytes_by_kind().items())
         self._start = backend.mark(backend.compute)
+        self._host_start = time.perf_counter()
+        self._host_ms: float | None = None
         self._memory: list[_PendingMemory] = []
         self._spans: list[_PendingSpan] = []
         self._kernels: list[tuple[str, str]] = []  # (layer, phase) in launch order
@@ -49,6 +52,10 @@ class StepRecorder:
         self._spans.append(_PendingSpan(name, phase, stream.name, start, end, kind, nbytes))
         if kind == "kernel":
             self._kernels.append((name, phase))
+
+    def issued(self) -> None:
+        """The step's last work is issued: what follows only waits for it."""
+        self._host_ms = (time.perf_counter() - self._host_start) * 1e3
 
     def detach(self) -> None:
         if self._on_arena in self.backend.arena.observers:
@@ -76,4 +83,4 @@ class StepRecorder:
         spans = tuple(Span(s.name, s.phase, s.stream, ms(self._start, s.start),
                            ms(self._start, s.end), s.kind, s.nbytes) for s in self._spans)
         return StepRecord(step, ms(self._start, end), self.start_in_use, memory, spans, loss,
-                          self.start_by_kind)
+                          self.start_by_kind, self._host_ms)

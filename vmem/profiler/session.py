@@ -44,6 +44,7 @@ class TrialResult:
     average_by_kind: dict[str, float] | None = None  # time-averaged, by kind
     step_ms: float | None = None
     steps_ms: tuple[float, ...] = ()
+    host_ms: float | None = None  # median host time to issue a step (StepRecord.host_ms)
     losses: tuple[float | None, ...] = ()  # None where no loss is computed (sim) or finite
     offloaded_bytes: int | None = None
     prefetched_bytes: int | None = None
