@@ -1,7 +1,8 @@
 """One CUDA C source, compiled by NVRTC through CuPy's RawModule on first use, and the
 launcher its kernels go through.
 
-Kernel modules (`cuda_softmax`, `cuda_im2col`) hold a `LauncherSlot`: it builds the
+Kernel modules (`cuda_softmax`, `cuda_im2col`, `cuda_pooling`, `cuda_lrn`) hold a
+`LauncherSlot`: it builds the
 CuPy launcher when a kernel first runs (or says in one line why it cannot), and tests
 swap in a stand-in with the same methods (`launch`, `sm_count`, `pointer`,
 `is_array`) and `xp` -- the CPU emulator, which runs the same CUDA C on NumPy arrays.
@@ -11,6 +12,7 @@ CuPy is imported lazily: this module imports on a machine without CuPy.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from typing import Any
@@ -41,6 +43,16 @@ def kernels_on(xp: Any, family: str) -> bool:
     env, default = KERNEL_SWITCHES[family]
     flag = os.environ.get(env)
     return flag == "1" if flag is not None else default
+
+
+def kernel_module(xp: Any, family: str, *args: Any) -> Any:
+    """The module `vmem.kernels.cuda_<family>` when a call on `xp` with these arguments
+    should take its kernels (the family switched on, and the module's `supports(*args)`),
+    else None: the caller runs its array code."""
+    if not kernels_on(xp, family):
+        return None
+    module = importlib.import_module(f"vmem.kernels.cuda_{family}")
+    return module if module.supports(*args) else None
 
 
 def families_on(xp: Any) -> list[str]:

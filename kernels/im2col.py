@@ -21,19 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmem.kernels.cuda_module import kernels_on
+from vmem.kernels.cuda_module import kernel_module
 from vmem.kernels.windows import conv_output_size, offsets_2d
 
 Array = Any
-
-def _cuda_kernels(xp: Any, src: Array, dst: Array, x_shape: tuple[int, ...], k: int,
-                  pad: int) -> Any:
-    """The CUDA kernel module when it should take this call, else None."""
-    if not kernels_on(xp, "im2col"):
-        return None
-    from vmem.kernels import cuda_im2col
-
-    return cuda_im2col if cuda_im2col.supports(src, dst, x_shape, k, pad) else None
 
 
 def cols_shape(x_shape: tuple[int, ...], k: int, stride: int, pad: int) -> tuple[int, int, int]:
@@ -54,7 +45,7 @@ def im2col(xp: Any, x: Array, k: int, stride: int, pad: int, out: Array | None =
         out = xp.empty(shape, dtype=x.dtype)
     elif tuple(out.shape) != shape:
         raise ValueError(f"im2col: out has shape {tuple(out.shape)}, expected {shape}")
-    kernels = _cuda_kernels(xp, x, out, tuple(x.shape), k, pad)
+    kernels = kernel_module(xp, "im2col", x, out, tuple(x.shape), k, pad)
     if kernels is not None:
         return kernels.im2col(x, k, stride, pad, out)
     if pad > 0:
@@ -77,7 +68,7 @@ def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, 
     ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
     if out is None:
         out = xp.empty(tuple(x_shape), dtype=cols.dtype)
-    kernels = _cuda_kernels(xp, cols, out, tuple(x_shape), k, pad)
+    kernels = kernel_module(xp, "im2col", cols, out, tuple(x_shape), k, pad)
     if kernels is not None:
         return kernels.col2im(cols, x_shape, k, stride, pad, out)
     out.fill(0)

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmem.kernels.cuda_module import kernels_on
+from vmem.kernels.cuda_module import kernel_module
 
 Array = Any
+
 
 # Scratch of either pass, whatever the batch: at most this many bytes of temporaries
 # (each pass holds up to SCRATCH_ARRAYS arrays of its group's size), at least one sample.
@@ -72,18 +73,9 @@ def lrn_scale(xp: Any, x: Array, size: int, alpha: float, k: float) -> Array:
     return scale
 
 
-def _cuda_kernels(xp: Any, *arrays: Array) -> Any:
-    """The CUDA kernel module when it should take a call on these arrays, else None."""
-    if not kernels_on(xp, "lrn"):
-        return None
-    from vmem.kernels import cuda_lrn
-
-    return cuda_lrn if cuda_lrn.supports(*arrays) else None
-
-
 def lrn_forward(xp: Any, x: Array, size: int, alpha: float, beta: float, k: float) -> Array:
     y = xp.empty_like(x)
-    kernels = _cuda_kernels(xp, x)
+    kernels = kernel_module(xp, "lrn", x)
     if kernels is not None:
         return kernels.lrn_forward(x, y, size, alpha, beta, k)
     step = group_size(x)
@@ -98,7 +90,7 @@ def lrn_backward(xp: Any, x: Array, dy: Array, size: int, alpha: float, beta: fl
                  k: float) -> Array:
     """dx from the input alone: scale and y are recomputed."""
     dx = xp.empty_like(dy)
-    kernels = _cuda_kernels(xp, x, dy)
+    kernels = kernel_module(xp, "lrn", x, dy)
     if kernels is not None:
         return kernels.lrn_backward(x, dy, dx, size, alpha, beta, k)
     step = group_size(x)

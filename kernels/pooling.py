@@ -23,18 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmem.kernels.cuda_module import kernels_on
+from vmem.kernels.cuda_module import kernel_module
 from vmem.kernels.windows import offsets_2d, pool_output_size
 
 Array = Any
-
-def _cuda_kernels(xp: Any, *arrays: Array) -> Any:
-    """The CUDA kernel module when it should take a call on these arrays, else None."""
-    if not kernels_on(xp, "pooling"):
-        return None
-    from vmem.kernels import cuda_pooling
-
-    return cuda_pooling if cuda_pooling.supports(*arrays) else None
 
 
 def output_hw(x_shape: tuple[int, ...], k: int, stride: int, pad: int, ceil_mode: bool
@@ -48,7 +40,7 @@ def max_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
                      ) -> Array:
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
-    kernels = _cuda_kernels(xp, x)
+    kernels = kernel_module(xp, "pooling", x)
     if kernels is not None:
         return kernels.max_pool_forward(x, xp.empty((n, c, ho, wo), dtype=x.dtype), k, stride,
                                         pad)
@@ -71,7 +63,7 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
     groups of samples so that its scratch stays within MAX_POOL_SCRATCH_BYTES."""
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
-    kernels = _cuda_kernels(xp, x, dy)
+    kernels = kernel_module(xp, "pooling", x, dy)
     if kernels is not None:  # no scratch at all
         return kernels.max_pool_backward(x, dy, xp.empty(x.shape, dtype=dy.dtype), k, stride,
                                          pad)
@@ -110,7 +102,7 @@ def avg_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
                      ) -> Array:
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
-    kernels = _cuda_kernels(xp, x)
+    kernels = kernel_module(xp, "pooling", x)
     if kernels is not None:
         return kernels.avg_pool_forward(x, xp.empty((n, c, ho, wo), dtype=x.dtype), k, stride,
                                         pad)
@@ -126,7 +118,7 @@ def avg_pool_backward(xp: Any, dy: Array, x_shape: tuple[int, ...], k: int, stri
                       pad: int, ceil_mode: bool) -> Array:
     h, w = x_shape[-2:]
     ho, wo = output_hw(x_shape, k, stride, pad, ceil_mode)
-    kernels = _cuda_kernels(xp, dy)
+    kernels = kernel_module(xp, "pooling", dy)
     if kernels is not None:
         return kernels.avg_pool_backward(dy, xp.empty(tuple(x_shape), dtype=dy.dtype), k,
                                          stride, pad)

@@ -15,7 +15,8 @@ from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
 from window_cases import GEOMETRIES
 
 from vmem.kernels import cuda_im2col, gemm
-from vmem.kernels.im2col import _cuda_kernels, col2im, cols_shape, im2col
+from vmem.kernels.cuda_module import kernel_module
+from vmem.kernels.im2col import col2im, cols_shape, im2col
 from vmem.layers import Context, Conv
 
 
@@ -65,9 +66,9 @@ def test_cupy_calls_take_the_kernels(emulator, monkeypatch):
     np.testing.assert_array_equal(cols, im2col(np, x, 3, 1, 1))
     np.testing.assert_array_equal(col2im(cp, cols, x.shape, 3, 1, 1),
                                   col2im(np, cols, x.shape, 3, 1, 1))
-    assert _cuda_kernels(cp, x, cols, x.shape, 3, 1) is cuda_im2col
+    assert kernel_module(cp, "im2col", x, cols, x.shape, 3, 1) is cuda_im2col
     monkeypatch.setenv("VMEM_CUDA_IM2COL", "0")
-    assert _cuda_kernels(cp, x, cols, x.shape, 3, 1) is None
+    assert kernel_module(cp, "im2col", x, cols, x.shape, 3, 1) is None
 
 
 def test_which_calls_the_kernels_take(monkeypatch):
@@ -75,14 +76,14 @@ def test_which_calls_the_kernels_take(monkeypatch):
     cp = numpy_as_cupy()
     x = np.zeros((2, 3, 6, 5), np.float32)
     cols = np.zeros(cols_shape(x.shape, 3, 1, 1), np.float32)
-    assert _cuda_kernels(np, x, cols, x.shape, 3, 1) is None  # NumPy: the array code
-    assert _cuda_kernels(cp, x, cols, x.shape, 3, 1) is cuda_im2col
-    assert _cuda_kernels(cp, x.astype(np.float16), cols.astype(np.float16), x.shape, 3,
+    assert kernel_module(np, "im2col", x, cols, x.shape, 3, 1) is None  # NumPy: the array code
+    assert kernel_module(cp, "im2col", x, cols, x.shape, 3, 1) is cuda_im2col
+    assert kernel_module(cp, "im2col", x.astype(np.float16), cols.astype(np.float16), x.shape, 3,
                          1) is None  # no float16 kernels
-    assert _cuda_kernels(cp, x, cols.astype(np.float64), x.shape, 3, 1) is None
-    assert _cuda_kernels(cp, x[:, :, :, ::2], cols, x.shape, 3, 1) is None  # strided
+    assert kernel_module(cp, "im2col", x, cols.astype(np.float64), x.shape, 3, 1) is None
+    assert kernel_module(cp, "im2col", x[:, :, :, ::2], cols, x.shape, 3, 1) is None  # strided
     big = (1, 1, 2**15, 2**15)  # a plane past 32-bit indexing once k*k columns are counted
-    assert _cuda_kernels(cp, x, cols, big, 3, 1) is None
+    assert kernel_module(cp, "im2col", x, cols, big, 3, 1) is None
 
 
 def test_launch_shapes():

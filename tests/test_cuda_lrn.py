@@ -16,6 +16,7 @@ import pytest
 from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
 
 from vmem.kernels import cuda_lrn, lrn
+from vmem.kernels.cuda_module import kernel_module
 
 CASES = [  # (shape, size, alpha, beta, k)
     ((2, 7, 3, 4), 5, 1e-4, 0.75, 2.0),     # AlexNet's constants
@@ -88,12 +89,12 @@ def test_which_calls_take_the_kernels(emulator, monkeypatch):
     cp = numpy_as_cupy()
     x = np.random.default_rng(3).standard_normal((2, 6, 3, 3)).astype(np.float32)
     args = (5, 0.1, 0.75, 2.0)
-    assert lrn._cuda_kernels(cp, x) is cuda_lrn
+    assert kernel_module(cp, "lrn", x) is cuda_lrn
     np.testing.assert_array_equal(lrn.lrn_backward(cp, x, x, *args),
                                   lrn.lrn_backward(libc_pow_numpy(), x, x, *args))
-    assert lrn._cuda_kernels(np, x) is None
-    assert lrn._cuda_kernels(cp, x.astype(np.float16)) is None
-    assert lrn._cuda_kernels(cp, x[:, :, ::2]) is None
-    assert lrn._cuda_kernels(cp, x[0, 0, 0]) is None  # rank 1: no channel axis
+    assert kernel_module(np, "lrn", x) is None
+    assert kernel_module(cp, "lrn", x.astype(np.float16)) is None
+    assert kernel_module(cp, "lrn", x[:, :, ::2]) is None
+    assert kernel_module(cp, "lrn", x[0, 0, 0]) is None  # rank 1: no channel axis
     monkeypatch.setenv("VMEM_CUDA_LRN", "0")
-    assert lrn._cuda_kernels(cp, x) is None
+    assert kernel_module(cp, "lrn", x) is None

@@ -12,6 +12,7 @@ from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
 from window_cases import POOL_GEOMETRIES
 
 from vmem.kernels import cuda_pooling, pooling
+from vmem.kernels.cuda_module import kernel_module
 from vmem.kernels.pooling import output_hw
 
 
@@ -85,17 +86,17 @@ def test_which_calls_take_the_kernels(emulator, monkeypatch):
     x = tied_input(rng, (2, 3, 8, 8), np.float32, False)
     dy = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     args = (2, 2, 0, False)
-    assert pooling._cuda_kernels(cp, x, dy) is cuda_pooling
+    assert kernel_module(cp, "pooling", x, dy) is cuda_pooling
     np.testing.assert_array_equal(pooling.max_pool_backward(cp, x, dy, *args),
                                   pooling.max_pool_backward(np, x, dy, *args))
     np.testing.assert_array_equal(pooling.avg_pool_forward(cp, x, *args),
                                   pooling.avg_pool_forward(np, x, *args))
-    assert pooling._cuda_kernels(np, x) is None
-    assert pooling._cuda_kernels(cp, x.astype(np.float16)) is None
-    assert pooling._cuda_kernels(cp, x, dy.astype(np.float64)) is None
-    assert pooling._cuda_kernels(cp, x[:, :, :, ::2]) is None
+    assert kernel_module(np, "pooling", x) is None
+    assert kernel_module(cp, "pooling", x.astype(np.float16)) is None
+    assert kernel_module(cp, "pooling", x, dy.astype(np.float64)) is None
+    assert kernel_module(cp, "pooling", x[:, :, :, ::2]) is None
     monkeypatch.setenv("VMEM_CUDA_POOLING", "0")
-    assert pooling._cuda_kernels(cp, x) is None
+    assert kernel_module(cp, "pooling", x) is None
 
 
 def test_every_kernel_is_named():
