@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
-from window_cases import POOL_GEOMETRIES
+from window_cases import POOL_GEOMETRIES, tied_input
 
 from vmem.kernels import cuda_pooling, pooling
 from vmem.kernels.cuda_module import kernel_module
@@ -22,17 +22,6 @@ def emulator():
         pytest.skip(UNAVAILABLE)
     with emulated(cuda_pooling):
         yield
-
-
-def tied_input(rng: np.random.Generator, shape: tuple[int, ...], dtype, specials: bool
-               ) -> np.ndarray:
-    """Small integers (ties in most windows); with `specials`, some NaN and -inf."""
-    x = rng.integers(-3, 3, size=shape).astype(dtype)
-    if specials:
-        flat = x.reshape(-1)
-        flat[rng.random(flat.size) < 0.05] = np.nan
-        flat[rng.random(flat.size) < 0.1] = -np.inf
-    return x
 
 
 def poisoned(shape: tuple[int, ...], dtype) -> np.ndarray:

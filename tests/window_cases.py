@@ -1,8 +1,10 @@
 """What the sliding-window kernel tests on the CPU emulator (tests/test_cuda_conv.py,
 tests/test_cuda_pooling.py) and on the GPU (tests/gpu/test_conv_cuda.py) share: window
-geometries that reach every branch of the kernels."""
+geometries that reach every branch of the kernels, and pooling inputs full of ties."""
 
 from __future__ import annotations
+
+import numpy as np
 
 #: (x shape (N, C, H, W), k, stride, pad)
 GEOMETRIES = [
@@ -27,3 +29,14 @@ POOL_GEOMETRIES = [
     ((1, 1, 1, 1), 1, 1, 0, False),      # one pixel
     ((1, 1, 20, 21), 2, 2, 0, True),     # planes longer than a block's threads
 ]
+
+
+def tied_input(rng: np.random.Generator, shape: tuple[int, ...], dtype, specials: bool
+               ) -> np.ndarray:
+    """Small integers (ties in most windows); with `specials`, some NaN and -inf."""
+    x = rng.integers(-3, 3, size=shape).astype(dtype)
+    if specials:
+        flat = x.reshape(-1)
+        flat[rng.random(flat.size) < 0.05] = np.nan
+        flat[rng.random(flat.size) < 0.1] = -np.inf
+    return x

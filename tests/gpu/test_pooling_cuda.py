@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from window_cases import POOL_GEOMETRIES
+from window_cases import POOL_GEOMETRIES, tied_input
 
 from vmem.kernels import cuda_pooling, pooling
 from vmem.kernels.pooling import output_hw
@@ -26,10 +26,7 @@ def cp() -> Any:
 def test_kernels_match_the_array_code_bit_for_bit(cp, x_shape, k, stride, pad, ceil_mode,
                                                   dtype):
     rng = np.random.default_rng(abs(hash((x_shape, k, stride, pad))) % 2**32)
-    x = rng.integers(-3, 3, size=x_shape).astype(dtype)  # ties in most windows
-    flat = x.reshape(-1)
-    flat[rng.random(flat.size) < 0.05] = np.nan
-    flat[rng.random(flat.size) < 0.1] = -np.inf
+    x = tied_input(rng, x_shape, dtype, specials=True)
     finite = np.nan_to_num(x, nan=0.5, neginf=-2.5)
     y_shape = (*x_shape[:2], *output_hw(x_shape, k, stride, pad, ceil_mode))
     dy = rng.standard_normal(y_shape).astype(dtype)
