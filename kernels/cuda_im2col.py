@@ -14,12 +14,13 @@ launch that touches every element once:
 - `im2col`: one block per column row (sample, channel, ki, kj); its threads write
   the row's Ho*Wo entries in order (coalesced), reading the input or writing 0 where
   the window reads padding, so the buffer needs no zero fill first.
-- `col2im`: a gather, not a scatter: one block per (sample, channel) plane; each
-  thread sums, for its input pixel, the column entries that read it, in row-major
-  (ki, kj) order starting from 0 -- the order in which the array code adds them, so
-  the sums have the same bits (no atomics, deterministic). The contributing output
-  rows and columns are enumerated directly (ceil(k / stride) of each), with no
-  divisibility test per offset.
+- `col2im`: a gather, not a scatter: one thread per input pixel, one block per tile
+  of a (sample, channel) plane (a chunk of two samples of 64 channels is only 128
+  planes, too few blocks for a GPU); each thread sums the column entries that read
+  its pixel in row-major (ki, kj) order starting from 0 -- the order in which the
+  array code adds them, so the sums have the same bits (no atomics, deterministic).
+  The contributing output rows and columns are enumerated directly (ceil(k / stride)
+  of each), with no divisibility test per offset.
 
 Same layout as the array code: columns (N, C*k*k, Ho*Wo), row c*k*k + ki*k + kj.
 float32 and float64; arrays C-contiguous. One difference in principle: RawModule
@@ -89,33 +90,35 @@ __global__ void vmem_im2col(const T* __restrict__ x, T* __restrict__ cols, long 
     }
 }
 
-// cols (N, C, k, k, Ho, Wo) -> dx (N, C, H, W): block b handles the planes b, b + grid,
-// ... of planes = N*C planes of H*W pixels; each pixel's sum runs over (ki, kj) in
-// row-major order, i.e. over oy falling, then ox falling.
+// cols (N, C, k, k, Ho, Wo) -> dx (N, C, H, W): the N*C planes of H*W pixels are cut
+// into `tiles` tiles of blockDim.x pixels each (enough blocks to fill the GPU even when
+// a chunk has few planes); block b handles the tiles b, b + grid, ... Each pixel's sum
+// runs over (ki, kj) in row-major order, i.e. over oy falling, then ox falling.
 template <typename T>
 __global__ void vmem_col2im(const T* __restrict__ cols, T* __restrict__ dx, long long planes,
-                            int h, int w, int k, int stride, int pad, int ho, int wo) {
+                            int tiles, int h, int w, int k, int stride, int pad, int ho,
+                            int wo) {
     const int l = ho * wo;
     const int hw = h * w;
-    for (long long plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    for (long long item = blockIdx.x; item < planes * tiles; item += gridDim.x) {
+        const long long plane = item / tiles;
+        const int q = (int)(item - plane * tiles) * blockDim.x + threadIdx.x;
+        if (q >= hw) continue;
         const T* src = cols + plane * ((long long)k * k * l);
-        T* out = dx + plane * hw;
-        for (int q = threadIdx.x; q < hw; q += blockDim.x) {
-            const int iy = q / w;
-            const int ix = q - iy * w;
-            int oy_lo, oy_hi, ox_lo, ox_hi;
-            vmem_readers(iy, pad, k, stride, ho, oy_lo, oy_hi);
-            vmem_readers(ix, pad, k, stride, wo, ox_lo, ox_hi);
-            T acc = T(0);
-            for (int oy = oy_hi; oy >= oy_lo; --oy) {
-                const int ki = iy + pad - oy * stride;
-                for (int ox = ox_hi; ox >= ox_lo; --ox) {
-                    const int kj = ix + pad - ox * stride;
-                    acc += src[(long long)(ki * k + kj) * l + oy * wo + ox];
-                }
+        const int iy = q / w;
+        const int ix = q - iy * w;
+        int oy_lo, oy_hi, ox_lo, ox_hi;
+        vmem_readers(iy, pad, k, stride, ho, oy_lo, oy_hi);
+        vmem_readers(ix, pad, k, stride, wo, ox_lo, ox_hi);
+        T acc = T(0);
+        for (int oy = oy_hi; oy >= oy_lo; --oy) {
+            const int ki = iy + pad - oy * stride;
+            for (int ox = ox_hi; ox >= ox_lo; --ox) {
+                const int kj = ix + pad - ox * stride;
+                acc += src[(long long)(ki * k + kj) * l + oy * wo + ox];
             }
-            out[q] = acc;
         }
+        dx[plane * hw + q] = acc;
     }
 }
 """
@@ -186,9 +189,10 @@ def col2im(cols: Array, x_shape: tuple[int, ...], k: int, stride: int, pad: int,
     and of one dtype, overwriting it. Returns `out`."""
     launcher = _get_launcher()
     n, c, h, w, ho, wo = _geometry(tuple(x_shape), k, stride, pad)
-    planes = n * c
+    planes, threads = n * c, threads_for(h * w)
+    tiles = -(-h * w // threads)
     if planes and h * w:
-        launcher.launch(name_expression("col2im", cols.dtype), min(planes, MAX_BLOCKS),
-                        threads_for(h * w),
-                        (cols, out, np.int64(planes), *_scalars(h, w, k, stride, pad, ho, wo)))
+        launcher.launch(name_expression("col2im", cols.dtype), min(planes * tiles, MAX_BLOCKS),
+                        threads, (cols, out, np.int64(planes), np.int32(tiles),
+                                  *_scalars(h, w, k, stride, pad, ho, wo)))
     return out
