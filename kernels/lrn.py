@@ -89,6 +89,8 @@ def lrn_forward(xp: Any, x: Array, size: int, alpha: float, beta: float, k: floa
 def lrn_backward(xp: Any, x: Array, dy: Array, size: int, alpha: float, beta: float,
                  k: float) -> Array:
     """dx from the input alone: scale and y are recomputed."""
+    if tuple(dy.shape) != tuple(x.shape):  # a kernel would read past the smaller one
+        raise ValueError(f"lrn backward: dy has shape {tuple(dy.shape)}, x {tuple(x.shape)}")
     dx = xp.empty_like(dy)
     kernels = kernel_module(xp, "lrn", x, dy)
     if kernels is not None:

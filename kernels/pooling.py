@@ -29,6 +29,13 @@ from vmem.kernels.windows import offsets_2d, pool_output_size
 Array = Any
 
 
+def _check_gradient(dy: Array, expected: tuple[int, ...]) -> None:
+    """The output gradient must have the output's shape: a kernel would read past it."""
+    if tuple(dy.shape) != tuple(expected):
+        raise ValueError(f"pooling backward: dy has shape {tuple(dy.shape)}, expected "
+                         f"{tuple(expected)}")
+
+
 def output_hw(x_shape: tuple[int, ...], k: int, stride: int, pad: int, ceil_mode: bool
               ) -> tuple[int, int]:
     h, w = x_shape[-2:]
@@ -63,6 +70,7 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
     groups of samples so that its scratch stays within MAX_POOL_SCRATCH_BYTES."""
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
+    _check_gradient(dy, (n, c, ho, wo))
     kernels = kernel_module(xp, "pooling", x, dy)
     if kernels is not None:  # no scratch at all
         return kernels.max_pool_backward(x, dy, xp.empty(x.shape, dtype=dy.dtype), k, stride,
@@ -118,6 +126,7 @@ def avg_pool_backward(xp: Any, dy: Array, x_shape: tuple[int, ...], k: int, stri
                       pad: int, ceil_mode: bool) -> Array:
     h, w = x_shape[-2:]
     ho, wo = output_hw(x_shape, k, stride, pad, ceil_mode)
+    _check_gradient(dy, (*x_shape[:2], ho, wo))
     kernels = kernel_module(xp, "pooling", dy)
     if kernels is not None:
         return kernels.avg_pool_backward(dy, xp.empty(tuple(x_shape), dtype=dy.dtype), k,

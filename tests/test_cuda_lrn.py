@@ -98,3 +98,10 @@ def test_which_calls_take_the_kernels(emulator, monkeypatch):
     assert kernel_module(cp, "lrn", x[0, 0, 0]) is None  # rank 1: no channel axis
     monkeypatch.setenv("VMEM_CUDA_LRN", "0")
     assert kernel_module(cp, "lrn", x) is None
+
+
+def test_a_gradient_of_the_wrong_shape_is_refused_before_any_kernel(emulator):
+    x = np.zeros((2, 6, 3, 3), np.float32)
+    for xp in (np, numpy_as_cupy()):
+        with pytest.raises(ValueError, match="lrn backward: dy has shape"):
+            lrn.lrn_backward(xp, x, x[:1], 5, 0.1, 0.75, 2.0)

@@ -90,3 +90,15 @@ def test_which_calls_take_the_kernels(emulator, monkeypatch):
 
 def test_every_kernel_is_named():
     assert len(cuda_pooling.all_name_expressions()) == 2 * len(cuda_pooling.KERNELS)
+
+
+def test_a_gradient_of_the_wrong_shape_is_refused_before_any_kernel(emulator):
+    """The kernels index dy by the geometry; a mismatched dy would be read past its end."""
+    cp = numpy_as_cupy()
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    wrong = np.zeros((2, 3, 3, 3), np.float32)  # the output is 4 x 4
+    for backward in (lambda xp: pooling.max_pool_backward(xp, x, wrong, 2, 2, 0, False),
+                     lambda xp: pooling.avg_pool_backward(xp, wrong, x.shape, 2, 2, 0, False)):
+        for xp in (np, cp):
+            with pytest.raises(ValueError, match=r"dy has shape \(2, 3, 3, 3\), expected"):
+                backward(xp)

@@ -67,9 +67,9 @@ def test_gemm_adds_each_sample_into_its_output(cp, start):
     a, b = rng.standard_normal((3, 2, 64, 300)), rng.standard_normal((3, 2, 72, 300))
     c = rng.standard_normal((2, 64, 72)).astype(np.float32)
     a, b = a.astype(np.float32), b.astype(np.float32)
+    ref = np.einsum("sgmk,sgnk->gmn", a.astype(np.float64), b) + (0 if start else c)
     out = cp.asarray(c)
     matmul_nt_sum(cp, cp.asarray(a), cp.asarray(b), out, start=start)
-    ref = np.einsum("sgmk,sgnk->gmn", a.astype(np.float64), b) + (0 if start else c)
     np.testing.assert_allclose(cp.asnumpy(out), ref, rtol=GEMM_RTOL, atol=GEMM_RTOL * 100)
 
 
