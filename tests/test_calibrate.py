@@ -13,6 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vmem import cli
@@ -246,3 +247,22 @@ def test_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert calibrate_cli(NETWORK, "--device", "cpu", *args) == 2
     one_line_error(capsys, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trial_stages_its_batch_in_the_backends_pinned_memory():
+    """run_trial and calibrate upload the batch from the backend's pinned_empty buffer
+    (page-locked on cuda): the values are the batch's, the memory the backend's."""
+    from vmem.backends.cpu import CpuBackend
+    from vmem.trial import staged_for_upload, synthetic_batch
+
+    given: list[np.ndarray] = []
+
+    class Recording(CpuBackend):
+        def pinned_empty(self, nbytes: int) -> np.ndarray:
+            given.append(super().pinned_empty(nbytes))
+            return given[-1]
+
+    x, _ = synthetic_batch((3, 4, 4), 10, 2, seed=1)
+    staged = staged_for_upload(Recording(), x)
+    assert np.array_equal(staged, x) and staged.dtype == x.dtype and staged.shape == x.shape
+    assert np.shares_memory(staged, given[0])

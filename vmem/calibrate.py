@@ -135,10 +135,11 @@ def measure(network: Network, device: str, batch: int, steps: int, seed: int = 0
             ) -> tuple[dict[str, Any], list[StepRecord]]:
     """The calibration, and the records of the steps it was measured from."""
     from vmem.runtime import Runtime
-    from vmem.trial import synthetic_batch
+    from vmem.trial import staged_for_upload, synthetic_batch
 
     with Runtime(network, device=device, policy="none", seed=seed) as runtime:
         x, y = synthetic_batch(network.input_shape, runtime.num_classes, batch, seed)
+        x = staged_for_upload(runtime.backend, x)
         records = []
         for _ in range(steps):
             runtime.train_step(x, y)
