@@ -475,3 +475,18 @@ def test_the_network_inputs_offload_is_in_the_layer_table(
     code, out, _ = run_cli(capsys, *argv)
     assert code == 0 and "offloaded besides the layers' outputs: data 3.00 KiB" in " ".join(
         out.split())
+
+
+def test_host_time_leaves_out_the_hosts_waits_for_the_device(monkeypatch) -> None:
+    """host_ms: from the step's start to its last issued work, less the time inside
+    `waiting()` (on a fake clock, so the figure is exact)."""
+    from vmem.backends.sim import SimBackend
+    from vmem.profiler import recorder as recorder_module
+
+    clock = iter([0.0, 1.0, 4.0, 10.0])  # start; waiting from 1 to 4; issued at 10
+    monkeypatch.setattr(recorder_module.time, "perf_counter", lambda: next(clock))
+    recorder = recorder_module.StepRecorder(SimBackend(None))
+    with recorder.waiting():
+        pass
+    recorder.issued()
+    assert recorder.finish(0, None).host_ms == pytest.approx(7000.0)

@@ -299,7 +299,7 @@ class Executor:
         self._where = (DATA, FORWARD)
         self._tensors[DATA] = Tensor(self._allocate(self._tensor_bytes(DATA),
                                                     MemoryKind.FEATURE_MAPS, DATA),
-                                     self._to_device(x))
+                                     self._upload(x, recorder))
         for i, node in enumerate(self.network.nodes):
             if stop_at is not None and node.layer.IS_LOSS:
                 break
@@ -334,7 +334,8 @@ class Executor:
                 if life.inplace_into == i:
                     del self._tensors[source]  # its block now holds this node's output
                 elif source in offloads:
-                    self.backend.host_wait(offloads[source])
+                    with recorder.waiting():
+                        self.backend.host_wait(offloads[source])
                     self._free(self._tensors.pop(source).block)
                     self._on_host.add(source)
                 elif life.last_forward_use == i and not (ctx.train and life.backward_users):
@@ -429,6 +430,10 @@ class Executor:
         self._launch(recorder, "sgd", UPDATE, cost, self.params.update)
 
     # -- host boundary ----------------------------------------------------------
+
+    def _upload(self, x: Any, recorder: StepRecorder) -> Any:
+        with recorder.waiting():  # a copy the backend waits for (from pinned memory)
+            return self._to_device(x)
 
     def _to_device(self, x: Any) -> Any:
         if not self.backend.runs_kernels:

@@ -61,7 +61,8 @@ def staged_for_upload(backend: Any, x: np.ndarray) -> np.ndarray:
     """The batch copied into the host memory the device reads fastest: page-locked on
     cuda, as a data loader with pinned memory hands batches over. Each step still
     uploads it, as training does, but without a pageable copy's staging (about 7 GB/s
-    against 55, DESIGN.md)."""
+    against 55, DESIGN.md). The buffer is the data's, not vmem's host pool: it is not
+    in `pinned_bytes` nor under a host memory limit."""
     buffer = backend.pinned_empty(x.nbytes)
     if buffer is None:
         return x

@@ -48,6 +48,7 @@ class StepRecord:
     loss: float | None = None
     # start_in_use by kind (MemoryKind values), in the arena's order
     start_by_kind: tuple[tuple[str, int], ...] = ()
-    # host (Python) time from the step's start until its last work was issued: near
-    # duration_ms, the device waited for the host (a launch-bound step)
+    # host (Python) time spent issuing the step's work, from its start until its last
+    # work was issued, less the host's waits for the device (offloads, the upload):
+    # near duration_ms, the device waited for the host (a launch-bound step)
     host_ms: float | None = None

@@ -3,7 +3,9 @@ them into times once the step has synchronized."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vmem.backends.base import Backend, Mark, Stream
@@ -38,6 +40,7 @@ class StepRecorder:
         self._start = backend.mark(backend.compute)
         self._host_start = time.perf_counter()
         self._host_ms: float | None = None
+        self._blocked_s = 0.0  # host time spent waiting for the device
         self._memory: list[_PendingMemory] = []
         self._spans: list[_PendingSpan] = []
         self._kernels: list[tuple[str, str]] = []  # (layer, phase) in launch order
@@ -53,9 +56,20 @@ class StepRecorder:
         if kind == "kernel":
             self._kernels.append((name, phase))
 
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Host time inside is spent waiting for the device (an offload to finish, an
+        upload to land), not issuing work: `host_ms` leaves it out."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._blocked_s += time.perf_counter() - start
+
     def issued(self) -> None:
         """The step's last work is issued: what follows only waits for it."""
-        self._host_ms = (time.perf_counter() - self._host_start) * 1e3
+        busy = time.perf_counter() - self._host_start - self._blocked_s
+        self._host_ms = busy * 1e3
 
     def detach(self) -> None:
         if self._on_arena in self.backend.arena.observers:
