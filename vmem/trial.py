@@ -8,11 +8,11 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
 from vmem.backends import resolve_device
+from vmem.backends.base import Backend
 from vmem.errors import VmemError
 from vmem.executor import LIVENESS
 from vmem.graph import Network
@@ -57,7 +57,7 @@ def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
     return x, rng.integers(0, classes, size=batch)
 
 
-def staged_for_upload(backend: Any, x: np.ndarray) -> np.ndarray:
+def staged_for_upload(backend: Backend, x: np.ndarray) -> np.ndarray:
     """The batch copied into the host memory the device reads fastest: page-locked on
     cuda, as a data loader with pinned memory hands batches over. Each step still
     uploads it, as training does, but without a pageable copy's staging (about 7 GB/s
