@@ -3,12 +3,15 @@
 Algorithms: one per chunk size, N first, then the powers of two below N down to
 1. A chunk of `chunk` samples is lowered into one column buffer of shape
 (chunk, C*k*k, Ho*Wo) -- all groups at once -- and multiplied by the weight,
-viewed as (G, O/G, C/G*k*k), in one broadcast batched matmul.
+viewed as (G, O/G, C/G*k*k), in one broadcast batched matmul. A pointwise
+convolution (1x1, stride 1, no padding) has one algorithm, "gemm": its input,
+viewed as (N, C, H*W), already is its columns, so nothing is lowered and the
+whole batch is one batched matmul.
 
 Workspace (what `Algorithm.workspace_bytes` counts, and all the scratch that
 forward and backward allocate besides their outputs and gradients):
 
-    chunk * C * k * k * Ho * Wo * itemsize          the column buffer
+    chunk * C * k * k * Ho * Wo * itemsize          the column buffer (none pointwise)
   + O * (C/G) * k * k * itemsize   (when N > 1)     backward's weight-gradient temp
 
 Backward per chunk: lower x into the column buffer, accumulate dW sample by
@@ -118,10 +121,15 @@ class Conv(Layer):
         macs = n * o * ho * wo * (c // self.groups) * self.kernel * self.kernel
         return 2 * macs + (n * o * ho * wo if self.bias else 0)
 
+    @property
+    def pointwise(self) -> bool:
+        """1x1, stride 1, no padding: the input is its own column buffer (no im2col)."""
+        return self.kernel == 1 and self.stride == 1 and self.pad == 0
+
     def workspace_bytes(self, in_shapes: Sequence[Shape], itemsize: int, chunk: int) -> int:
         n, o, ho, wo = self.output_shape(in_shapes)
         c, kk = in_shapes[0][1], self.kernel * self.kernel
-        cols = chunk * c * kk * ho * wo
+        cols = 0 if self.pointwise else chunk * c * kk * ho * wo
         dw_temp = o * (c // self.groups) * kk if n > 1 else 0
         return (cols + dw_temp) * itemsize
 
@@ -134,7 +142,10 @@ class Conv(Layer):
 
     def algorithms(self, in_shapes: Sequence[Shape], itemsize: int) -> tuple[Algorithm, ...]:
         """Fastest first: the saturating chunk, then the powers of two below it,
-        down to one sample (the least workspace)."""
+        down to one sample (the least workspace). A pointwise convolution has one:
+        the whole batch, its input read in place of columns."""
+        if self.pointwise:
+            return (Algorithm("gemm", self.workspace_bytes(in_shapes, itemsize, 0)),)
         return tuple(Algorithm(f"im2col:{chunk}", self.workspace_bytes(in_shapes, itemsize, chunk),
                                chunk) for chunk in chunk_sizes(self.saturating_chunk(in_shapes)))
 
@@ -145,6 +156,22 @@ class Conv(Layer):
         g = self.groups
         return n, c, h, w, ho, wo, g, o // g, c // g * self.kernel**2, ho * wo
 
+    def _columns(self, xp: Any, x: Array, chunk: int) -> Array | None:
+        """The column buffer of `chunk` samples (None for a pointwise convolution)."""
+        if self.pointwise:
+            return None
+        _, c, _, _, _, _, _, _, _, hw = self._dims(tuple(x.shape))
+        return xp.empty((chunk, c * self.kernel**2, hw), dtype=x.dtype)
+
+    def _lower(self, xp: Any, x: Array, n0: int, m: int, cols: Array | None) -> Array:
+        """Samples n0 .. n0+m-1 as columns (m, G, K, L): lowered into `cols` by im2col,
+        or, pointwise, the input itself (a view)."""
+        *_, g, _, kdim, hw = self._dims(tuple(x.shape))
+        if cols is None:
+            return xp.ascontiguousarray(x[n0:n0 + m]).reshape(m, g, kdim, hw)
+        lowered = im2col(xp, x[n0:n0 + m], self.kernel, self.stride, self.pad, out=cols[:m])
+        return lowered.reshape(m, g, kdim, hw)
+
     @staticmethod
     def _chunk(algo: Algorithm, n: int) -> int:
         """The algorithm's chunk, capped at the batch; no chunk (e.g. DIRECT) means N."""
@@ -153,17 +180,16 @@ class Conv(Layer):
     def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
                 algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
         (x,) = xs
-        n, c, h, w, ho, wo, g, og, kdim, hw = self._dims(tuple(x.shape))
-        k, s, p = self.kernel, self.stride, self.pad
+        n, _, _, _, ho, wo, g, og, kdim, hw = self._dims(tuple(x.shape))
         chunk = self._chunk(algo, n)
         weight = params["weight"].reshape(g, og, kdim)
         y = xp.empty((n, self.out_channels, ho, wo), dtype=x.dtype)
         y4 = y.reshape(n, g, og, hw)  # a view of y
-        cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
+        cols = self._columns(xp, x, chunk)
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
-            lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m])
-            matmul_shared_left(xp, weight, lowered.reshape(m, g, kdim, hw), y4[n0:n0 + m])
+            lowered = self._lower(xp, x, n0, m, cols)
+            matmul_shared_left(xp, weight, lowered, y4[n0:n0 + m])
         if self.bias:
             y += params["bias"].reshape(1, -1, 1, 1)
         return y, ()
@@ -178,9 +204,9 @@ class Conv(Layer):
         chunk = self._chunk(algo, n)
         weight = params["weight"].reshape(g, og, kdim)
         dy4 = xp.ascontiguousarray(dy).reshape(n, g, og, hw)
-        cols = xp.empty((chunk, c * k * k, hw), dtype=x.dtype)
+        cols = self._columns(xp, x, chunk)
         dw = xp.empty((g, og, kdim), dtype=x.dtype)
-        in_place = accumulates_in_place(xp, dy4, cols, dw)  # cuBLAS adds into dW itself
+        in_place = accumulates_in_place(xp, dy4, dw)  # cuBLAS adds into dW itself
         dw_temp = xp.empty_like(dw) if n > 1 and not in_place else None
         dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
         # W[g].T, contiguous: the strided-batched GEMM takes contiguous operands only
@@ -188,13 +214,18 @@ class Conv(Layer):
         weight_t = xp.ascontiguousarray(weight.transpose(0, 2, 1)) if dx is not None else None
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
-            lowered = im2col(xp, x[n0:n0 + m], k, s, p, out=cols[:m]).reshape(m, g, kdim, hw)
+            lowered = self._lower(xp, x, n0, m, cols)
             # dW[g] (+)= dy[n, g] @ cols[n, g].T, sample after sample
             matmul_nt_sum(xp, dy4[n0:n0 + m], lowered, dw, start=n0 == 0, scratch=dw_temp)
             if dx is None:
                 continue
             # dcol[n, g] = W[g].T @ dy[n, g] for the whole chunk in one batched GEMM,
-            # written over the columns (no sample's dcol depends on another's)
+            # written over the columns (no sample's dcol depends on another's) and
+            # summed back into dx; a pointwise convolution's dcol is its dx
+            if self.pointwise:
+                matmul_shared_left(xp, weight_t, dy4[n0:n0 + m],
+                                   dx[n0:n0 + m].reshape(m, g, kdim, hw))
+                continue
             matmul_shared_left(xp, weight_t, dy4[n0:n0 + m], lowered)
             col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
         grads = {"weight": dw.reshape(params["weight"].shape)}

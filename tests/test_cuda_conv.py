@@ -165,8 +165,10 @@ def test_matmul_nt_sum_on_numpy_needs_scratch_to_add():
                                   np.full((1, 2, 2), 6.0))
 
 
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 1), (1, 1, 0)])  # lowered; pointwise
 @pytest.mark.parametrize("groups", [1, 2])
-def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, groups):
+def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, groups, kernel,
+                                                        stride, pad):
     """On CuPy the layer lowers with the kernels and makes every GEMM a cuBLAS call, the
     weight gradient's adding each sample's product into dW (no temp); with GEMMs that
     round as NumPy does, every output equals the NumPy path's, for every chunk size."""
@@ -178,14 +180,15 @@ def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, g
 
     monkeypatch.setattr(gemm, "_run_gemms", record_and_run)
     cp = numpy_as_cupy()
-    layer = Conv(name="c", out_channels=6, kernel=3, stride=2, pad=1, groups=groups)
+    layer = Conv(name="c", out_channels=6, kernel=kernel, stride=stride, pad=pad, groups=groups)
     in_shape = (5, 4, 9, 8)
     rng = np.random.default_rng(3)
     x = rng.standard_normal(in_shape).astype(np.float32)
     params = {k: v.astype(np.float32) for k, v in layer.init_params([in_shape], rng).items()}
     dy = rng.standard_normal(layer.output_shape([in_shape])).astype(np.float32)
     algos = layer.algorithms([in_shape], 4)
-    assert len(algos) > 2  # chunks 5, 4, 2, 1: one chunk that does not divide the batch
+    # chunks 5, 4, 2, 1 (one that does not divide the batch); pointwise, the whole batch
+    assert [a.chunk for a in algos] == ([0] if layer.pointwise else [5, 4, 2, 1])
     for algo in algos:
         y_np, _ = layer.forward(np, [x], params, algo, Context())
         y_cp, _ = layer.forward(cp, [x], params, algo, Context())
@@ -197,7 +200,7 @@ def test_conv_on_cupy_gives_numpys_bits_for_every_chunk(emulator, monkeypatch, g
             np.testing.assert_array_equal(g_cp[name], g_np[name], err_msg=f"{algo.name} {name}")
     # forward and dcol: one strided-batched call per group and chunk; dW: one call per
     # sample and group, every sample's but the first adding into dW
-    chunks = sum(-(-in_shape[0] // algo.chunk) for algo in algos)
+    chunks = sum(-(-in_shape[0] // (algo.chunk or in_shape[0])) for algo in algos)
     batched = [c for c, _ in calls if not c.trans_a]
     per_sample = [(c, acc) for c, acc in calls if c.trans_a]
     assert len(batched) == 2 * groups * chunks

@@ -123,6 +123,9 @@ CASES: dict[str, tuple[Layer, list[tuple[int, ...]]]] = {
     "conv_g1_s2_p1": (Conv(name="c", out_channels=3, kernel=3, stride=2, pad=1), [(2, 4, 5, 5)]),
     "conv_g2_s1_p1_nobias": (Conv(name="c", out_channels=4, kernel=3, pad=1, groups=2,
                                   bias=False), [(2, 4, 4, 4)]),
+    "conv_pointwise": (Conv(name="c", out_channels=3, kernel=1), [(2, 4, 3, 2)]),
+    "conv_pointwise_g2_nobias": (Conv(name="c", out_channels=4, kernel=1, groups=2,
+                                      bias=False), [(3, 4, 2, 3)]),
     "conv_g2_s2_k2": (Conv(name="c", out_channels=6, kernel=2, stride=2, groups=2),
                       [(1, 4, 5, 5)]),
     "maxpool_k3_s2": (MaxPool(name="p", kernel=3, stride=2), [(2, 2, 7, 7)]),
@@ -291,6 +294,11 @@ def test_conv_algorithms_and_workspace():
         assert a.workspace_bytes == a.chunk * 4 * 9 * 25 * 4 + dw_temp
     (single,) = layer.algorithms([(1, 4, 5, 5)], 8)
     assert single == Algorithm("im2col:1", 4 * 9 * 25 * 8, 1)  # one sample: no dW temp
+    # 1x1, stride 1, no padding: the input serves as the columns, no buffer, one algorithm
+    pointwise = Conv(name="p", out_channels=6, kernel=1, groups=2)
+    assert pointwise.pointwise and not Conv(name="q", out_channels=6, kernel=1, stride=2).pointwise
+    assert pointwise.algorithms(shapes, 4) == (Algorithm("gemm", 6 * 2 * 4),)  # the dW temp
+    assert pointwise.algorithms([(1, 4, 5, 5)], 4) == (Algorithm("gemm", 0),)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
