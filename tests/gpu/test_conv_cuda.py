@@ -85,9 +85,10 @@ def test_gemm_shares_the_left_matrix_across_samples(cp, dtype):
                                rtol=tol, atol=tol * 30)
 
 
+@pytest.mark.parametrize("kernel, pad", [(3, 1), (1, 0)])  # lowered by im2col; pointwise
 @pytest.mark.parametrize("groups", [1, 2])
-def test_conv_layer_on_cupy_matches_numpy_for_every_chunk(cp, groups):
-    layer = Conv(name="c", out_channels=8, kernel=3, stride=1, pad=1, groups=groups)
+def test_conv_layer_on_cupy_matches_numpy_for_every_chunk(cp, groups, kernel, pad):
+    layer = Conv(name="c", out_channels=8, kernel=kernel, stride=1, pad=pad, groups=groups)
     in_shape = (5, 4, 12, 10)
     rng = np.random.default_rng(7)
     x = rng.standard_normal(in_shape).astype(np.float32)
