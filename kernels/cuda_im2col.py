@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from vmem.kernels.cuda_module import LauncherSlot
+from vmem.kernels.cuda_module import TemplateKernels, template_arrays
 
 Array = Any
 
@@ -48,7 +48,7 @@ MAX_THREADS = 256
 #: Most blocks per launch: the kernels loop over rows or planes past it.
 MAX_BLOCKS = 1 << 20
 
-DTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+KERNELS = ("im2col", "col2im")
 
 #: Window geometry for the gather kernels here and in `cuda_pooling`.
 WINDOW_HELPERS = r"""
@@ -123,24 +123,11 @@ __global__ void vmem_col2im(const T* __restrict__ cols, T* __restrict__ dx, long
 }
 """
 
-_SLOT = LauncherSlot("vmem.kernels.cuda_im2col", SOURCE, NVRTC_OPTIONS)
+TEMPLATES = TemplateKernels("vmem.kernels.cuda_im2col", SOURCE, NVRTC_OPTIONS, KERNELS)
 
-
-def _get_launcher() -> Any:
-    return _SLOT.get()
-
-
-def _use_launcher(launcher: Any) -> Any:
-    """Swap the launcher (the CPU emulator in tests); returns the previous one."""
-    return _SLOT.swap(launcher)
-
-
-def name_expression(kernel: str, dtype: Any) -> str:
-    return f"vmem_{kernel}<{DTYPES[np.dtype(dtype)]}>"
-
-
-def all_name_expressions() -> list[str]:
-    return [f"vmem_{kernel}<{t}>" for kernel in ("im2col", "col2im") for t in DTYPES.values()]
+#: The launcher's slot (tests put the CPU emulator in it) and the instantiations.
+_use_launcher = TEMPLATES.swap
+all_name_expressions = TEMPLATES.names
 
 
 def supports(src: Array, dst: Array, x_shape: tuple[int, ...], k: int, pad: int) -> bool:
@@ -148,9 +135,7 @@ def supports(src: Array, dst: Array, x_shape: tuple[int, ...], k: int, pad: int)
     an input of `x_shape`): a dtype they are compiled for, both arrays of that dtype and
     C-contiguous, and planes small enough for their 32-bit in-plane indexing."""
     h, w = x_shape[-2:]
-    return (np.dtype(src.dtype) in DTYPES and dst.dtype == src.dtype
-            and bool(src.flags.c_contiguous) and bool(dst.flags.c_contiguous)
-            and (h + 2 * pad) * (w + 2 * pad) * k * k < 2**31)
+    return template_arrays(src, dst) and (h + 2 * pad) * (w + 2 * pad) * k * k < 2**31
 
 
 def threads_for(length: int) -> int:
@@ -173,13 +158,11 @@ def _scalars(h: int, w: int, k: int, stride: int, pad: int, ho: int, wo: int) ->
 def im2col(x: Array, k: int, stride: int, pad: int, out: Array) -> Array:
     """Lower x (N, C, H, W) into `out` (N, C*k*k, Ho*Wo), both C-contiguous and of one
     dtype; zero where a window reads padding. Returns `out`."""
-    launcher = _get_launcher()
     n, c, h, w, ho, wo = _geometry(tuple(x.shape), k, stride, pad)
     rows = n * c * k * k
     if rows and ho * wo:
-        launcher.launch(name_expression("im2col", x.dtype), min(rows, MAX_BLOCKS),
-                        threads_for(ho * wo),
-                        (x, out, np.int64(rows), *_scalars(h, w, k, stride, pad, ho, wo)))
+        TEMPLATES.launch("im2col", x.dtype, min(rows, MAX_BLOCKS), threads_for(ho * wo),
+                         (x, out, np.int64(rows), *_scalars(h, w, k, stride, pad, ho, wo)))
     return out
 
 
@@ -187,12 +170,11 @@ def col2im(cols: Array, x_shape: tuple[int, ...], k: int, stride: int, pad: int,
            out: Array) -> Array:
     """Sum columns (N, C*k*k, Ho*Wo) back into `out` (N, C, H, W), both C-contiguous
     and of one dtype, overwriting it. Returns `out`."""
-    launcher = _get_launcher()
     n, c, h, w, ho, wo = _geometry(tuple(x_shape), k, stride, pad)
     planes, threads = n * c, threads_for(h * w)
     tiles = -(-h * w // threads)
     if planes and h * w:
-        launcher.launch(name_expression("col2im", cols.dtype), min(planes * tiles, MAX_BLOCKS),
-                        threads, (cols, out, np.int64(planes), np.int32(tiles),
-                                  *_scalars(h, w, k, stride, pad, ho, wo)))
+        TEMPLATES.launch("col2im", cols.dtype, min(planes * tiles, MAX_BLOCKS), threads,
+                         (cols, out, np.int64(planes), np.int32(tiles),
+                          *_scalars(h, w, k, stride, pad, ho, wo)))
     return out

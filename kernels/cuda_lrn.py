@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from vmem.kernels.cuda_im2col import DTYPES, MAX_BLOCKS, NVRTC_OPTIONS, threads_for
-from vmem.kernels.cuda_module import LauncherSlot
+from vmem.kernels.cuda_im2col import MAX_BLOCKS, NVRTC_OPTIONS, threads_for
+from vmem.kernels.cuda_module import TemplateKernels, template_arrays
 
 Array = Any
 
@@ -116,33 +116,18 @@ __global__ void vmem_lrn_backward(const T* __restrict__ x, const T* __restrict__
 }
 """
 
-_SLOT = LauncherSlot("vmem.kernels.cuda_lrn", SOURCE, NVRTC_OPTIONS)
+TEMPLATES = TemplateKernels("vmem.kernels.cuda_lrn", SOURCE, NVRTC_OPTIONS, KERNELS)
 
-
-def _get_launcher() -> Any:
-    return _SLOT.get()
-
-
-def _use_launcher(launcher: Any) -> Any:
-    """Swap the launcher (the CPU emulator in tests); returns the previous one."""
-    return _SLOT.swap(launcher)
-
-
-def name_expression(kernel: str, dtype: Any) -> str:
-    return f"vmem_{kernel}<{DTYPES[np.dtype(dtype)]}>"
-
-
-def all_name_expressions() -> list[str]:
-    return [f"vmem_{kernel}<{t}>" for kernel in KERNELS for t in DTYPES.values()]
+#: The launcher's slot (tests put the CPU emulator in it) and the instantiations.
+_use_launcher = TEMPLATES.swap
+all_name_expressions = TEMPLATES.names
 
 
 def supports(*arrays: Array) -> bool:
     """Whether the kernels take these arrays: one dtype they are compiled for, all
     C-contiguous, rank >= 2, a sample's channels times its trailing elements under
     2**31."""
-    dtype = np.dtype(arrays[0].dtype)
-    return (dtype in DTYPES and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
-            and arrays[0].ndim >= 2 and arrays[0][:1].size < 2**31)
+    return template_arrays(*arrays) and arrays[0].ndim >= 2 and arrays[0][:1].size < 2**31
 
 
 def _common(x: Array, size: int, alpha: float, beta: float, k: float) -> tuple[Any, ...]:
@@ -163,7 +148,7 @@ def _grid(x: Array) -> tuple[int, int]:
 
 def lrn_forward(x: Array, out: Array, size: int, alpha: float, beta: float, k: float) -> Array:
     if x.size:
-        _get_launcher().launch(name_expression("lrn", x.dtype), *_grid(x),
+        TEMPLATES.launch("lrn", x.dtype, *_grid(x),
                                (x, out, *_common(x, size, alpha, beta, k)))
     return out
 
@@ -172,6 +157,6 @@ def lrn_backward(x: Array, dy: Array, out: Array, size: int, alpha: float, beta:
                  k: float) -> Array:
     if x.size:
         coef = np.dtype(x.dtype).type(-2.0 * alpha * beta / size)
-        _get_launcher().launch(name_expression("lrn_backward", x.dtype), *_grid(x),
+        TEMPLATES.launch("lrn_backward", x.dtype, *_grid(x),
                                (x, dy, out, *_common(x, size, alpha, beta, k), coef))
     return out

@@ -17,9 +17,14 @@ import os
 import threading
 from typing import Any
 
+import numpy as np
+
 from vmem.errors import DeviceUnavailable
 
 Array = Any
+
+#: The C++ type each array dtype instantiates a `template <typename T>` kernel with.
+TEMPLATE_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 #: vmem's CUDA kernel families, each with the environment variable that switches it
@@ -142,3 +147,33 @@ class LauncherSlot:
         """Put `launcher` in (None: build the CuPy one on next use); returns the previous."""
         previous, self._launcher = self._launcher, launcher
         return previous
+
+
+def template_arrays(*arrays: Array) -> bool:
+    """Whether template kernels take these arrays: one dtype of TEMPLATE_TYPES, all
+    C-contiguous."""
+    dtype = np.dtype(arrays[0].dtype)
+    return dtype in TEMPLATE_TYPES and all(a.dtype == dtype and a.flags.c_contiguous
+                                           for a in arrays)
+
+
+class TemplateKernels(LauncherSlot):
+    """A source of `template <typename T> __global__ void vmem_<kernel>(...)` kernels,
+    each instantiated for every dtype of TEMPLATE_TYPES: their name expressions, and
+    launches by kernel and dtype."""
+
+    def __init__(self, owner: str, source: str, options: tuple[str, ...],
+                 kernels: tuple[str, ...]) -> None:
+        super().__init__(owner, source, options)
+        self.kernels = kernels
+
+    def name(self, kernel: str, dtype: Any) -> str:
+        return f"vmem_{kernel}<{TEMPLATE_TYPES[np.dtype(dtype)]}>"
+
+    def names(self) -> list[str]:
+        return [f"vmem_{kernel}<{t}>" for kernel in self.kernels
+                for t in TEMPLATE_TYPES.values()]
+
+    def launch(self, kernel: str, dtype: Any, grid: int, block: int,
+               args: tuple[Any, ...]) -> None:
+        self.get().launch(self.name(kernel, dtype), grid, block, args)

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from vmem.kernels.cuda_im2col import DTYPES, MAX_BLOCKS, NVRTC_OPTIONS, WINDOW_HELPERS, threads_for
-from vmem.kernels.cuda_module import LauncherSlot
+from vmem.kernels.cuda_im2col import MAX_BLOCKS, NVRTC_OPTIONS, WINDOW_HELPERS, threads_for
+from vmem.kernels.cuda_module import TemplateKernels, template_arrays
 
 Array = Any
 
@@ -178,32 +178,17 @@ __global__ void vmem_max_pool_backward(const T* __restrict__ x, const T* __restr
 }
 """
 
-_SLOT = LauncherSlot("vmem.kernels.cuda_pooling", SOURCE, NVRTC_OPTIONS)
+TEMPLATES = TemplateKernels("vmem.kernels.cuda_pooling", SOURCE, NVRTC_OPTIONS, KERNELS)
 
-
-def _get_launcher() -> Any:
-    return _SLOT.get()
-
-
-def _use_launcher(launcher: Any) -> Any:
-    """Swap the launcher (the CPU emulator in tests); returns the previous one."""
-    return _SLOT.swap(launcher)
-
-
-def name_expression(kernel: str, dtype: Any) -> str:
-    return f"vmem_{kernel}<{DTYPES[np.dtype(dtype)]}>"
-
-
-def all_name_expressions() -> list[str]:
-    return [f"vmem_{kernel}<{t}>" for kernel in KERNELS for t in DTYPES.values()]
+#: The launcher's slot (tests put the CPU emulator in it) and the instantiations.
+_use_launcher = TEMPLATES.swap
+all_name_expressions = TEMPLATES.names
 
 
 def supports(*arrays: Array) -> bool:
     """Whether the kernels take these arrays: one dtype they are compiled for, all
     C-contiguous, planes under 2**31 elements."""
-    dtype = np.dtype(arrays[0].dtype)
-    return (dtype in DTYPES and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
-            and all(a.shape[-2] * a.shape[-1] < 2**31 for a in arrays))
+    return template_arrays(*arrays) and all(a.shape[-2] * a.shape[-1] < 2**31 for a in arrays)
 
 
 def _launch(kernel: str, arrays: tuple[Array, ...], x_shape: tuple[int, ...],
@@ -216,7 +201,7 @@ def _launch(kernel: str, arrays: tuple[Array, ...], x_shape: tuple[int, ...],
     if planes == 0:
         return
     scalars = tuple(np.int32(v) for v in (h, w, k, stride, pad, ho, wo))
-    _get_launcher().launch(name_expression(kernel, arrays[0].dtype), min(planes, MAX_BLOCKS),
+    TEMPLATES.launch(kernel, arrays[0].dtype, min(planes, MAX_BLOCKS),
                            threads_for(ho * wo if per_output else h * w),
                            (*arrays, np.int64(planes), *scalars))
 

@@ -17,8 +17,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
+import pytest
 
 #: Why an emulator test cannot run here, or None.
 UNAVAILABLE = None if shutil.which("g++") else "the CUDA emulator needs g++ (C++20)"
@@ -262,3 +264,16 @@ def numpy_as_cupy() -> ModuleType:
     module = ModuleType("cupy")
     module.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
     return module
+
+
+def emulator_fixture(module: ModuleType) -> Any:
+    """A module-scoped pytest fixture that runs `module`'s kernels on the emulator while
+    a test file uses it (skipped where g++ is missing): `emulator = emulator_fixture(m)`."""
+    @pytest.fixture(scope="module")
+    def emulator() -> Iterator[None]:
+        if UNAVAILABLE is not None:
+            pytest.skip(UNAVAILABLE)
+        with emulated(module):
+            yield
+
+    return emulator

@@ -13,8 +13,10 @@ Only for these files: the others need CuPy's streams and memory pool.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
+import pytest
 import test_cuda_conv
 from cuda_emulator import emulated, numpy_as_cupy
 
@@ -24,6 +26,12 @@ _cupy = numpy_as_cupy()
 _cupy.asnumpy = np.asarray  # type: ignore[attr-defined]
 _cupy.ndarray = np.ndarray  # type: ignore[attr-defined]
 _emulators = [emulated(module) for module in (cuda_im2col, cuda_pooling, cuda_lrn)]
+
+
+@pytest.fixture
+def cp() -> Any:
+    """The stand-in, as tests/gpu/conftest.py's fixture gives the cupy module."""
+    return _cupy
 
 
 def pytest_configure(config: object) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
+from cuda_emulator import emulator_fixture, numpy_as_cupy
 from window_cases import GEOMETRIES
 
 from vmem.kernels import cuda_im2col, gemm
@@ -19,13 +19,7 @@ from vmem.kernels.cuda_module import kernel_module
 from vmem.kernels.im2col import col2im, cols_shape, im2col
 from vmem.layers import Context, Conv
 
-
-@pytest.fixture(scope="module")
-def emulator():
-    if UNAVAILABLE is not None:
-        pytest.skip(UNAVAILABLE)
-    with emulated(cuda_im2col):
-        yield
+emulator = emulator_fixture(cuda_im2col)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -13,7 +13,7 @@ import types
 
 import numpy as np
 import pytest
-from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
+from cuda_emulator import emulator_fixture, numpy_as_cupy
 
 from vmem.kernels import cuda_lrn, lrn
 from vmem.kernels.cuda_module import kernel_module
@@ -47,12 +47,7 @@ def libc_pow_numpy() -> types.ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def emulator():
-    if UNAVAILABLE is not None:
-        pytest.skip(UNAVAILABLE)
-    with emulated(cuda_lrn):
-        yield
+emulator = emulator_fixture(cuda_lrn)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

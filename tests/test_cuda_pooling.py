@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_emulator import UNAVAILABLE, emulated, numpy_as_cupy
+from cuda_emulator import emulator_fixture, numpy_as_cupy
 from window_cases import POOL_GEOMETRIES, tied_input
 
 from vmem.kernels import cuda_pooling, pooling
 from vmem.kernels.cuda_module import kernel_module
 from vmem.kernels.pooling import output_hw
 
-
-@pytest.fixture(scope="module")
-def emulator():
-    if UNAVAILABLE is not None:
-        pytest.skip(UNAVAILABLE)
-    with emulated(cuda_pooling):
-        yield
+emulator = emulator_fixture(cuda_pooling)
 
 
 def poisoned(shape: tuple[int, ...], dtype) -> np.ndarray:

@@ -7,7 +7,6 @@ without CuPy and a CUDA device (conftest.py)."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,13 +19,6 @@ from vmem.layers import Context, Conv
 
 TF32 = os.environ.get("CUPY_TF32") == "1"
 GEMM_RTOL = 2e-2 if TF32 else 1e-5
-
-
-@pytest.fixture
-def cp() -> Any:
-    import cupy
-
-    return cupy
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -32,13 +32,6 @@ POLICY_RTOL = 2e-2 if TF32 else 1e-5
 
 
 @pytest.fixture
-def cp() -> Any:
-    import cupy
-
-    return cupy
-
-
-@pytest.fixture
 def backend() -> Iterator[CudaBackend]:
     b = CudaBackend(0)
     try:

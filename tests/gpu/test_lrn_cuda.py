@@ -5,19 +5,10 @@ to the same function. Skipped without CuPy and a CUDA device (conftest.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
 from vmem.kernels import cuda_lrn, lrn
-
-
-@pytest.fixture
-def cp() -> Any:
-    import cupy
-
-    return cupy
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-6), (np.float64, 1e-13)])

@@ -4,21 +4,12 @@ the pooling layers on CuPy. Skipped without CuPy and a CUDA device (conftest.py)
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 from window_cases import POOL_GEOMETRIES, tied_input
 
 from vmem.kernels import cuda_pooling, pooling
 from vmem.kernels.pooling import output_hw
-
-
-@pytest.fixture
-def cp() -> Any:
-    import cupy
-
-    return cupy
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
