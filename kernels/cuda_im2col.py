@@ -65,6 +65,20 @@ __device__ __forceinline__ void vmem_readers(int i, int pad, int k, int stride, 
     lo = first <= 0 ? 0 : (first + stride - 1) / stride;
 }
 
+// Calls add(oy, ox) for every output position whose window reads input pixel (iy, ix), in
+// row-major (ki, kj) order of the offset that reads it (oy falling, then ox falling): the
+// order in which the array code adds contributions, so gathers made with it keep its bits.
+template <typename F>
+__device__ __forceinline__ void vmem_for_readers(int iy, int ix, int k, int stride, int pad,
+                                                 int ho, int wo, F add) {
+    int oy_lo, oy_hi, ox_lo, ox_hi;
+    vmem_readers(iy, pad, k, stride, ho, oy_lo, oy_hi);
+    vmem_readers(ix, pad, k, stride, wo, ox_lo, ox_hi);
+    for (int oy = oy_hi; oy >= oy_lo; --oy)
+        for (int ox = ox_hi; ox >= ox_lo; --ox)
+            add(oy, ox);
+}
+
 """
 
 SOURCE = WINDOW_HELPERS + r"""
@@ -107,17 +121,12 @@ __global__ void vmem_col2im(const T* __restrict__ cols, T* __restrict__ dx, long
         const T* src = cols + plane * ((long long)k * k * l);
         const int iy = q / w;
         const int ix = q - iy * w;
-        int oy_lo, oy_hi, ox_lo, ox_hi;
-        vmem_readers(iy, pad, k, stride, ho, oy_lo, oy_hi);
-        vmem_readers(ix, pad, k, stride, wo, ox_lo, ox_hi);
         T acc = T(0);
-        for (int oy = oy_hi; oy >= oy_lo; --oy) {
+        vmem_for_readers(iy, ix, k, stride, pad, ho, wo, [&](int oy, int ox) {
             const int ki = iy + pad - oy * stride;
-            for (int ox = ox_hi; ox >= ox_lo; --ox) {
-                const int kj = ix + pad - ox * stride;
-                acc += src[(long long)(ki * k + kj) * l + oy * wo + ox];
-            }
-        }
+            const int kj = ix + pad - ox * stride;
+            acc += src[(long long)(ki * k + kj) * l + oy * wo + ox];
+        });
         dx[plane * hw + q] = acc;
     }
 }

@@ -122,16 +122,12 @@ __global__ void vmem_avg_pool_backward(const T* __restrict__ dy, T* __restrict__
         T* out = dx + plane * hw;
         for (int q = threadIdx.x; q < hw; q += blockDim.x) {
             const int iy = q / w;
-            const int ix = q - iy * w;
-            int oy_lo, oy_hi, ox_lo, ox_hi;
-            vmem_readers(iy, pad, k, stride, ho, oy_lo, oy_hi);
-            vmem_readers(ix, pad, k, stride, wo, ox_lo, ox_hi);
             T acc = T(0);
-            for (int oy = oy_hi; oy >= oy_lo; --oy)
-                for (int ox = ox_hi; ox >= ox_lo; --ox)
-                    acc += grad[oy * wo + ox] / T(vmem_window_area(h, w, k, pad,
-                                                                   oy * stride - pad,
-                                                                   ox * stride - pad));
+            vmem_for_readers(iy, q - iy * w, k, stride, pad, ho, wo, [&](int oy, int ox) {
+                const int area = vmem_window_area(h, w, k, pad, oy * stride - pad,
+                                                  ox * stride - pad);
+                acc += grad[oy * wo + ox] / T(area);
+            });
             out[q] = acc;
         }
     }
@@ -153,25 +149,20 @@ __global__ void vmem_max_pool_backward(const T* __restrict__ x, const T* __restr
             const int iy = q / w;
             const int ix = q - iy * w;
             const T v = src[q];
-            int oy_lo, oy_hi, ox_lo, ox_hi;
-            vmem_readers(iy, pad, k, stride, ho, oy_lo, oy_hi);
-            vmem_readers(ix, pad, k, stride, wo, ox_lo, ox_hi);
             T acc = T(0);
-            for (int oy = oy_hi; oy >= oy_lo; --oy) {
+            vmem_for_readers(iy, ix, k, stride, pad, ho, wo, [&](int oy, int ox) {
                 const int y0 = oy * stride - pad;
-                for (int ox = ox_hi; ox >= ox_lo; --ox) {
-                    const int x0 = ox * stride - pad;
-                    const T m = vmem_window_max(src, h, w, k, y0, x0);
-                    if (!(v == m)) continue;  // not a maximum (or the maximum is NaN)
-                    bool first = true;        // no earlier pixel of the window equals m
-                    for (int jy = y0 > 0 ? y0 : 0; first && jy <= iy; ++jy)
-                        for (int jx = x0 > 0 ? x0 : 0; jx < x0 + k && jx < w; ++jx) {
-                            if (jy == iy && jx >= ix) break;
-                            if (src[jy * w + jx] == m) { first = false; break; }
-                        }
-                    if (first) acc += grad[oy * wo + ox];
-                }
-            }
+                const int x0 = ox * stride - pad;
+                const T m = vmem_window_max(src, h, w, k, y0, x0);
+                if (!(v == m)) return;  // not a maximum (or the maximum is NaN)
+                bool first = true;      // no earlier pixel of the window equals m
+                for (int jy = y0 > 0 ? y0 : 0; first && jy <= iy; ++jy)
+                    for (int jx = x0 > 0 ? x0 : 0; jx < x0 + k && jx < w; ++jx) {
+                        if (jy == iy && jx >= ix) break;
+                        if (src[jy * w + jx] == m) { first = false; break; }
+                    }
+                if (first) acc += grad[oy * wo + ox];
+            });
             out[q] = acc;
         }
     }
