@@ -73,40 +73,44 @@ __device__ __forceinline__ int vmem_window_area(int h, int w, int k, int pad, in
     return (vmem_min_i(y0 + k, h + pad) - y0) * (vmem_min_i(x0 + k, w + pad) - x0);
 }
 
-// x (planes, H, W) -> y (planes, Ho, Wo); block b handles the planes b, b + grid, ...
-template <typename T>
-__global__ void vmem_max_pool(const T* __restrict__ x, T* __restrict__ y, long long planes,
-                              int h, int w, int k, int stride, int pad, int ho, int wo) {
+// x (planes, H, W) -> y (planes, Ho, Wo): y = window(src, y0, x0) for the window of each
+// output, rows [y0, y0 + k) and columns [x0, x0 + k) of its plane `src`; block b handles
+// the planes b, b + grid, ...
+template <typename T, typename F>
+__device__ __forceinline__ void vmem_each_window(const T* x, T* y, long long planes, int h,
+                                                 int w, int stride, int pad, int ho, int wo,
+                                                 F window) {
     const int l = ho * wo;
     for (long long plane = blockIdx.x; plane < planes; plane += gridDim.x) {
         const T* src = x + plane * ((long long)h * w);
         T* out = y + plane * l;
         for (int p = threadIdx.x; p < l; p += blockDim.x) {
             const int oy = p / wo;
-            const int ox = p - oy * wo;
-            out[p] = vmem_window_max(src, h, w, k, oy * stride - pad, ox * stride - pad);
+            out[p] = window(src, oy * stride - pad, (p - oy * wo) * stride - pad);
         }
     }
 }
 
 template <typename T>
+__global__ void vmem_max_pool(const T* __restrict__ x, T* __restrict__ y, long long planes,
+                              int h, int w, int k, int stride, int pad, int ho, int wo) {
+    vmem_each_window(x, y, planes, h, w, stride, pad, ho, wo,
+                     [&](const T* src, int y0, int x0) {
+                         return vmem_window_max(src, h, w, k, y0, x0);
+                     });
+}
+
+template <typename T>
 __global__ void vmem_avg_pool(const T* __restrict__ x, T* __restrict__ y, long long planes,
                               int h, int w, int k, int stride, int pad, int ho, int wo) {
-    const int l = ho * wo;
-    for (long long plane = blockIdx.x; plane < planes; plane += gridDim.x) {
-        const T* src = x + plane * ((long long)h * w);
-        T* out = y + plane * l;
-        for (int p = threadIdx.x; p < l; p += blockDim.x) {
-            const int oy = p / wo;
-            const int y0 = oy * stride - pad;
-            const int x0 = (p - oy * wo) * stride - pad;
-            T acc = T(0);
-            for (int iy = y0 > 0 ? y0 : 0; iy < y0 + k && iy < h; ++iy)
-                for (int ix = x0 > 0 ? x0 : 0; ix < x0 + k && ix < w; ++ix)
-                    acc += src[iy * w + ix];
-            out[p] = acc / T(vmem_window_area(h, w, k, pad, y0, x0));
-        }
-    }
+    vmem_each_window(x, y, planes, h, w, stride, pad, ho, wo,
+                     [&](const T* src, int y0, int x0) {
+                         T acc = T(0);
+                         for (int iy = y0 > 0 ? y0 : 0; iy < y0 + k && iy < h; ++iy)
+                             for (int ix = x0 > 0 ? x0 : 0; ix < x0 + k && ix < w; ++ix)
+                                 acc += src[iy * w + ix];
+                         return acc / T(vmem_window_area(h, w, k, pad, y0, x0));
+                     });
 }
 
 // dx (planes, H, W) from dy (planes, Ho, Wo): each pixel sums over the windows that read
