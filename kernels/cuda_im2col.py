@@ -160,7 +160,8 @@ def _geometry(x_shape: tuple[int, ...], k: int, stride: int, pad: int) -> tuple[
     return n, c, h, w, conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
 
 
-def _scalars(h: int, w: int, k: int, stride: int, pad: int, ho: int, wo: int) -> tuple:
+def window_scalars(h: int, w: int, k: int, stride: int, pad: int, ho: int, wo: int) -> tuple:
+    """The window geometry as the window kernels (here and in cuda_pooling) take it."""
     return tuple(np.int32(v) for v in (h, w, k, stride, pad, ho, wo))
 
 
@@ -171,7 +172,7 @@ def im2col(x: Array, k: int, stride: int, pad: int, out: Array) -> Array:
     rows = n * c * k * k
     if rows and ho * wo:
         TEMPLATES.launch("im2col", x.dtype, min(rows, MAX_BLOCKS), threads_for(ho * wo),
-                         (x, out, np.int64(rows), *_scalars(h, w, k, stride, pad, ho, wo)))
+                         (x, out, np.int64(rows), *window_scalars(h, w, k, stride, pad, ho, wo)))
     return out
 
 
@@ -185,5 +186,5 @@ def col2im(cols: Array, x_shape: tuple[int, ...], k: int, stride: int, pad: int,
     if planes and h * w:
         TEMPLATES.launch("col2im", cols.dtype, min(planes * tiles, MAX_BLOCKS), threads,
                          (cols, out, np.int64(planes), np.int32(tiles),
-                          *_scalars(h, w, k, stride, pad, ho, wo)))
+                          *window_scalars(h, w, k, stride, pad, ho, wo)))
     return out

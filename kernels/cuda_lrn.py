@@ -130,33 +130,29 @@ def supports(*arrays: Array) -> bool:
     return template_arrays(*arrays) and arrays[0].ndim >= 2 and arrays[0][:1].size < 2**31
 
 
-def _common(x: Array, size: int, alpha: float, beta: float, k: float) -> tuple[Any, ...]:
-    """(planes, channels, P, before, after, alpha/size, k, -beta) as the kernels take them:
-    the scalars rounded to the array's dtype as the array code's Python floats are."""
+def _launch(kernel: str, x: Array, arrays: tuple[Array, ...], size: int, alpha: float,
+            beta: float, k: float, *extra: Any) -> None:
+    """One launch over x's N*C planes of P elements: the arrays, then (planes, channels,
+    P, before, after, alpha/size, k, -beta), then `extra`; the scalars rounded to the
+    array's dtype as the array code's Python floats are."""
+    if not x.size:
+        return
     n, channels = x.shape[:2]
     p_len = int(np.prod(x.shape[2:], dtype=np.int64))
     t = np.dtype(x.dtype).type
-    return (np.int64(n * channels), np.int32(channels), np.int32(p_len), np.int32(size // 2),
-            np.int32((size - 1) // 2), t(alpha / size), t(k), t(-beta))
-
-
-def _grid(x: Array) -> tuple[int, int]:
-    n, channels = x.shape[:2]
-    p_len = int(np.prod(x.shape[2:], dtype=np.int64))
-    return min(n * channels, MAX_BLOCKS), threads_for(p_len)
+    TEMPLATES.launch(kernel, x.dtype, min(n * channels, MAX_BLOCKS), threads_for(p_len),
+                     (*arrays, np.int64(n * channels), np.int32(channels), np.int32(p_len),
+                      np.int32(size // 2), np.int32((size - 1) // 2), t(alpha / size), t(k),
+                      t(-beta), *extra))
 
 
 def lrn_forward(x: Array, out: Array, size: int, alpha: float, beta: float, k: float) -> Array:
-    if x.size:
-        TEMPLATES.launch("lrn", x.dtype, *_grid(x),
-                               (x, out, *_common(x, size, alpha, beta, k)))
+    _launch("lrn", x, (x, out), size, alpha, beta, k)
     return out
 
 
 def lrn_backward(x: Array, dy: Array, out: Array, size: int, alpha: float, beta: float,
                  k: float) -> Array:
-    if x.size:
-        coef = np.dtype(x.dtype).type(-2.0 * alpha * beta / size)
-        TEMPLATES.launch("lrn_backward", x.dtype, *_grid(x),
-                               (x, dy, out, *_common(x, size, alpha, beta, k), coef))
+    coef = np.dtype(x.dtype).type(-2.0 * alpha * beta / size)
+    _launch("lrn_backward", x, (x, dy, out), size, alpha, beta, k, coef)
     return out

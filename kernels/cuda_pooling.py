@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from vmem.kernels.cuda_im2col import MAX_BLOCKS, NVRTC_OPTIONS, WINDOW_HELPERS, threads_for
+from vmem.kernels.cuda_im2col import (
+    MAX_BLOCKS,
+    NVRTC_OPTIONS,
+    WINDOW_HELPERS,
+    threads_for,
+    window_scalars,
+)
 from vmem.kernels.cuda_module import TemplateKernels, template_arrays
 
 Array = Any
@@ -195,10 +201,9 @@ def _launch(kernel: str, arrays: tuple[Array, ...], x_shape: tuple[int, ...],
     planes = n * c
     if planes == 0:
         return
-    scalars = tuple(np.int32(v) for v in (h, w, k, stride, pad, ho, wo))
     TEMPLATES.launch(kernel, arrays[0].dtype, min(planes, MAX_BLOCKS),
-                           threads_for(ho * wo if per_output else h * w),
-                           (*arrays, np.int64(planes), *scalars))
+                     threads_for(ho * wo if per_output else h * w),
+                     (*arrays, np.int64(planes), *window_scalars(h, w, k, stride, pad, ho, wo)))
 
 
 def max_pool_forward(x: Array, out: Array, k: int, stride: int, pad: int) -> Array:
