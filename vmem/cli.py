@@ -82,15 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "the oracular step (policy none, no memory limit).")
     _add_network_options(run, training=True)
     run.add_argument("--policy", default="none", help="memory policy: none, vdnn-all, "
-                     "vdnn-conv, vdnn-dyn (default: none)")
+                     "vdnn-conv, vdnn-dyn, budget (default: none)")
 
     compare = commands.add_parser("compare", help="run several policies side by side",
                                   description="One row per policy: peak and average device "
                                   "memory, step time, slowdown against the oracular step, "
                                   "bytes offloaded and prefetched, and compute-stream stalls.")
     _add_network_options(compare, training=True)
-    compare.add_argument("--policies", default="none,vdnn-all,vdnn-conv,vdnn-dyn",
-                         help="comma-separated policies (default: all four)")
+    compare.add_argument("--policies", default="none,vdnn-all,vdnn-conv,vdnn-dyn,budget",
+                         help="comma-separated policies (default: all five)")
 
     report = commands.add_parser("report", help="render a saved session again",
                                  description="Render a session saved with --save-session "

@@ -1,43 +1,65 @@
 """Dry runs: one training step of the real executor on a data-less `sim`
-backend, so a plan's device memory is known to the byte without computing."""
+backend, so a plan's device memory is known to the byte without computing, and
+its time is the one a cost model gives."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from vmem.backends.sim import SimBackend
+from vmem.costs import CostModel, load_costs
 from vmem.executor import LIVENESS, Executor
 from vmem.graph import Network
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD
 from vmem.parameters import ParameterStore
 from vmem.plan import Plan
+from vmem.profiler.events import StepRecord
+
+# Where a device has no cost model of its own (cpu, cuda without a calibration),
+# plans are weighed on this GPU's roofline: what counts is how layer times and
+# copy times compare, and this is the GPU vmem's reference figures come from.
+WEIGHING_GPU = "h100-pcie5"
 
 
-def dry_run_peak(network: Network, plan: Plan, dtype: np.dtype, optimizer: SGD,
-                 allocation: str = LIVENESS) -> int:
-    """Peak device bytes of one training step under `plan` (weights, gradients and
-    optimizer state included)."""
-    backend = SimBackend(None)
+@dataclass(frozen=True)
+class DryRun:
+    peak: int  # device bytes at the step's peak: weights, gradients, optimizer state included
+    record: StepRecord  # the step's events, on the cost model's clock
+
+
+def dry_run(network: Network, plan: Plan, dtype: np.dtype, optimizer: SGD,
+            allocation: str = LIVENESS, costs: CostModel | None = None) -> DryRun:
+    """One training step under `plan` with memory for everything (costs None: no
+    time passes)."""
+    backend = SimBackend(None, bounded=False, costs=costs)
     params = ParameterStore(backend, network, optimizer, dtype, seed=0)
     executor = Executor(backend, network, plan, params, dtype,
-                        PinnedHostPool(backend.pinned_empty), allocation=allocation)
-    executor.train_step(None, None, step=0, seed=0)
-    return backend.arena.peak
+                        PinnedHostPool(backend.pinned_empty), costs=costs, allocation=allocation)
+    record = executor.train_step(None, None, step=0, seed=0).record
+    return DryRun(backend.arena.peak, record)
 
 
 class PeakOracle:
-    """`dry_run_peak` for one network and dtype, remembered per plan."""
+    """Dry runs of one network and dtype on a cost model (by default the
+    weighing GPU's roofline), remembered per plan: a plan's exact peak, and its
+    modeled step."""
 
     def __init__(self, network: Network, dtype: np.dtype, optimizer: SGD,
-                 allocation: str = LIVENESS) -> None:
-        self.network, self.dtype, self.optimizer = network, dtype, optimizer
+                 allocation: str = LIVENESS, costs: CostModel | None = None) -> None:
+        self.network, self.dtype, self.optimizer = network, np.dtype(dtype), optimizer
         self.allocation = allocation
-        self._peaks: dict[Plan, int] = {}
+        self.costs = costs or load_costs(WEIGHING_GPU, self.dtype.itemsize)
+        self._runs: dict[Plan, DryRun] = {}
+
+    def run(self, plan: Plan) -> DryRun:
+        key = Plan("", plan.batch, plan.layers, plan.moves)  # the policy's name does not matter
+        if key not in self._runs:
+            self._runs[key] = dry_run(self.network, plan, self.dtype, self.optimizer,
+                                      self.allocation, self.costs)
+        return self._runs[key]
 
     def __call__(self, plan: Plan) -> int:
-        key = Plan("", plan.batch, plan.layers)  # the policy's name does not matter
-        if key not in self._peaks:
-            self._peaks[key] = dry_run_peak(self.network, plan, self.dtype, self.optimizer,
-                                            self.allocation)
-        return self._peaks[key]
+        return self.run(plan).peak

@@ -8,10 +8,13 @@ Invariants:
   a step that would exceed the capacity fails before it computes;
 - a feature map lives until its last forward consumer when nothing needs it in
   the backward pass, else until the backward pass of its earliest backward user;
-- an offloaded feature map leaves the device after its last forward consumer,
-  once its copy to the host has completed (the host waits for the copy's event,
-  vDNN's end-of-layer synchronization), and returns before its first backward
-  user, which waits for the copy's event on the compute stream;
+- an offloaded feature map's copy to the host starts with its last forward
+  consumer; its device block is freed at the end of that layer (vDNN's
+  end-of-layer synchronization) or of the later layer its `Move` names, once
+  the copy has completed (the host waits for the copy's event); it returns
+  before its first backward user, which waits for the copy's event on the
+  compute stream, with the copy back started where its `Move` says (else by
+  vDNN's rule);
 - a gradient map lives from the first backward pass that produces it to the
   backward pass of its producer;
 - after any failure inside a step, every block the step allocated is freed.
@@ -34,7 +37,7 @@ from vmem.kernels.softmax import softmax
 from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
 from vmem.memory import Block, HostBuffer, MemoryKind, PinnedHostPool
 from vmem.parameters import ParameterStore
-from vmem.plan import Plan, offloaded_tensors
+from vmem.plan import Plan, move_schedule, offloaded_tensors
 from vmem.profiler.events import StepRecord
 from vmem.profiler.recorder import StepRecorder
 
@@ -83,6 +86,7 @@ class Executor:
         self.lives = network.lives
         self.algorithms = {node.name: self._algorithm(node) for node in network.nodes}
         self.offloaded = offloaded_tensors(network, plan)
+        self.release_at, self.prefetch_at = move_schedule(network, plan, self.offloaded)
         # Pinned once for the executor's life and reused every step; a host
         # limit too small for the plan fails here, before the first step.
         self.host_pool = host_pool
@@ -100,6 +104,7 @@ class Executor:
         self._saved: dict[str, tuple[Block | None, tuple[Any, ...]]] = {}
         self._loose: list[Block] = []  # workspace and temporaries of the launch in flight
         self._on_host: set[str] = set()  # offloaded, not yet prefetched this step
+        self._leaving: dict[str, Event] = {}  # offload copies whose block is not yet freed
 
     def close(self) -> None:
         for buffer in self._host.values():
@@ -169,7 +174,7 @@ class Executor:
         for block in {b.id: b for b in blocks if b is not None}.values():
             self.backend.arena.free(block)
         self._tensors.clear(), self._grads.clear(), self._saved.clear(), self._loose.clear()
-        self._held.clear(), self._on_host.clear()
+        self._held.clear(), self._on_host.clear(), self._leaving.clear()
 
     # -- memory ----------------------------------------------------------------
 
@@ -317,9 +322,9 @@ class Executor:
                                              f"{node.name}.workspace")
             # Offload on the memory stream while this layer computes: the input
             # is read-only now, and this is its last forward consumer.
-            offloads = {name: self._offload(recorder, name) for name in sources
-                        if ctx.train and name in self.offloaded
-                        and lives[name].last_forward_use == i}
+            self._leaving.update({name: self._offload(recorder, name) for name in sources
+                                  if ctx.train and name in self.offloaded
+                                  and lives[name].last_forward_use == i})
             xs = [self._tensors[s].array for s in node.inputs]
             result = self._launch(recorder, node.name, FORWARD, self._layer_ms(node, FORWARD),
                                   layer.forward, xp, xs, self.params.layers[node.name].values,
@@ -333,14 +338,20 @@ class Executor:
                 life = lives[source]
                 if life.inplace_into == i:
                     del self._tensors[source]  # its block now holds this node's output
-                elif source in offloads:
-                    with recorder.waiting():
-                        self.backend.host_wait(offloads[source])
-                    self._free(self._tensors.pop(source).block)
-                    self._on_host.add(source)
                 elif life.last_forward_use == i and not (ctx.train and life.backward_users):
                     self._retire(self._tensors.pop(source).block)
+            self._release_offloaded(recorder, i)
+        self._release_offloaded(recorder, len(self.network.nodes))  # the plan is checked; a guard
         return self._tensors[stop_at or self.network.loss.name]
+
+    def _release_offloaded(self, recorder: StepRecorder, i: int) -> None:
+        """Free the device blocks of the maps whose offload copy must be done by
+        the end of layer i: the host waits for each copy first."""
+        for name in [n for n in self._leaving if self.release_at[n] <= i]:
+            with recorder.waiting():
+                self.backend.host_wait(self._leaving.pop(name))
+            self._free(self._tensors.pop(name).block)
+            self._on_host.add(name)
 
     def _backward_reads(self, node: Node) -> tuple[str, ...]:
         """Feature maps a node's backward pass reads."""
@@ -351,15 +362,20 @@ class Executor:
         return tuple(dict.fromkeys(reads))
 
     def _prefetch_for(self, recorder: StepRecorder, i: int) -> None:
-        """vDNN's prefetch: what layer i reads and is still on the host comes back
-        now; then, to overlap with layer i, the offloaded inputs of the nearest
-        earlier layer that has any, searching no further than a convolution."""
+        """What layer i reads and is still on the host comes back now, and so do
+        the maps whose `Move` starts their copy back here; then vDNN's prefetch
+        for the maps without one: to overlap with layer i, the offloaded inputs
+        of the nearest earlier layer that has any, searching no further than a
+        convolution."""
         nodes = self.network.nodes
         for name in self._backward_reads(nodes[i]):
             if name in self._on_host:
                 self._prefetch(recorder, name)
+        for name in [n for n, at in self.prefetch_at.items() if at == i and n in self._on_host]:
+            self._prefetch(recorder, name)
         for j in range(i - 1, -1, -1):
-            pending = [n for n in self._backward_reads(nodes[j]) if n in self._on_host]
+            pending = [n for n in self._backward_reads(nodes[j])
+                       if n in self._on_host and n not in self.prefetch_at]
             for name in pending:
                 self._prefetch(recorder, name)
             if pending or nodes[j].layer.TYPE == "conv":

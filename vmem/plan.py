@@ -2,8 +2,10 @@
 
 A plan names, for every layer, the algorithm it runs with (for convolution the
 im2col chunk, hence its workspace) and whether its input leaves the device
-during the forward pass. It round-trips through JSON and explains itself as a
-table. It never changes the arithmetic, only where bytes live.
+during the forward pass; optionally, for an offloaded feature map, when its
+device copy is freed and when it comes back (`Move`; by default vDNN's
+schedule). It round-trips through JSON and explains itself as a table. It never
+changes the arithmetic, only where bytes live and when.
 """
 
 from __future__ import annotations
@@ -25,10 +27,30 @@ class LayerPlan:
 
 
 @dataclass(frozen=True)
+class Move:
+    """When an offloaded feature map leaves the device and when it returns.
+
+    release_after   the layer at the end of whose forward pass the host waits
+                    for the map's copy and frees its device block: its last
+                    forward consumer (vDNN's end-of-layer synchronization) or a
+                    later layer, so that the copy overlaps more compute
+    prefetch_before the layer before whose backward pass the copy back starts:
+                    its first backward user or an earlier one in the backward
+                    pass (a later layer), so that the copy hides behind more
+                    compute; vDNN prefetches at most one convolution ahead
+    """
+
+    tensor: str
+    release_after: str
+    prefetch_before: str
+
+
+@dataclass(frozen=True)
 class Plan:
     policy: str
     batch: int
     layers: tuple[LayerPlan, ...]
+    moves: tuple[Move, ...] = ()  # offloaded maps without one follow vDNN's schedule
 
     def for_layer(self, name: str) -> LayerPlan:
         for layer_plan in self.layers:
@@ -43,7 +65,8 @@ class Plan:
     def from_json(text: str) -> Plan:
         data = json.loads(text)
         return Plan(data["policy"], int(data["batch"]),
-                    tuple(LayerPlan(**entry) for entry in data["layers"]))
+                    tuple(LayerPlan(**entry) for entry in data["layers"]),
+                    tuple(Move(**entry) for entry in data.get("moves", ())))
 
     def explain(self) -> str:
         from vmem.units import format_bytes
@@ -53,6 +76,12 @@ class Plan:
         for lp in self.layers:
             rows.append(f"{lp.layer:<24} {lp.algorithm:<14} {format_bytes(lp.workspace_bytes):>12}"
                         f"  {'yes' if lp.offload_input else '-'}")
+        if self.moves:
+            rows += ["when offloaded maps move: freed after that layer's forward pass, "
+                     "copied back as that layer's backward pass starts",
+                     f"{'offloaded map':<24} {'freed after':<24} copied back at"]
+            rows += [f"{m.tensor:<24} {m.release_after:<24} {m.prefetch_before}"
+                     for m in self.moves]
         return "\n".join(rows)
 
 
@@ -66,3 +95,31 @@ def offloaded_tensors(network: Network, plan: Plan) -> frozenset[str]:
     return frozenset(source for node in network.nodes if node.name in asked
                      for source in node.inputs
                      if lives[source].backward_users and lives[source].inplace_into is None)
+
+
+def move_schedule(network: Network, plan: Plan, offloaded: frozenset[str]
+                  ) -> tuple[dict[str, int], dict[str, int]]:
+    """Node indices where each offloaded map's device block is freed (every one)
+    and where its copy back starts (those the plan gives a `Move`, in the plan's
+    order). A move must free a map no earlier than its last forward consumer and
+    start its copy back no later than its first backward user."""
+    index = {node.name: i for i, node in enumerate(network.nodes)}
+    lives = network.lives
+    release_at = {name: lives[name].last_forward_use for name in sorted(offloaded)}
+    prefetch_at: dict[str, int] = {}
+    for move in plan.moves:
+        if move.tensor not in offloaded:
+            raise ValueError(f"plan '{plan.policy}' moves '{move.tensor}', which it does "
+                             "not offload")
+        life = lives[move.tensor]
+        release, prefetch = index.get(move.release_after), index.get(move.prefetch_before)
+        if release is None or release < life.last_forward_use:
+            raise ValueError(f"plan '{plan.policy}' frees '{move.tensor}' after "
+                             f"'{move.release_after}', not a layer at or after its last "
+                             "forward consumer")
+        if prefetch is None or prefetch < max(life.backward_users):
+            raise ValueError(f"plan '{plan.policy}' brings '{move.tensor}' back before "
+                             f"'{move.prefetch_before}', not a layer at or after its first "
+                             "backward user")
+        release_at[move.tensor], prefetch_at[move.tensor] = release, prefetch
+    return release_at, prefetch_at

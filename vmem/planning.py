@@ -22,10 +22,10 @@ from vmem.profile import Profile
 
 def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
                 costs: CostModel | None) -> Budget:
-    """A capacity, the exact peak of any plan, and modeled layer times where a
-    cost model is known."""
+    """A capacity, the exact peak and a modeled step of any plan, and modeled
+    layer times where a cost model is known."""
     if costs is None:
-        return Budget(capacity, peak)
+        return Budget(capacity, peak, dry_run=peak.run)
 
     def layer_ms(node: Node, algorithm: Algorithm, batch: int) -> float:
         shapes = network.shapes(batch)
@@ -33,7 +33,7 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
         return sum(costs.layer_ms(node.layer, in_shapes, out, algorithm, phase)
                    for phase in ("forward", "backward"))
 
-    return Budget(capacity, peak, layer_ms)
+    return Budget(capacity, peak, layer_ms, peak.run)
 
 
 def plan_with(network: Network, policy: str, batch: int, itemsize: int,
@@ -78,7 +78,7 @@ def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None
         capacity = limit
     bound = "--memory-limit" if limit is not None else f"{name}'s memory"
     batch = batch or (profile.cpu_batch if on_cpu else profile.batch)
-    peak = PeakOracle(profile.network, np.dtype(dtype), SGD(), allocation)
+    peak = PeakOracle(profile.network, np.dtype(dtype), SGD(), allocation, costs)
     plan = plan_with(profile.network, policy, batch, itemsize,
                      make_budget(profile.network, capacity, peak, costs))
     return DevicePlan(plan, peak(plan), capacity, bound)

@@ -72,9 +72,10 @@ class Runtime:
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
                                   or batch < 1):
             raise UsageError(f"batch: must be a positive integer, got {batch!r}")
-        self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation)
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
         try:
+            self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation,
+                                    self.backend.costs)
             check_network = getattr(self.backend.costs, "check_network", None)
             if check_network is not None:  # a calibration made for another network
                 check_network(self.network)

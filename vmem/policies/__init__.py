@@ -6,6 +6,8 @@
 - `vdnn-conv`: offload only the inputs of convolutions.
 - `vdnn-dyn`: vDNN's dynamic policy, which searches those configurations and
   the convolution algorithms for the fastest one that fits the budget.
+- `budget`: vmem's planner past vDNN: the fewest, cheapest offloads that fit,
+  freed when their copy is done and brought back in time (see budget.py).
 
 A policy never measures memory itself: the budget carries a `peak(plan)` oracle
 (a dry run of the executor on a data-less backend, exact to the byte) and, where
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from vmem.errors import UsageError
 from vmem.graph import Network
 from vmem.plan import Plan
+from vmem.policies.budget import budget
 from vmem.policies.vdnn import Budget, none, vdnn_all, vdnn_conv, vdnn_dyn
 
 Policy = Callable[[Network, int, int, Budget], Plan]
@@ -28,6 +31,7 @@ POLICIES: dict[str, Policy] = {
     "vdnn-all": vdnn_all,
     "vdnn-conv": vdnn_conv,
     "vdnn-dyn": vdnn_dyn,
+    "budget": budget,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmem.dryrun import DryRun
 from vmem.errors import MemoryLimitTooSmall
 from vmem.graph import Network, Node
 from vmem.layers.base import Algorithm, Keeps
@@ -17,12 +18,15 @@ Offload = Callable[[Node], bool]
 @dataclass(frozen=True)
 class Budget:
     """What a policy may spend: a device capacity (None: unlimited), an exact
-    peak for any plan, and optionally a modeled time of a layer under an
-    algorithm at a batch size (forward plus backward, ms)."""
+    peak for any plan, optionally a modeled time of a layer under an algorithm
+    at a batch size (forward plus backward, ms; where the device has a cost
+    model), and a dry run of any plan (its peak and its step on a cost model's
+    clock: the device's, else vmem's weighing GPU's)."""
 
     capacity: int | None = None
     peak: Callable[[Plan], int] | None = None
     layer_ms: Callable[[Node, Algorithm, int], float] | None = None
+    dry_run: Callable[[Plan], DryRun] | None = None
 
     def fits(self, plan: Plan) -> bool:
         if self.capacity is None:

@@ -1,0 +1,257 @@
+"""The budget planner: vmem's policy past vDNN.
+
+vDNN offloads a fixed class of feature maps (every kept input, or every
+convolution's), frees each at the end of the layer that offloads it (the host
+waits for the copy there) and prefetches at most one convolution ahead. On a
+GPU whose compute has outgrown its PCIe link, those copies show. The budget
+planner spends the memory budget instead:
+
+1. the fewest offloads that fit: layers ranked by the bytes their inputs free
+   per modeled millisecond offloading them alone adds, the shortest prefix of
+   the ranking that fits, less each layer it fits without;
+2. a schedule for them (`Move`), timed on the step with no offloads: a map's
+   device block is freed at the end of the first layer by which its copy is
+   modeled to be done, so the host does not wait for it, and its copy back
+   starts as late as lets it arrive before its first backward user (or keeps
+   the memory stream busy, where the copies queue up), in the order the maps
+   are needed; where that does not fit, the largest map held at the peak goes
+   back towards vDNN's schedule, until it does;
+3. the same schedule over the shortest prefix of the ranking with which it fits
+   whole (more offloads, none held back);
+4. the fastest on the dry run's modeled clock of those, the fewest offloads on
+   vDNN's schedule, and what `vdnn-dyn` makes: never slower than vDNN where
+   the model holds.
+
+Everything is decided from dry runs (exact peaks, modeled steps), so the
+planner is a pure function of the network, the batch and the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from vmem.dryrun import DryRun
+from vmem.graph import Network, TensorLife
+from vmem.layers.base import numel
+from vmem.plan import Move, Plan, offloaded_tensors
+from vmem.policies.vdnn import (
+    Budget,
+    build_plan,
+    check_trainable,
+    offload_kept_inputs,
+    offload_nothing,
+    vdnn_dyn,
+)
+from vmem.profiler.events import Span
+
+NAME = "budget"
+SCHEDULE_TRIES = 64  # steps back towards vDNN's schedule before giving the schedule up
+
+
+def budget(network: Network, batch: int, itemsize: int, limits: Budget) -> Plan:
+    check_trainable(network, batch, itemsize, limits)
+    fastest = build_plan(NAME, network, batch, itemsize, offload_nothing)
+    if limits.fits(fastest):
+        return fastest
+    run = _dry_run(limits)
+    candidates = [_relabel(vdnn_dyn(network, batch, itemsize, limits))]
+    everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs)
+    if limits.fits(everything):
+        timeline = Timeline.of(network, run(fastest), run(everything))
+        ranking = _ranking(network, batch, itemsize, timeline)
+
+        def plain(layers: Iterable[str]) -> Plan:
+            return _plan(network, batch, itemsize, layers)
+
+        def scheduled(layers: Iterable[str]) -> Plan:
+            return _scheduled(network, plain(layers), timeline)
+
+        def fits_plain(layers: list[str]) -> bool:
+            return limits.fits(plain(layers))
+
+        def fits_scheduled(layers: list[str]) -> bool:
+            return limits.fits(scheduled(layers))
+
+        fewest = _pruned(_shortest_prefix(ranking, fits_plain), fits_plain)
+        candidates[:0] = [_fitted(network, plain(fewest), scheduled(fewest), limits),
+                          plain(fewest)]
+        if fits_scheduled(ranking):  # enough offloads for the whole schedule to fit
+            candidates.insert(0, scheduled(_shortest_prefix(ranking, fits_scheduled)))
+    fitting = [plan for plan in candidates if limits.fits(plan)]
+    return min(fitting or candidates[-1:], key=lambda plan: run(plan).record.duration_ms)
+
+
+def _dry_run(limits: Budget) -> Callable[[Plan], DryRun]:
+    assert limits.dry_run is not None, "the budget planner needs dry runs"
+    return limits.dry_run
+
+
+def _relabel(plan: Plan) -> Plan:
+    return replace(plan, policy=NAME)
+
+
+def _plan(network: Network, batch: int, itemsize: int, offloads: Iterable[str],
+          moves: tuple[Move, ...] = ()) -> Plan:
+    chosen = frozenset(offloads)
+    plan = build_plan(NAME, network, batch, itemsize, lambda node: node.name in chosen)
+    return replace(plan, moves=moves)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A step with no offloads on the modeled clock (when each layer's forward
+    and backward pass start and end, by node index), and how long each
+    offloadable map's copies take: what the planner times its choices on."""
+
+    forward: tuple[Span, ...]
+    backward: tuple[Span, ...]
+    to_host_ms: dict[str, float]
+    to_device_ms: dict[str, float]
+
+    @staticmethod
+    def of(network: Network, reference: DryRun, everything: DryRun) -> Timeline:
+        spans = {(s.name, s.phase): s for s in reference.record.spans if s.kind == "kernel"}
+        copies = {(s.name, s.kind): s.ms for s in everything.record.spans}
+        moved = {s.name for s in everything.record.spans if s.kind == "copy_d2h"}
+        return Timeline(tuple(spans[(node.name, "forward")] for node in network.nodes),
+                        tuple(spans[(node.name, "backward")] for node in network.nodes),
+                        {name: copies[(name, "copy_d2h")] for name in moved},
+                        {name: copies[(name, "copy_h2d")] for name in moved})
+
+    def releases(self, lives: dict[str, TensorLife], moved: Sequence[str]) -> dict[str, int]:
+        """Where each map (in the order they are offloaded) is freed: the end of
+        the first layer that ends after its copy, the memory stream copying in
+        issue order, each once the layer that offloads it starts."""
+        release, free_at, last = {}, 0.0, len(self.forward) - 1
+        for name in moved:
+            first = lives[name].last_forward_use
+            free_at = max(self.forward[first].start_ms, free_at) + self.to_host_ms[name]
+            release[name] = next((k for k in range(first, last + 1)
+                                  if self.forward[k].end_ms >= free_at), last)
+        return release
+
+    def alone_ms(self, network: Network, name: str) -> float:
+        """What offloading one map alone on vDNN's schedule adds to the step: its
+        copy out beyond its last forward consumer (the host waits for it at the
+        layer's end), and its copy back beyond the backward passes between
+        vDNN's prefetch (at the nearest convolution after its first backward
+        user, else the start of the backward pass) and that user's."""
+        life, nodes = network.lives[name], network.nodes
+        consumer, user = life.last_forward_use, max(life.backward_users)
+        issue = next((k for k in range(user + 1, len(nodes)) if nodes[k].layer.TYPE == "conv"),
+                     len(nodes) - 1)
+        out = self.to_host_ms[name] - self.forward[consumer].ms
+        back = self.to_device_ms[name] - (self.backward[user].start_ms
+                                          - self.backward[issue].start_ms)
+        return max(out, 0.0) + max(back, 0.0)
+
+    def prefetches(self, lives: dict[str, TensorLife], moved: Sequence[str]) -> dict[str, int]:
+        """Where each map's copy back starts, in the order they are needed (never
+        ahead of a map needed sooner): as late as lets it be back when its first
+        backward user starts, and, where the copies back queue up, as late as
+        keeps the memory stream busy."""
+        prefetch, free_at, latest = {}, 0.0, len(self.backward) - 1
+        for name in sorted(moved, key=lambda t: (-max(lives[t].backward_users), t)):
+            user = max(lives[name].backward_users)
+            took, due = self.to_device_ms[name], self.backward[user].start_ms
+            at = next((k for k in range(user, latest + 1)
+                       if max(self.backward[k].start_ms, free_at) + took <= due
+                       or self.backward[k].start_ms <= free_at), latest)
+            prefetch[name], latest = at, at
+            free_at = max(self.backward[at].start_ms, free_at) + took
+        return prefetch
+
+
+def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline) -> list[str]:
+    """Layers whose inputs may be offloaded, by the bytes each frees per modeled
+    millisecond it adds to the step on its own under vDNN's schedule."""
+    shapes = network.shapes(batch)
+    merit: dict[str, float] = {}
+    for node in network.nodes:
+        moved = (offloaded_tensors(network, _plan(network, batch, itemsize, [node.name]))
+                 if offload_kept_inputs(node) else ())
+        if moved:
+            freed = sum(numel(shapes[name]) for name in moved) * itemsize
+            added = sum(timeline.alone_ms(network, name) for name in moved)
+            merit[node.name] = freed / (added + 0.01)  # +10 µs: no copy is free
+    return sorted(merit, key=lambda layer: (-merit[layer], layer))
+
+
+def _shortest_prefix(ranking: list[str], fits: Callable[[list[str]], bool]) -> list[str]:
+    """The shortest prefix of the ranking that fits, by bisection; the caller has
+    checked that the whole ranking does."""
+    fewest, most = 0, len(ranking)
+    while fewest < most:
+        middle = (fewest + most) // 2
+        if fits(ranking[:middle]):
+            most = middle
+        else:
+            fewest = middle + 1
+    return ranking[:most]
+
+
+def _pruned(chosen: list[str], fits: Callable[[list[str]], bool]) -> list[str]:
+    """`chosen` less each layer it fits without, the last taken first."""
+    for layer in reversed(chosen):
+        rest = [name for name in chosen if name != layer]
+        if fits(rest):
+            chosen = rest
+    return chosen
+
+
+def _scheduled(network: Network, plain: Plan, timeline: Timeline) -> Plan:
+    """`plain`'s offloads with moves timed on the timeline, memory aside."""
+    nodes, lives = network.nodes, network.lives
+    moved = sorted(offloaded_tensors(network, plain), key=lambda t: (lives[t].last_forward_use, t))
+    release, prefetch = timeline.releases(lives, moved), timeline.prefetches(lives, moved)
+    return replace(plain, moves=tuple(Move(name, nodes[release[name]].name,
+                                           nodes[prefetch[name]].name) for name in moved))
+
+
+def _fitted(network: Network, plain: Plan, scheduled: Plan, limits: Budget) -> Plan:
+    """`scheduled`, its moves stepped back towards vDNN's schedule until the plan
+    fits (else `plain`: its offloads on vDNN's schedule)."""
+    index = {node.name: i for i, node in enumerate(network.nodes)}
+    release = {m.tensor: index[m.release_after] for m in scheduled.moves}
+    prefetch = {m.tensor: index[m.prefetch_before] for m in scheduled.moves}
+    shapes = network.shapes(plain.batch)
+    sizes = {name: numel(shapes[name]) for name in release}
+    for _ in range(SCHEDULE_TRIES):
+        plan = replace(plain, moves=tuple(Move(m.tensor, network.nodes[release[m.tensor]].name,
+                                               network.nodes[prefetch[m.tensor]].name)
+                                          for m in scheduled.moves if m.tensor in release))
+        if limits.fits(plan):
+            return plan
+        if not _step_back(network, _dry_run(limits)(plan), sizes, release, prefetch):
+            break
+    return plain
+
+
+def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
+               release: dict[str, int], prefetch: dict[str, int]) -> bool:
+    """One step back towards vDNN's schedule at the peak: of the maps the moves
+    hold on the device at the peak's layer, the largest is freed before that
+    layer and at least halfway back to its last forward consumer, where vDNN
+    frees it (forward), or brought back
+    just after that layer (backward; where that is its first backward user,
+    its move is dropped: vDNN's rule brings it back earlier). False where no
+    move holds anything at the peak."""
+    peak = max(outcome.record.memory, key=lambda event: event.in_use)
+    index = {node.name: i for i, node in enumerate(network.nodes)}
+    layer, lives = index.get(peak.layer, -1), network.lives
+    if peak.phase == "forward":
+        held = [n for n in release if lives[n].last_forward_use < layer <= release[n]]
+    else:
+        held = [n for n in prefetch if max(lives[n].backward_users) < layer <= prefetch[n]]
+    if not held:
+        return False
+    name = max(held, key=lambda n: (sizes[n], n))
+    if peak.phase == "forward":
+        first = lives[name].last_forward_use
+        release[name] = min(first + (release[name] - first) // 2, layer - 1)
+    elif layer - 1 > max(lives[name].backward_users):
+        prefetch[name] = layer - 1
+    else:
+        del release[name], prefetch[name]
+    return True
