@@ -178,8 +178,12 @@ class CostModel:
         nbytes = (activations + params) * self.itemsize * (1 if forward else 2)
         launches = 1
         if algo.chunk:
-            chunks = -(-in_shapes[0][0] // algo.chunk)
-            launches = 2 * chunks  # im2col and a GEMM per chunk
+            samples = in_shapes[0][0]
+            chunks = -(-samples // algo.chunk)
+            # forward: im2col and one batched GEMM per chunk; backward: im2col, the
+            # batched dcol GEMM and col2im per chunk, and dW's GEMM per sample (each
+            # adds into dW, which keeps dW's bits the same for every chunk size)
+            launches = 2 * chunks if forward else 3 * chunks + samples
             # im2col writes its columns and the GEMM reads them, chunk by chunk
             nbytes += 2 * algo.workspace_bytes * chunks * (1 if forward else 2)
         seconds = max(flops / (self.gpu.tflops * 1e12), nbytes / (self.gpu.bandwidth_gbps * 1e9))
@@ -240,7 +244,8 @@ class CalibratedCosts(CostModel):
         t(b, a) = t_measured(b0, a0) * model(b, a) / model(b0, a0)
 
     The model is a launch cost plus max(FLOPs / throughput, bytes / bandwidth).
-    Feature-map FLOPs and bytes grow with the batch and weight traffic and
+    Feature-map FLOPs and bytes grow with the batch (and so do a convolution's
+    backward launches: one dW GEMM per sample) and weight traffic and other
     launches do not, so the scaling is proportional to the batch for
     convolutions and closer to constant for a fully connected layer at a small
     batch; another convolution algorithm (im2col chunk) than the calibrated one
