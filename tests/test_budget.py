@@ -20,8 +20,9 @@ from vmem.memory import PinnedHostPool
 from vmem.optim import SGD
 from vmem.parameters import ParameterStore
 from vmem.plan import Move, Plan, move_schedule, offloaded_tensors
-from vmem.planning import plan_on_device
-from vmem.policies.budget import Timeline
+from vmem.planning import make_budget, plan_on_device
+from vmem.policies.budget import Timeline, budget
+from vmem.policies.vdnn import memory_optimal
 from vmem.profile import load_profile
 from vmem.profiler.analysis import peak_bytes
 from vmem.profiler.events import Span, StepRecord
@@ -217,3 +218,22 @@ def test_budget_is_faster_than_vdnn_where_pcie_is_slow_beside_compute() -> None:
         assert moved["budget"] < 0.6 * moved["vdnn-conv"], gpu
         if faster:
             assert steps["budget"] < 0.9 * steps["vdnn-dyn"], steps
+
+
+def test_budget_leaves_the_devices_slack_where_anything_fits_within_it() -> None:
+    """VGG-16 at batch 128 within 6.85 GiB (what scripts/gpu-check gives it on a
+    GPU): with 256 MiB of slack the plan peaks under 6.60 GiB; with more slack
+    than the floor leaves, it plans within the whole limit."""
+    vgg16 = load_profile("vgg16").network
+    oracle = PeakOracle(vgg16, np.dtype("float32"), SGD(), costs=load_costs("h100-pcie5"))
+    capacity = int(6.85 * 2**30)
+    floor = oracle(memory_optimal(vgg16, 128, 4))
+    plain = budget(vgg16, 128, 4, make_budget(vgg16, capacity, oracle, oracle.costs))
+    assert capacity - 2**28 < oracle(plain) <= capacity  # the whole limit is spent
+    slack = 2**28
+    assert floor < capacity - slack
+    kept = budget(vgg16, 128, 4, make_budget(vgg16, capacity, oracle, oracle.costs, slack))
+    assert oracle(kept) <= capacity - slack
+    too_much = capacity - floor + 1
+    spent = budget(vgg16, 128, 4, make_budget(vgg16, capacity, oracle, oracle.costs, too_much))
+    assert oracle(spent) <= capacity and spent == plain

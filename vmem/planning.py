@@ -21,11 +21,11 @@ from vmem.profile import Profile
 
 
 def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
-                costs: CostModel | None) -> Budget:
-    """A capacity, the exact peak and a modeled step of any plan, and modeled
-    layer times where a cost model is known."""
+                costs: CostModel | None, slack: int = 0) -> Budget:
+    """A capacity, the exact peak and a modeled step of any plan, modeled layer
+    times where a cost model is known, and the slack plans leave where they can."""
     if costs is None:
-        return Budget(capacity, peak, dry_run=peak.run)
+        return Budget(capacity, peak, dry_run=peak.run, slack=slack)
 
     def layer_ms(node: Node, algorithm: Algorithm, batch: int) -> float:
         shapes = network.shapes(batch)
@@ -33,7 +33,7 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
         return sum(costs.layer_ms(node.layer, in_shapes, out, algorithm, phase)
                    for phase in ("forward", "backward"))
 
-    return Budget(capacity, peak, layer_ms, peak.run)
+    return Budget(capacity, peak, layer_ms, peak.run, slack)
 
 
 def plan_with(network: Network, policy: str, batch: int, itemsize: int,
@@ -60,7 +60,7 @@ def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None
     """The plan `policy` makes for a profile on a device, bounded as a run on that
     device is: by `limit`, else by a sim GPU's memory; a limit above the
     device's own memory is refused (`vmem.backends.base.bound_capacity`)."""
-    costs = None
+    costs, slack = None, 0
     spec = device.strip()
     itemsize = np.dtype(dtype).itemsize
     if spec.startswith("sim:"):
@@ -74,13 +74,14 @@ def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None
         # validates the device and the limit against its memory; cheap, holds nothing
         backend = get_backend(spec, limit)
         name, on_cpu = backend.name, backend.name == "cpu"
+        slack = backend.untracked_slack
         backend.close()
         capacity = limit
     bound = "--memory-limit" if limit is not None else f"{name}'s memory"
     batch = batch or (profile.cpu_batch if on_cpu else profile.batch)
     peak = PeakOracle(profile.network, np.dtype(dtype), SGD(), allocation, costs)
     plan = plan_with(profile.network, policy, batch, itemsize,
-                     make_budget(profile.network, capacity, peak, costs))
+                     make_budget(profile.network, capacity, peak, costs, slack))
     return DevicePlan(plan, peak(plan), capacity, bound)
 
 

@@ -124,7 +124,7 @@ class Runtime:
 
     def budget(self) -> Budget:
         return make_budget(self.network, self.backend.arena.capacity, self._peak,
-                           self.backend.costs)
+                           self.backend.costs, self.backend.untracked_slack)
 
     def plan(self, batch: int, policy: str | None = None) -> Plan:
         """The plan a policy makes for this batch under this runtime's budget."""

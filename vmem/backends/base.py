@@ -67,6 +67,10 @@ class Backend(ABC):
     memory: Stream = MEMORY
     #: the cost model a backend without kernels advances its clocks by
     costs: CostModel | None = None
+    #: device bytes a plan should leave unused where it can: what the arena does not
+    #: count (the array library's kernel temporaries, its pool's fragmentation); 0
+    #: where the arena is the whole story
+    untracked_slack: int = 0
 
     @property
     def runs_kernels(self) -> bool:

@@ -42,6 +42,12 @@ DEVICE_FULL_WHAT = "CuPy pool (the device itself is full)"
 
 _probe_result: tuple[bool, str] | None = None
 
+#: What plans leave free where they can, beside the arena, for CuPy's temporaries
+#: (the largest bounded scratch is 64 MiB: max pooling's and LRN's sample groups)
+#: and pool fragmentation. An estimate, not yet measured on a GPU: gpu-check's
+#: "CuPy pool reserved" beside the arena's peak is the figure to set it from.
+UNTRACKED_SLACK_BYTES = 256 * 2**20
+
 #: cublasMath_t's CUBLAS_TF32_TENSOR_OP_MATH (cublas_api.h), which CuPy does not export.
 CUBLAS_TF32_TENSOR_OP_MATH = 3
 
@@ -151,6 +157,8 @@ class CudaMark(Mark):
 
 
 class CudaBackend(Backend):
+    untracked_slack = UNTRACKED_SLACK_BYTES
+
     def __init__(self, index: int = 0, capacity: int | None = None) -> None:
         usable, reason = _probe()
         if not usable:

@@ -20,13 +20,15 @@ class Budget:
     """What a policy may spend: a device capacity (None: unlimited), an exact
     peak for any plan, optionally a modeled time of a layer under an algorithm
     at a batch size (forward plus backward, ms; where the device has a cost
-    model), and a dry run of any plan (its peak and its step on a cost model's
-    clock: the device's, else vmem's weighing GPU's)."""
+    model), a dry run of any plan (its peak and its step on a cost model's
+    clock: the device's, else vmem's weighing GPU's), and the bytes of the
+    capacity a plan should leave unused where it can (`Backend.untracked_slack`)."""
 
     capacity: int | None = None
     peak: Callable[[Plan], int] | None = None
     layer_ms: Callable[[Node, Algorithm, int], float] | None = None
     dry_run: Callable[[Plan], DryRun] | None = None
+    slack: int = 0
 
     def fits(self, plan: Plan) -> bool:
         if self.capacity is None:
