@@ -125,8 +125,19 @@ class Network:
         """The tensor the loss reads: what evaluation turns into probabilities."""
         return self.loss.inputs[0]
 
+    @cached_property
+    def _shapes_by_batch(self) -> dict[int, dict[str, Shape]]:
+        return {}
+
     def shapes(self, batch: int) -> dict[str, Shape]:
-        """Every tensor's shape at this batch size, `data` included."""
+        """Every tensor's shape at this batch size, `data` included (inferred once
+        per batch: plans and dry runs ask again and again)."""
+        known = self._shapes_by_batch.get(batch)
+        if known is None:
+            known = self._shapes_by_batch[batch] = self._infer_shapes(batch)
+        return dict(known)
+
+    def _infer_shapes(self, batch: int) -> dict[str, Shape]:
         shapes: dict[str, Shape] = {DATA: (batch, *self.input_shape)}
         for node in self.nodes:
             in_shapes = [shapes[s] for s in node.inputs]
