@@ -103,8 +103,7 @@ def move_schedule(network: Network, plan: Plan, offloaded: frozenset[str]
     and where its copy back starts (those the plan gives a `Move`, in the plan's
     order). A move must free a map no earlier than its last forward consumer and
     start its copy back no later than its first backward user."""
-    index = {node.name: i for i, node in enumerate(network.nodes)}
-    lives = network.lives
+    index, lives = network.index, network.lives
     release_at = {name: lives[name].last_forward_use for name in sorted(offloaded)}
     prefetch_at: dict[str, int] = {}
     for move in plan.moves:

@@ -101,11 +101,10 @@ def _relabel(plan: Plan) -> Plan:
     return replace(plan, policy=NAME)
 
 
-def _plan(network: Network, batch: int, itemsize: int, offloads: Iterable[str],
-          moves: tuple[Move, ...] = ()) -> Plan:
+def _plan(network: Network, batch: int, itemsize: int, offloads: Iterable[str]) -> Plan:
+    """Offloading the inputs of these layers, the fastest algorithms, vDNN's schedule."""
     chosen = frozenset(offloads)
-    plan = build_plan(NAME, network, batch, itemsize, lambda node: node.name in chosen)
-    return replace(plan, moves=moves)
+    return build_plan(NAME, network, batch, itemsize, lambda node: node.name in chosen)
 
 
 @dataclass(frozen=True)
@@ -222,7 +221,7 @@ def _scheduled(network: Network, plain: Plan, timeline: Timeline) -> Plan:
 def _fitted(network: Network, plain: Plan, scheduled: Plan, limits: Budget) -> Plan:
     """`scheduled`, its moves stepped back towards vDNN's schedule until the plan
     fits (else `plain`: its offloads on vDNN's schedule)."""
-    index = {node.name: i for i, node in enumerate(network.nodes)}
+    index = network.index
     release = {m.tensor: index[m.release_after] for m in scheduled.moves}
     prefetch = {m.tensor: index[m.prefetch_before] for m in scheduled.moves}
     shapes = network.shapes(plain.batch)
@@ -243,13 +242,11 @@ def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
     """One step back towards vDNN's schedule at the peak: of the maps the moves
     hold on the device at the peak's layer, the largest is freed before that
     layer and at least halfway back to its last forward consumer, where vDNN
-    frees it (forward), or brought back
-    just after that layer (backward; where that is its first backward user,
-    its move is dropped: vDNN's rule brings it back earlier). False where no
-    move holds anything at the peak."""
+    frees it (forward), or brought back just after that layer (backward; where
+    that is its first backward user, its move is dropped: vDNN's rule brings it
+    back earlier). False where no move holds anything at the peak."""
     peak = max(outcome.record.memory, key=lambda event: event.in_use)
-    index = {node.name: i for i, node in enumerate(network.nodes)}
-    layer, lives = index.get(peak.layer, -1), network.lives
+    layer, lives = network.index.get(peak.layer, -1), network.lives
     if peak.phase == "forward":
         held = [n for n in release if lives[n].last_forward_use < layer <= release[n]]
     else:
