@@ -21,7 +21,7 @@ from vmem.optim import SGD
 from vmem.parameters import ParameterStore
 from vmem.plan import Move, Plan, move_schedule, offloaded_tensors
 from vmem.planning import make_budget, plan_on_device
-from vmem.policies.budget import Timeline, budget
+from vmem.policies.budget import Timeline, _refined, budget
 from vmem.policies.vdnn import memory_optimal
 from vmem.profile import load_profile
 from vmem.profiler.analysis import peak_bytes
@@ -237,3 +237,19 @@ def test_budget_leaves_the_devices_slack_where_anything_fits_within_it() -> None
     too_much = capacity - floor + 1
     spent = budget(vgg16, 128, 4, make_budget(vgg16, capacity, oracle, oracle.costs, too_much))
     assert oracle(spent) <= capacity and spent == plain
+
+
+def test_refining_starts_a_waited_for_copy_back_earlier() -> None:
+    """vdnn-all on the pointwise network with relu1's copy back started only at
+    its user's own backward pass: the compute stream waits for it, and the
+    refined plan starts it earlier and models a shorter step."""
+    network = pointwise_network()
+    oracle = PeakOracle(network, np.dtype("float32"), SGD())
+    late = replace(moved_late_and_back_early(network),
+                   moves=(Move("relu1", "conv2", "conv2"),))
+    waits = [s for s in oracle.run(late).record.spans if s.kind == "wait" and s.name == "relu1"]
+    assert waits and waits[0].ms > 0
+    refined = _refined(network, late, make_budget(network, None, oracle, None))
+    (move,) = refined.moves
+    assert network.index[move.prefetch_before] > network.index["conv2"]
+    assert oracle.run(refined).record.duration_ms < oracle.run(late).record.duration_ms
