@@ -25,7 +25,7 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
     """A capacity, the exact peak and a modeled step of any plan, modeled layer
     times where a cost model is known, and the slack plans leave where they can."""
     if costs is None:
-        return Budget(capacity, peak, dry_run=peak.run, slack=slack)
+        return Budget(capacity, peak.run, slack=slack)
 
     def layer_ms(node: Node, algorithm: Algorithm, batch: int) -> float:
         shapes = network.shapes(batch)
@@ -33,7 +33,7 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
         return sum(costs.layer_ms(node.layer, in_shapes, out, algorithm, phase)
                    for phase in ("forward", "backward"))
 
-    return Budget(capacity, peak, layer_ms, peak.run, slack)
+    return Budget(capacity, peak.run, layer_ms, slack)
 
 
 def plan_with(network: Network, policy: str, batch: int, itemsize: int,

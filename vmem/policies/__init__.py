@@ -9,9 +9,9 @@
 - `budget`: vmem's planner past vDNN: the fewest, cheapest offloads that fit,
   freed when their copy is done and brought back in time (see budget.py).
 
-A policy never measures memory itself: the budget carries a `peak(plan)` oracle
-(a dry run of the executor on a data-less backend, exact to the byte) and, where
-known, a per-layer cost.
+A policy never measures memory itself: the budget carries dry runs of the
+executor on a data-less backend (a plan's peak, exact to the byte, and its step
+on a cost model's clock) and, where known, a per-layer cost.
 """
 
 from __future__ import annotations

@@ -17,24 +17,24 @@ Offload = Callable[[Node], bool]
 
 @dataclass(frozen=True)
 class Budget:
-    """What a policy may spend: a device capacity (None: unlimited), an exact
-    peak for any plan, optionally a modeled time of a layer under an algorithm
-    at a batch size (forward plus backward, ms; where the device has a cost
-    model), a dry run of any plan (its peak and its step on a cost model's
-    clock: the device's, else vmem's weighing GPU's), and the bytes of the
-    capacity a plan should leave unused where it can (`Backend.untracked_slack`)."""
+    """What a policy may spend: a device capacity (None: unlimited), a dry run
+    of any plan (its exact peak, and its step on a cost model's clock: the
+    device's, else vmem's weighing GPU's), optionally a modeled time of a layer
+    under an algorithm at a batch size (forward plus backward, ms; where the
+    device has a cost model), and the bytes of the capacity a plan should leave
+    unused where it can (`Backend.untracked_slack`)."""
 
     capacity: int | None = None
-    peak: Callable[[Plan], int] | None = None
-    layer_ms: Callable[[Node, Algorithm, int], float] | None = None
     dry_run: Callable[[Plan], DryRun] | None = None
+    layer_ms: Callable[[Node, Algorithm, int], float] | None = None
     slack: int = 0
 
+    def peak(self, plan: Plan) -> int:
+        assert self.dry_run is not None, "a budget with a capacity needs dry runs"
+        return self.dry_run(plan).peak
+
     def fits(self, plan: Plan) -> bool:
-        if self.capacity is None:
-            return True
-        assert self.peak is not None, "a budget with a capacity needs a peak oracle"
-        return self.peak(plan) <= self.capacity
+        return self.capacity is None or self.peak(plan) <= self.capacity
 
 
 def offload_nothing(node: Node) -> bool:
@@ -90,7 +90,6 @@ def check_trainable(network: Network, batch: int, itemsize: int, budget: Budget)
         return
     floor = memory_optimal(network, batch, itemsize)
     if not budget.fits(floor):
-        assert budget.peak is not None
         raise MemoryLimitTooSmall(
             f"a memory limit of {format_bytes(budget.capacity)} cannot train "
             f"{network.name} at batch {batch} under any policy: vdnn-all with memory-optimal "
