@@ -16,12 +16,13 @@ from vmem.costs import load_costs
 from vmem.dryrun import PeakOracle
 from vmem.executor import Executor
 from vmem.graph import Network
+from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD
 from vmem.parameters import ParameterStore
 from vmem.plan import Move, Plan, move_schedule, offloaded_tensors
 from vmem.planning import make_budget, plan_on_device
-from vmem.policies.budget import Timeline, _refined, budget
+from vmem.policies.budget import Timeline, _refined, _scheduled, budget
 from vmem.policies.vdnn import memory_optimal
 from vmem.profile import load_profile
 from vmem.profiler.analysis import peak_bytes
@@ -79,7 +80,8 @@ def train_plan(network: Network, plan: Plan, steps: int = 3
     params = ParameterStore(backend, network, SGD(), np.dtype("float32"), seed=5)
     executor = Executor(backend, network, plan, params, np.dtype("float32"),
                         PinnedHostPool(backend.pinned_empty))
-    x, y = synthetic_batch(network.input_shape, 10, 4, seed=2)
+    classes = numel(network.shapes(1)[network.logits][1:])
+    x, y = synthetic_batch(network.input_shape, classes, 4, seed=2)
     results = [executor.train_step(x, y, step, seed=(5 << 32) + step) for step in range(steps)]
     weights = {f"{layer}.{name}": backend.to_host(value)
                for layer, entry in params.layers.items() for name, value in entry.values.items()}
@@ -253,3 +255,22 @@ def test_refining_starts_a_waited_for_copy_back_earlier() -> None:
     (move,) = refined.moves
     assert network.index[move.prefetch_before] > network.index["conv2"]
     assert oracle.run(refined).record.duration_ms < oracle.run(late).record.duration_ms
+
+
+def test_moves_over_forks_change_no_arithmetic() -> None:
+    """googlenet-tiny, every kept input offloaded, each map moved as the
+    planner's timeline says (forks and concatenations included): the numbers of
+    `none`, and the dry run's peak to the byte."""
+    network = load_profile("googlenet-tiny").network
+    with vmem.Runtime(network, device="cpu") as probe:
+        fastest, everything = probe.plan(4, "none"), probe.plan(4, "vdnn-all")
+        oracle = PeakOracle(network, np.dtype("float32"), SGD())
+    timeline = Timeline.of(network, oracle.run(fastest), oracle.run(everything))
+    plan = _scheduled(network, everything, timeline)
+    index, lives = network.index, network.lives
+    forks = [m for m in plan.moves if len(lives[m.tensor].consumers) > 1]
+    assert forks and any(index[m.release_after] > lives[m.tensor].last_forward_use
+                         for m in plan.moves)
+    losses, weights, record, dry_peak = train_plan(network, plan)
+    assert peak_bytes(record) == dry_peak
+    assert_same_training(losses, weights, network)
