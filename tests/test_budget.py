@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from test_policies import pointwise_network, train
+from networks import pointwise_network
+from test_policies import train
 
 import vmem
 from vmem.backends import get_backend

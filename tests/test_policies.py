@@ -7,10 +7,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from networks import pointwise_network
 
 import vmem
 from vmem.errors import MemoryLimitTooSmall, OutOfHostMemory
-from vmem.layers import LAYER_TYPES
 from vmem.plan import Plan, offloaded_tensors
 from vmem.planning import plan_for
 from vmem.policies.vdnn import memory_optimal
@@ -21,19 +21,6 @@ from vmem.trial import synthetic_batch
 POLICIES = ("none", "vdnn-all", "vdnn-conv", "vdnn-dyn")
 TINY = ("alexnet-tiny", "overfeat-tiny", "googlenet-tiny", "vgg16-tiny", "tiny-branch",
         "digits")
-
-
-def pointwise_network() -> vmem.Network:
-    """Six 1x1 convolutions over 32x32 maps, then a pool: feature maps, not
-    workspace or weights, make the peak, so offloading must lower it."""
-    t = LAYER_TYPES
-    layers = []
-    for i in range(6):
-        layers += [t["conv"](name=f"conv{i}", out_channels=8, kernel=1),
-                   t["relu"](name=f"relu{i}")]
-    layers += [t["maxpool"](name="pool", kernel=2), t["linear"](name="fc", out_features=10),
-               t["softmax_loss"](name="loss")]
-    return vmem.Network.sequential("pointwise", (8, 32, 32), layers)
 
 
 def train(network: str | vmem.Network, policy: str, steps: int = 3, batch: int = 4,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from networks import pointwise_network
 
 import vmem
 from vmem.backends import get_backend
@@ -304,23 +305,10 @@ def test_policies_give_the_numbers_of_none_on_cuda(policy: str) -> None:
         assert {"copy_d2h", "copy_h2d"} <= kinds
 
 
-def _pointwise_network() -> vmem.Network:
-    """Six 1x1 convolutions over 32x32 maps: feature maps make the peak."""
-    from vmem.layers import LAYER_TYPES as t
-
-    layers = []
-    for i in range(6):
-        layers += [t["conv"](name=f"conv{i}", out_channels=8, kernel=1),
-                   t["relu"](name=f"relu{i}")]
-    layers += [t["maxpool"](name="pool", kernel=2), t["linear"](name="fc", out_features=10),
-               t["softmax_loss"](name="loss")]
-    return vmem.Network.sequential("pointwise", (8, 32, 32), layers)
-
-
 def test_budget_moves_give_the_numbers_of_none_and_leak_nothing_on_cuda() -> None:
     """The budget planner's schedule on real streams: a map's block freed layers
     after its copy out was issued, copies back started layers early."""
-    network = _pointwise_network()
+    network = pointwise_network()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 8, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, size=4)
