@@ -1,6 +1,6 @@
 """Train a small CNN on scikit-learn's handwritten digits through vmem.Runtime.
 
-    python examples/train_digits.py [--device auto|cpu|cuda] [--epochs 15]
+    python examples/train_digits.py [--device auto|cpu|cuda] [--epochs 15] [--optimizer adamw]
 
 Real data (1,797 8×8 images that ship with scikit-learn, no download), a
 held-out test split, and the test accuracy printed at the end.
@@ -26,12 +26,19 @@ def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return (x_train - mean) / std, (x_test - mean) / std, y_train, y_test
 
 
-def train(device: str = "auto", epochs: int = 15, batch: int = 32, seed: int = 0) -> float:
+OPTIMIZERS = {
+    "sgd": vmem.SGD(lr=0.03, momentum=0.9, weight_decay=1e-4),
+    "adamw": vmem.AdamW(lr=0.003, weight_decay=1e-4),
+}
+
+
+def train(device: str = "auto", epochs: int = 15, batch: int = 32, seed: int = 0,
+          optimizer: str = "sgd") -> float:
     """Train the `digits` profile and return its accuracy on the test split."""
     x_train, x_test, y_train, y_test = load_data(seed)
     rng = np.random.default_rng(seed)
-    optimizer = vmem.SGD(lr=0.03, momentum=0.9, weight_decay=1e-4)
-    with vmem.Runtime("digits", device=device, optimizer=optimizer, seed=seed) as runtime:
+    with vmem.Runtime("digits", device=device, optimizer=OPTIMIZERS[optimizer],
+                      seed=seed) as runtime:
         for epoch in range(epochs):
             order = rng.permutation(len(x_train))
             losses = []
@@ -48,8 +55,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     args = parser.parse_args()
-    accuracy = train(args.device, args.epochs, seed=args.seed)
+    accuracy = train(args.device, args.epochs, seed=args.seed, optimizer=args.optimizer)
     print(f"test accuracy: {accuracy:.4f}")
 
 

@@ -160,6 +160,9 @@ def test_the_scaling_model() -> None:
     assert costs.layer_ms(conv, *shapes(64), algorithm(64, 8), "forward") == pytest.approx(
         12.0, rel=0.01)
     assert costs.update_ms(2000) == pytest.approx(4.0)  # the update scales with the weights
+    # ... and with the optimizer's passes over them: AdamW (7) against the SGD measured (5)
+    assert costs.update_ms(2000, traffic=7) == pytest.approx(5.6)
+    assert model.update_ms(10**9, traffic=7) == pytest.approx(7 * 1e3 / gpu.bandwidth_gbps)
     assert costs.copy_ms(10**9, to_host=True) == pytest.approx(100.005)  # 10 GB/s + launch
     assert costs.copy_ms(12 * 10**8, to_host=False) == pytest.approx(100.005)
     other = replace(conv, name="other")

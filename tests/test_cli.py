@@ -62,6 +62,26 @@ def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["host_ms"] > 0  # the host time to issue a step, measured
 
 
+def test_run_with_adamw_says_so_and_holds_more(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    """`--optimizer adamw` trains with AdamW: the results and the saved session say so,
+    and its second moment is one more weight-sized buffer than SGD's velocity
+    (digits has 13,706 float32 parameters)."""
+    results = {}
+    for optimizer in ("sgd", "adamw"):
+        session = tmp_path / f"{optimizer}.json"
+        code, out, _ = run_cli(capsys, "run", "digits", "--steps", "2", "--device", "cpu",
+                               "--optimizer", optimizer, "--save-session", str(session),
+                               "--json")
+        assert code == 0
+        results[optimizer] = json.loads(out)
+        code, out, _ = run_cli(capsys, "report", str(session))
+        assert code == 0 and f"optimizer {optimizer}" in out.splitlines()[0]
+    assert results["adamw"]["optimizer"] == "adamw"
+    by_kind = {name: r["peak_by_kind"]["optimizer"] for name, r in results.items()}
+    assert by_kind == {"sgd": 13_706 * 4, "adamw": 2 * 13_706 * 4}
+
+
 def test_run_under_a_memory_limit_reports_it(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "run", "digits", "--steps", "1", "--device", "cpu",
                            "--memory-limit", "2MiB", "--json")
@@ -91,6 +111,7 @@ def test_unknown_options_name_the_command(capsys, argv):
     (["run", "digits", "--device", "tpu"], ["--device", "'tpu'", "cpu", "cuda:N"]),
     (["run", "digits", "--device", "cuda"], ["cuda", "cpu"]),
     (["run", "digits", "--policy", "magic"], ["--policy", "'magic'", "none"]),
+    (["run", "digits", "--optimizer", "adam"], ["--optimizer", "'adam'", "sgd", "adamw"]),
     (["run", "digits", "--device", "cpu", "--memory-limit", "100KB"],
      ["a memory limit of 97.66 KiB cannot train digits at batch 64 under any policy",
       "needs at least"]),

@@ -6,6 +6,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+from networks import pointwise_network
+
+import vmem
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -18,7 +23,31 @@ def load_example(name: str):  # noqa: ANN201 - the example's module
     return module
 
 
-def test_digits_example_reaches_95_percent() -> None:
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_digits_example_reaches_95_percent(optimizer: str) -> None:
     """scikit-learn's handwritten digits, a held-out quarter as the test split."""
-    accuracy = load_example("train_digits").train(device="cpu", seed=0)
+    accuracy = load_example("train_digits").train(device="cpu", seed=0, optimizer=optimizer)
     assert accuracy >= 0.95
+
+
+def test_policy_comparison_example_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """Under a limit between vdnn-all's peak and none's, none runs out of memory, and
+    every policy that fits stays within the limit with the oracle's losses, bit for bit."""
+    example = load_example("compare_policies")
+    network = pointwise_network()
+    with vmem.Runtime(network, device="cpu") as probe:
+        none_peak = probe.peak_bytes(probe.plan(4, "none"))
+        all_peak = probe.peak_bytes(probe.plan(4, "vdnn-all"))
+    limit = (none_peak + all_peak) // 2
+    oracle, rows = example.compare(network, "cpu", 4, f"{limit}B")
+    by_policy = {row.policy: row for row in rows}
+    assert oracle.error is None and oracle.peak_bytes == none_peak
+    assert "out of device memory" in by_policy["none"].error
+    fitted = [row for row in rows if row.error is None]
+    assert {"vdnn-all", "vdnn-dyn", "budget"} <= {row.policy for row in fitted}
+    for row in fitted:
+        assert row.peak_bytes <= limit and row.losses == oracle.losses, row.policy
+        assert example.same_losses(row, oracle) == "yes"
+    example.print_table(oracle, rows)
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table[1:]] == [*by_policy, "oracle"]

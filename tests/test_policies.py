@@ -46,6 +46,21 @@ def test_every_policy_is_bit_identical_to_none(profile: str) -> None:
             assert moved > 0, f"{policy} offloaded nothing on {profile}"
 
 
+@pytest.mark.parametrize("profile", ["vgg16-tiny", "googlenet-tiny"])
+def test_adamw_trains_bit_identically_under_every_policy(profile: str) -> None:
+    """AdamW's two moments and its step count live beside the weights: moving feature
+    maps changes none of its arithmetic either."""
+    adamw = vmem.AdamW(lr=0.01)
+    reference_losses, reference_weights, runtime = train(profile, "none", optimizer=adamw)
+    runtime.close()
+    for policy in (*POLICIES[1:], "budget"):
+        losses, weights, runtime = train(profile, policy, optimizer=adamw)
+        runtime.close()
+        assert losses == reference_losses, policy
+        for name, value in reference_weights.items():
+            np.testing.assert_array_equal(weights[name], value, err_msg=f"{policy}: {name}")
+
+
 def test_under_a_limit_none_fails_and_vdnn_all_trains() -> None:
     network = pointwise_network()
     with vmem.Runtime(network, device="cpu") as probe:

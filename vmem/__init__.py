@@ -10,10 +10,10 @@ from vmem.errors import (
     VmemError,
 )
 from vmem.graph import Network, Node
-from vmem.optim import SGD
+from vmem.optim import SGD, AdamW
 from vmem.runtime import Runtime
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "DeviceUnavailable", "Network", "NetworkError", "Node", "OutOfDeviceMemory",
-           "ProfileError", "Runtime", "ShapeError", "UsageError", "VmemError"]
+__all__ = ["SGD", "AdamW", "DeviceUnavailable", "Network", "NetworkError", "Node",
+           "OutOfDeviceMemory", "ProfileError", "Runtime", "ShapeError", "UsageError", "VmemError"]

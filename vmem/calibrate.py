@@ -38,6 +38,7 @@ from vmem.costs import CALIBRATION_FORMAT, CALIBRATION_VERSION, load_calibration
 from vmem.errors import DeviceUnavailable, UsageError
 from vmem.graph import Network
 from vmem.memory import MemoryKind, PinnedHostPool
+from vmem.optim import update_traffic
 from vmem.profiler.events import StepRecord
 
 DEVICES = "cuda, cuda:N or cpu"
@@ -178,7 +179,8 @@ def measure(network: Network, device: str, batch: int, steps: int, seed: int = 0
         "tflops": flops / (gemm_ms * 1e9) if flops and gemm_ms > 0 else 1e-3,
         "bandwidth_gbps": bandwidth_gbps, "d2h_gbps": d2h_gbps, "h2d_gbps": h2d_gbps,
         "copy_bytes": copy_bytes, "launch_us": launch_us,
-        "update_ms": kernels.get(("sgd", "update"), 0.0), "param_bytes": param_bytes,
+        "update_ms": kernels.get((runtime.optimizer.name, "update"), 0.0),
+        "param_bytes": param_bytes, "update_traffic": update_traffic(runtime.optimizer),
         "layers": layers,
     }, records
 

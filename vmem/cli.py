@@ -18,6 +18,7 @@ from vmem.bench import add_bench_parser, run_bench
 from vmem.calibrate import add_calibrate_parser, cmd_calibrate
 from vmem.cliargs import EXIT_USAGE, OneLineParser, non_negative_int, positive_float, positive_int
 from vmem.errors import UsageError, VmemError
+from vmem.optim import OPTIMIZERS
 from vmem.units import format_bytes, parse_size
 
 # vmem.executor.ALLOCATIONS, named here so that building the parser imports nothing heavy
@@ -43,10 +44,14 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
                             "feature maps may use (same units)")
         parser.add_argument("--steps", type=positive_int, default=4, help="training steps; "
                             "the first is a warm-up left out of the timing (default: 4)")
-        parser.add_argument("--lr", type=positive_float, default=0.001, help="SGD learning "
-                            "rate (momentum 0.9, weight decay 5e-4; default: 0.001)")
+        parser.add_argument("--lr", type=positive_float, default=0.001, help="learning rate "
+                            "(default: 0.001)")
         parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for "
                             "weights and data, an integer >= 0 (default: 0)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd: with "
+                        "momentum 0.9 and weight decay 5e-4, one state buffer per parameter; "
+                        "adamw: betas 0.9, 0.999, weight decay 0.01, two state buffers per "
+                        "parameter, so more device memory (default: sgd)")
     parser.add_argument("--json", action="store_true", help="print JSON for programs")
     if training:
         _add_output_options(parser, live=True)
@@ -232,7 +237,8 @@ def _trial_spec(args: argparse.Namespace, policy: str) -> Any:
     return TrialSpec(profile.network, args.batch, args.steps, args.device, policy,
                      _size(args.memory_limit, "--memory-limit"),
                      _size(args.host_memory_limit, "--host-memory-limit"), args.seed, args.lr,
-                     profile.batch, profile.cpu_batch, allocation=args.allocation)
+                     profile.batch, profile.cpu_batch, allocation=args.allocation,
+                     optimizer=args.optimizer)
 
 
 def _progress(args: argparse.Namespace, total: int) -> Any:
@@ -277,7 +283,8 @@ def _session(args: argparse.Namespace, spec: Any, policies: list[str], trials: l
         memory_limit_bytes=spec.memory_limit, steps=spec.steps,
         device_facts=next((r.device_facts for r in ran if r.device_facts), {}),
         vmem_version=__version__,
-        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), argv=tuple(args.argv))
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), argv=tuple(args.argv),
+        optimizer=spec.optimizer)
     return Session(meta, tuple(trials), oracle)
 
 
@@ -400,17 +407,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     planned = plan_on_device(profile, args.policy, args.device, args.batch,
                              _size(args.memory_limit, "--memory-limit"),
-                             allocation=args.allocation)
+                             allocation=args.allocation, optimizer=args.optimizer)
     plan, peak, capacity, bound = planned.plan, planned.peak, planned.capacity, planned.bound
     fits = capacity is None or peak <= capacity
     if args.json:
         print(json.dumps({**json.loads(plan.to_json()), "peak_bytes": peak,
-                          "allocation": args.allocation, "capacity_bytes": capacity,
+                          "allocation": args.allocation, "optimizer": args.optimizer,
+                          "capacity_bytes": capacity,
                           "fits": fits}))
         return 0
     _console().print(plan.explain(), highlight=False)
     _console().print(f"peak device memory of a step under this plan ({args.allocation} "
-                     f"allocation): {format_bytes(peak)} ({peak:,} bytes)", highlight=False)
+                     f"allocation, {args.optimizer}): {format_bytes(peak)} ({peak:,} bytes)",
+                     highlight=False)
     if not fits:
         hint = "" if args.policy == "vdnn-dyn" else "; --policy vdnn-dyn makes a plan that fits"
         _console().print(f"this plan does not fit: its peak exceeds the {format_bytes(capacity)} "

@@ -193,9 +193,11 @@ class CostModel:
         gbps = self.gpu.d2h_gbps if to_host else self.gpu.h2d_gbps
         return nbytes / (gbps * 1e9) * 1e3 + self.gpu.launch_us * 1e-3
 
-    def update_ms(self, param_bytes: int) -> float:
-        """SGD reads weight, gradient and velocity and writes two of them."""
-        return 5 * param_bytes / (self.gpu.bandwidth_gbps * 1e9) * 1e3
+    def update_ms(self, param_bytes: int, traffic: int = 5) -> float:
+        """The optimizer's update: `traffic` weight-sized passes over memory
+        (`vmem.optim.update_traffic`; SGD with momentum reads weight, gradient and
+        velocity and writes two of them: 5)."""
+        return traffic * param_bytes / (self.gpu.bandwidth_gbps * 1e9) * 1e3
 
 
 # -- measured costs ------------------------------------------------------------------
@@ -231,6 +233,7 @@ class Calibration:
     update_ms: float
     param_bytes: int
     device: dict[str, Any]
+    update_traffic: int = 5  # the measured optimizer's (`vmem.optim.update_traffic`)
 
 
 @dataclass(frozen=True)
@@ -301,11 +304,13 @@ class CalibratedCosts(CostModel):
         return measured * model(layer, in_shapes, out_shape, algo, phase) / model(
             layer, *then, phase)
 
-    def update_ms(self, param_bytes: int) -> float:
+    def update_ms(self, param_bytes: int, traffic: int = 5) -> float:
+        """The measured update, scaled by the weights and by the optimizer's passes
+        over memory against those of the optimizer that was measured."""
         cal = self.calibration
         if cal.param_bytes <= 0:
-            return super().update_ms(param_bytes)
-        return cal.update_ms * param_bytes / cal.param_bytes
+            return super().update_ms(param_bytes, traffic)
+        return cal.update_ms * param_bytes / cal.param_bytes * traffic / cal.update_traffic
 
 
 def _dims(shapes: Sequence[Shape]) -> str:
@@ -396,4 +401,6 @@ def load_calibration(path_text: str) -> Calibration:
                   f"{data.get('batch')}, {data.get('created', 'undated')})")
     return Calibration(path_text, gpu, top.text("profile"), top.count("batch", 1),
                        top.text("dtype"), layers, top.time("update_ms"),
-                       top.count("param_bytes"), device)
+                       top.count("param_bytes"), device,
+                       # files that do not say were made with SGD with momentum
+                       top.count("update_traffic", 1) if "update_traffic" in data else 5)

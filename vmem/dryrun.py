@@ -13,7 +13,7 @@ from vmem.costs import CostModel, load_costs
 from vmem.executor import LIVENESS, Executor
 from vmem.graph import Network
 from vmem.memory import PinnedHostPool
-from vmem.optim import SGD
+from vmem.optim import Optimizer
 from vmem.parameters import ParameterStore
 from vmem.plan import Plan
 from vmem.profiler.events import StepRecord
@@ -30,7 +30,7 @@ class DryRun:
     record: StepRecord  # the step's events, on the cost model's clock
 
 
-def dry_run(network: Network, plan: Plan, dtype: np.dtype, optimizer: SGD,
+def dry_run(network: Network, plan: Plan, dtype: np.dtype, optimizer: Optimizer,
             allocation: str = LIVENESS, costs: CostModel | None = None) -> DryRun:
     """One training step under `plan` with memory for everything (costs None: no
     time passes)."""
@@ -47,7 +47,7 @@ class PeakOracle:
     weighing GPU's roofline), remembered per plan: a plan's exact peak, and its
     modeled step."""
 
-    def __init__(self, network: Network, dtype: np.dtype, optimizer: SGD,
+    def __init__(self, network: Network, dtype: np.dtype, optimizer: Optimizer,
                  allocation: str = LIVENESS, costs: CostModel | None = None) -> None:
         self.network, self.dtype, self.optimizer = network, np.dtype(dtype), optimizer
         self.allocation = allocation

@@ -36,6 +36,7 @@ from vmem.graph import DATA, Network, Node
 from vmem.kernels.softmax import softmax
 from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
 from vmem.memory import Block, HostBuffer, MemoryKind, PinnedHostPool
+from vmem.optim import update_traffic
 from vmem.parameters import ParameterStore
 from vmem.plan import Plan, move_schedule, offloaded_tensors
 from vmem.profiler.events import StepRecord
@@ -440,10 +441,11 @@ class Executor:
         self._grads.clear()  # nothing is left: gradients of data are never made
 
     def _update(self, recorder: StepRecorder) -> None:
-        self._where = ("sgd", UPDATE)
-        cost = self.costs.update_ms(sum(b.nbytes for b in self.params.blocks
-                                        if b.kind == MemoryKind.WEIGHTS)) if self.costs else 0.0
-        self._launch(recorder, "sgd", UPDATE, cost, self.params.update)
+        optimizer = self.params.optimizer
+        self._where = (optimizer.name, UPDATE)
+        weights = sum(b.nbytes for b in self.params.blocks if b.kind == MemoryKind.WEIGHTS)
+        cost = self.costs.update_ms(weights, update_traffic(optimizer)) if self.costs else 0.0
+        self._launch(recorder, optimizer.name, UPDATE, cost, self.params.update)
 
     # -- host boundary ----------------------------------------------------------
 

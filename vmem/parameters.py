@@ -12,7 +12,7 @@ from vmem.backends.base import Backend
 from vmem.graph import Network
 from vmem.layers.base import numel
 from vmem.memory import Block, MemoryKind
-from vmem.optim import SGD
+from vmem.optim import Optimizer
 
 
 @dataclass
@@ -23,11 +23,12 @@ class LayerParameters:
 
 
 class ParameterStore:
-    def __init__(self, backend: Backend, network: Network, optimizer: SGD, dtype: np.dtype,
+    def __init__(self, backend: Backend, network: Network, optimizer: Optimizer, dtype: np.dtype,
                  seed: int) -> None:
         self.backend, self.optimizer = backend, optimizer
         self.layers: dict[str, LayerParameters] = {}
         self.blocks: list[Block] = []
+        self.updates = 0  # updates made so far: AdamW's bias correction counts them
         shapes = network.shapes(1)
         rng = np.random.default_rng(seed)
         try:
@@ -58,10 +59,11 @@ class ParameterStore:
 
     def update(self) -> None:
         xp = self.backend.xp
+        self.updates += 1
         for entry in self.layers.values():
             for pname, value in entry.values.items():
                 self.optimizer.update(xp, value, entry.grads[pname], entry.state[pname],
-                                      decay=pname != "bias")
+                                      decay=pname != "bias", step=self.updates)
 
     def release(self) -> None:
         for block in self.blocks:

@@ -13,7 +13,7 @@ from vmem.dryrun import PeakOracle
 from vmem.executor import LIVENESS
 from vmem.graph import Network, Node
 from vmem.layers.base import Algorithm
-from vmem.optim import SGD
+from vmem.optim import make_optimizer
 from vmem.plan import Plan
 from vmem.policies import Budget, make_plan
 from vmem.policies.vdnn import check_trainable
@@ -56,10 +56,11 @@ class DevicePlan:
 
 def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None,
                    limit: int | None, dtype: str = "float32",
-                   allocation: str = LIVENESS) -> DevicePlan:
+                   allocation: str = LIVENESS, optimizer: str = "sgd") -> DevicePlan:
     """The plan `policy` makes for a profile on a device, bounded as a run on that
     device is: by `limit`, else by a sim GPU's memory; a limit above the
-    device's own memory is refused (`vmem.backends.base.bound_capacity`)."""
+    device's own memory is refused (`vmem.backends.base.bound_capacity`). The
+    optimizer (a name in `vmem.optim.OPTIMIZERS`) holds its state beside the weights."""
     costs, slack = None, 0
     spec = device.strip()
     itemsize = np.dtype(dtype).itemsize
@@ -79,7 +80,8 @@ def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None
         capacity = limit
     bound = "--memory-limit" if limit is not None else f"{name}'s memory"
     batch = batch or (profile.cpu_batch if on_cpu else profile.batch)
-    peak = PeakOracle(profile.network, np.dtype(dtype), SGD(), allocation, costs)
+    peak = PeakOracle(profile.network, np.dtype(dtype), make_optimizer(optimizer), allocation,
+                      costs)
     plan = plan_with(profile.network, policy, batch, itemsize,
                      make_budget(profile.network, capacity, peak, costs, slack))
     return DevicePlan(plan, peak(plan), capacity, bound)
@@ -87,8 +89,9 @@ def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None
 
 def plan_for(profile: Profile, policy: str, device: str, batch: int | None,
              capacity: int | None, dtype: str = "float32",
-             allocation: str = LIVENESS) -> tuple[Plan, int]:
+             allocation: str = LIVENESS, optimizer: str = "sgd") -> tuple[Plan, int]:
     """The plan `policy` makes for a profile on a device, and its exact peak
     (see `plan_on_device`)."""
-    planned = plan_on_device(profile, policy, device, batch, capacity, dtype, allocation)
+    planned = plan_on_device(profile, policy, device, batch, capacity, dtype, allocation,
+                             optimizer)
     return planned.plan, planned.peak

@@ -20,7 +20,7 @@ from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
 from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
-from vmem.optim import SGD
+from vmem.optim import SGD, AdamW, Optimizer
 from vmem.parameters import ParameterStore
 from vmem.plan import Plan
 from vmem.planning import make_budget, plan_with
@@ -44,7 +44,7 @@ def resolve_network(network: str | os.PathLike[str] | Network) -> Network:
 class Runtime:
     def __init__(self, network: str | os.PathLike[str] | Network, *, device: str = "auto",
                  policy: str = "none", memory_limit: int | str | None = None,
-                 host_memory_limit: int | str | None = None, optimizer: SGD | None = None,
+                 host_memory_limit: int | str | None = None, optimizer: Optimizer | None = None,
                  seed: int = 0, dtype: str = "float32", oracular: bool = False,
                  allocation: str = LIVENESS, batch: int | None = None) -> None:
         """`memory_limit`: the device capacity to emulate; one above the device's
@@ -55,7 +55,9 @@ class Runtime:
         the reference that slowdowns are measured against (on sim, not even the
         modeled GPU's memory bounds it). `allocation`: "liveness" frees each map
         when it dies; "network-wide" keeps every map to the step's end (the vDNN
-        paper's baseline)."""
+        paper's baseline). `optimizer`: vmem.SGD (the default, with momentum: one
+        state buffer per parameter) or vmem.AdamW (two), on the device beside the
+        weights and counted in every peak."""
         self.network = resolve_network(network)
         if dtype not in DTYPES:
             raise UsageError(f"dtype: unknown '{dtype}'; accepted: {', '.join(DTYPES)}")
@@ -68,6 +70,9 @@ class Runtime:
                                                                        "--host-memory-limit")
         check_policy(policy)
         self.allocation = check_allocation(allocation)
+        if optimizer is not None and not isinstance(optimizer, SGD | AdamW):
+            raise UsageError(f"optimizer: expected vmem.SGD or vmem.AdamW, got "
+                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer or SGD()
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
                                   or batch < 1):
@@ -96,7 +101,8 @@ class Runtime:
     # -- the loop ----------------------------------------------------------------
 
     def train_step(self, x: Any, y: Any) -> float:
-        """One step of SGD on a batch; returns the batch's mean loss."""
+        """One training step on a batch (forward, loss, backward, the optimizer's
+        update); returns the batch's mean loss."""
         batch = self._check_inputs(x)
         labels = self._check_labels(y, batch)
         executor = self.executor(batch)

@@ -16,7 +16,7 @@ from vmem.backends.base import Backend
 from vmem.errors import VmemError
 from vmem.executor import LIVENESS
 from vmem.graph import Network
-from vmem.optim import SGD
+from vmem.optim import make_optimizer
 from vmem.profiler import analysis
 from vmem.profiler.events import StepRecord
 from vmem.profiler.session import TrialResult
@@ -41,6 +41,7 @@ class TrialSpec:
     default_cpu_batch: int = 8
     oracular: bool = False  # a device with memory for everything (see Runtime)
     allocation: str = LIVENESS  # or "network-wide", the vDNN paper's baseline
+    optimizer: str = "sgd"  # a name in vmem.optim.OPTIMIZERS
 
 
 def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
@@ -80,8 +81,8 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
                            else spec.default_batch)
     with Runtime(spec.network, device=spec.device, policy=spec.policy,
                  memory_limit=spec.memory_limit, host_memory_limit=spec.host_memory_limit,
-                 optimizer=SGD(lr=spec.lr), seed=spec.seed, oracular=spec.oracular,
-                 allocation=spec.allocation, batch=batch) as runtime:
+                 optimizer=make_optimizer(spec.optimizer, spec.lr), seed=spec.seed,
+                 oracular=spec.oracular, allocation=spec.allocation, batch=batch) as runtime:
         x, y = synthetic_batch(spec.network.input_shape, runtime.num_classes, batch, spec.seed,
                                data=runtime.backend.runs_kernels)
         if runtime.backend.runs_kernels:
@@ -101,7 +102,7 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
         result = TrialResult(
             profile=spec.network.name, batch=batch, device=runtime.backend.name,
             policy=spec.policy, memory_limit_bytes=runtime.memory_limit, steps=spec.steps,
-            allocation=spec.allocation,
+            allocation=spec.allocation, optimizer=spec.optimizer,
             peak_bytes=analysis.peak_bytes(peak_record),
             average_bytes=statistics.fmean(analysis.average_bytes(r) for r in timed),
             peak_by_kind=analysis.bytes_by_kind_at_peak(peak_record),

@@ -265,14 +265,16 @@ def test_auto_picks_cuda() -> None:
 # -- (b) cuda gives the cpu's numbers ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("network", "batch", "steps"), [("digits", 64, 10),
-                                                          ("alexnet-tiny", 8, 3)])
-def test_training_matches_cpu(network: str, batch: int, steps: int) -> None:
+@pytest.mark.parametrize(("network", "batch", "steps", "optimizer"), [
+    ("digits", 64, 10, vmem.SGD()), ("alexnet-tiny", 8, 3, vmem.SGD()),
+    ("digits", 64, 5, vmem.AdamW())], ids=["digits", "alexnet-tiny", "digits-adamw"])
+def test_training_matches_cpu(network: str, batch: int, steps: int,
+                              optimizer: vmem.SGD | vmem.AdamW) -> None:
     x, y = _batch(network, batch)
     losses: dict[str, list[float]] = {}
     peaks: dict[str, int] = {}
     for device in ("cpu", "cuda"):
-        with vmem.Runtime(network, device=device, seed=7) as rt:
+        with vmem.Runtime(network, device=device, seed=7, optimizer=optimizer) as rt:
             losses[device] = [rt.train_step(x, y) for _ in range(steps)]
             peaks[device] = rt.arena.peak
     for step, (cpu, cuda) in enumerate(zip(losses["cpu"], losses["cuda"], strict=True)):

@@ -25,7 +25,7 @@ class MemoryEvent:
 class Span:
     """Work on one stream: a layer's kernel, a copy, or a wait."""
 
-    name: str  # layer name, or "sgd"
+    name: str  # layer name, or the optimizer's ("sgd", "adamw") for the update
     phase: str  # "forward" | "backward" | "update"
     stream: str  # "compute" | "memory"
     start_ms: float

@@ -80,7 +80,8 @@ def _header(session: Session, console: Console, title: str) -> None:
 def _render_run(session: Session, console: Console) -> None:
     meta, result = session.meta, session.trials[0].result
     _header(session, console, f"vmem run {result.profile} · batch {result.batch} · "
-            f"{result.device} · policy {result.policy} · allocation {meta.allocation}")
+            f"{result.device} · policy {result.policy} · allocation {meta.allocation} · "
+            f"optimizer {meta.optimizer}")
     steps = Table()
     steps.add_column("step", justify="right")
     steps.add_column("loss", justify="right")
@@ -121,7 +122,7 @@ def _render_compare(session: Session, console: Console) -> None:
     oracle = session.oracle.result if session.oracle else None
     _header(session, console, f"vmem compare {meta.profile} · batch {meta.batch} · "
             f"{meta.device} · memory limit {_limit(meta.memory_limit_bytes)} · allocation "
-            f"{meta.allocation}")
+            f"{meta.allocation} · optimizer {meta.optimizer}")
     caption = "slowdown: step time over the oracular step's, " + (
         "policy none with memory for everything" if oracle else
         "the sum of per-layer times (none with no limit does not fit this device)")

@@ -38,6 +38,7 @@ class TrialResult:
     memory_limit_bytes: int | None
     steps: int
     allocation: str = "liveness"
+    optimizer: str = "sgd"
     peak_bytes: int | None = None
     average_bytes: float | None = None
     peak_by_kind: dict[str, int] | None = None  # device bytes by kind at the peak
@@ -82,6 +83,7 @@ class SessionMeta:
     vmem_version: str
     created: str  # ISO 8601, UTC
     argv: tuple[str, ...] = ()
+    optimizer: str = "sgd"
 
 
 @dataclass(frozen=True)
