@@ -3,16 +3,22 @@ the runtime's whole life, each with its arena block."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vmem.backends.base import Backend
+from vmem.errors import UsageError
 from vmem.graph import Network
 from vmem.layers.base import numel
 from vmem.memory import Block, MemoryKind
 from vmem.optim import Optimizer
+
+#: The state dict key of the steps trained, saved with the optimizer's state (AdamW's
+#: bias correction and dropout's masks depend on it).
+STEPS = "steps"
 
 
 @dataclass
@@ -29,6 +35,7 @@ class ParameterStore:
         self.layers: dict[str, LayerParameters] = {}
         self.blocks: list[Block] = []
         self.updates = 0  # updates made so far: AdamW's bias correction counts them
+        self.shapes: dict[str, tuple[int, ...]] = {}  # "layer.param[.state]" -> shape
         shapes = network.shapes(1)
         rng = np.random.default_rng(seed)
         try:
@@ -55,6 +62,8 @@ class ParameterStore:
 
     def _place(self, host: Any, kind: MemoryKind, label: str) -> Any:
         self.blocks.append(self.backend.arena.allocate(host.nbytes, kind, label))
+        if kind != MemoryKind.WEIGHT_GRADS:
+            self.shapes[label] = tuple(host.shape)
         return self.backend.asarray(host) if self.backend.runs_kernels else None
 
     def update(self) -> None:
@@ -64,6 +73,51 @@ class ParameterStore:
             for pname, value in entry.values.items():
                 self.optimizer.update(xp, value, entry.grads[pname], entry.state[pname],
                                       decay=pname != "bias", step=self.updates)
+
+    def arrays(self, optimizer: bool) -> dict[str, Any]:
+        """Device arrays by name: "layer.param", and with `optimizer` its state
+        buffers too ("layer.param.velocity", "layer.param.exp_avg", ...)."""
+        arrays = {}
+        for layer, entry in self.layers.items():
+            for pname, value in entry.values.items():
+                arrays[f"{layer}.{pname}"] = value
+                if optimizer:
+                    arrays.update({f"{layer}.{pname}.{s}": buffer
+                                   for s, buffer in entry.state[pname].items()})
+        return arrays
+
+    def load(self, state: Mapping[str, Any], write: Callable[[Any, np.ndarray], None]
+             ) -> int | None:
+        """Copy a state dict's arrays into the device arrays with `write`. Every
+        parameter must be there; the optimizer's buffers and STEPS all or none. All
+        is checked before anything is written, so a refused state changes nothing.
+        Returns the steps loaded with the optimizer's state, or None without it."""
+        weights = self.arrays(optimizer=False)
+        everything = self.arrays(optimizer=True)
+        given = set(state)
+        missing = [k for k in weights if k not in given]
+        if missing:
+            raise UsageError(f"state dict: no {_listed(missing)}; it needs every parameter "
+                             f"of the network ({len(weights)})")
+        unknown = sorted(given - set(everything) - {STEPS})
+        if unknown:
+            raise UsageError(f"state dict: unknown {_listed(unknown)}; expected parameters "
+                             f"(\"layer.param\") and, optionally, all of the "
+                             f"{self.optimizer.name} optimizer's buffers with '{STEPS}'")
+        training = [*(k for k in everything if k not in weights), STEPS]
+        with_optimizer = bool(given - set(weights))
+        lacking = [k for k in training if k not in given] if with_optimizer else []
+        if lacking:
+            raise UsageError(f"state dict: has some of the {self.optimizer.name} optimizer's "
+                             f"state but no {_listed(lacking)}; give all of it or none")
+        chosen = everything if with_optimizer else weights
+        hosts = {key: _checked(key, state[key], self.shapes[key]) for key in chosen}
+        steps = _steps(state[STEPS]) if with_optimizer else None
+        for key, host in hosts.items():
+            write(chosen[key], host)
+        if steps is not None:
+            self.updates = steps
+        return steps
 
     def release(self) -> None:
         for block in self.blocks:
@@ -86,6 +140,31 @@ class _Shaped:
 
     def astype(self, dtype: Any, copy: bool = False) -> _Shaped:
         return _Shaped(self.shape, np.dtype(dtype))
+
+
+def _steps(value: Any) -> int:
+    host = np.asarray(value)
+    if host.shape != () or host.dtype.kind not in "iu" or int(host) < 0:
+        raise UsageError(f"state dict: '{STEPS}' must be an integer >= 0 (the steps trained), "
+                         f"got {value!r:.40}")
+    return int(host)
+
+
+def _listed(keys: list[str]) -> str:
+    more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+    return f"'{keys[0]}'{more}"
+
+
+def _checked(key: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A state dict entry as a host array of the expected shape, or a UsageError."""
+    host = np.asarray(value)
+    if host.dtype.kind != "f":
+        raise UsageError(f"state dict: '{key}' has dtype {host.dtype}; expected a floating "
+                         "array")
+    if host.shape != shape:
+        raise UsageError(f"state dict: '{key}' has shape {host.shape}; this network's is "
+                         f"{shape}")
+    return host
 
 
 def _zeros_like(host: Any) -> Any:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from vmem.graph import DATA, Network
 from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD, AdamW, Optimizer
-from vmem.parameters import ParameterStore
+from vmem.parameters import STEPS, ParameterStore
 from vmem.plan import Plan
 from vmem.planning import make_budget, plan_with
 from vmem.policies import POLICIES, Budget, check_policy
@@ -175,10 +176,27 @@ class Runtime:
         return {name: dict(entry.values) for name, entry in self.params.layers.items()
                 if entry.values}
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Host copies of every parameter, keyed "layer.name"."""
-        return {f"{layer}.{name}": self.backend.to_host(value)
-                for layer, values in self.parameters.items() for name, value in values.items()}
+    def state_dict(self, optimizer: bool = False) -> dict[str, np.ndarray]:
+        """Host copies of every parameter, keyed "layer.name". With `optimizer`, also
+        the optimizer's buffers ("layer.name.velocity", "layer.name.exp_avg", ...)
+        and "steps", the steps trained: a runtime with the same seed that loads it
+        trains on exactly as this one would. `np.savez(path, **state)` saves it."""
+        state = {key: self.backend.to_host(value)
+                 for key, value in self.params.arrays(optimizer).items()}
+        if optimizer:
+            state[STEPS] = np.array(self.steps, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load what `state_dict` gives (or `np.load` reads back): every parameter,
+        and the optimizer's buffers with "steps" where the state holds them. Shapes
+        must be this network's; a refused state dict changes nothing."""
+        if not self.backend.runs_kernels:
+            raise UsageError(f"load_state_dict: the {self.backend.name} backend holds no "
+                             "parameter values to load into")
+        steps = self.params.load(state, self.backend.write_from_host)
+        if steps is not None:
+            self.steps = steps
 
     @property
     def arena(self):  # noqa: ANN201 - DeviceArena, re-exported for users

@@ -333,6 +333,23 @@ def test_budget_moves_give_the_numbers_of_none_and_leak_nothing_on_cuda() -> Non
     assert losses == pytest.approx(none_losses, rel=POLICY_RTOL)
 
 
+def test_a_state_dict_loads_in_place_and_training_resumes_on_cuda(cp: Any) -> None:
+    """write_from_host copies over the parameters without allocating: the pool's used
+    bytes do not move, and training goes on as the saving runtime's did."""
+    x, y = _batch("digits", 32)
+    with vmem.Runtime("digits", device="cuda", seed=2, optimizer=vmem.AdamW()) as rt:
+        rt.train_step(x, y)
+        saved = rt.state_dict(optimizer=True)
+        expected = [rt.train_step(x, y) for _ in range(2)]
+    with vmem.Runtime("digits", device="cuda", seed=2, optimizer=vmem.AdamW()) as rt:
+        rt.train_step(x, y)
+        used = cp.get_default_memory_pool().used_bytes()
+        rt.load_state_dict(saved)
+        assert cp.get_default_memory_pool().used_bytes() == used
+        resumed = [rt.train_step(x, y) for _ in range(2)]
+    assert resumed == pytest.approx(expected, rel=POLICY_RTOL)
+
+
 def test_last_record_has_cuda_times() -> None:
     x, y = _batch("digits", 32)
     with vmem.Runtime("digits", device="cuda", seed=0) as rt:

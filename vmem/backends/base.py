@@ -145,6 +145,11 @@ class Backend(ABC):
     def to_host(self, array: Any) -> np.ndarray:
         return np.asarray(array)
 
+    def write_from_host(self, array: Any, host: np.ndarray) -> None:
+        """Overwrite device array `array` with host array `host` (same shape), in
+        place: no device memory is allocated; done when this returns."""
+        array[...] = host
+
     def facts(self) -> dict[str, Any]:
         """What the report shows about the device (name, memory, driver...)."""
         return {"backend": self.name}

@@ -368,6 +368,18 @@ class CudaBackend(Backend):
         compute.synchronize()  # older CuPy copies asynchronously when given a stream
         return host
 
+    def write_from_host(self, array: Any, host: np.ndarray) -> None:
+        """Copy `host` over device array `array` (C-contiguous, as parameters are) on
+        the compute stream, after the work already enqueued there; no device
+        memory is allocated. Waits for the copy: `host` may be a temporary."""
+        source = np.ascontiguousarray(host, dtype=array.dtype)
+        if source.shape != array.shape or not array.flags.c_contiguous:
+            raise ValueError(f"write_from_host: a C-contiguous device array of shape "
+                             f"{source.shape} is needed, got {array.shape}")
+        with self._translate_oom(), self._on(self.compute) as compute:
+            array.data.copy_from_host_async(source.ctypes.data, source.nbytes, compute)
+        compute.synchronize()
+
     def host_wait(self, event: Event) -> None:
         if not isinstance(event, CudaEvent):
             raise TypeError(f"cuda backend cannot wait for {type(event).__name__}")
