@@ -15,6 +15,11 @@ Invariants:
   before its first backward user, which waits for the copy's event on the
   compute stream, with the copy back started where its `Move` says (else by
   vDNN's rule);
+- a feature map the plan recomputes is freed after its last forward consumer,
+  like one with no backward user, and computed again, by its layer's forward
+  pass on the inputs the device still holds (brought back first where they are
+  on the host), just before its first backward user; it then lives as a
+  prefetched map does;
 - a gradient map lives from the first backward pass that produces it to the
   backward pass of its producer;
 - after any failure inside a step, every block the step allocated is freed.
@@ -38,11 +43,11 @@ from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
 from vmem.memory import Block, HostBuffer, MemoryKind, PinnedHostPool
 from vmem.optim import update_traffic
 from vmem.parameters import ParameterStore
-from vmem.plan import Plan, move_schedule, offloaded_tensors
+from vmem.plan import Plan, move_schedule, offloaded_tensors, recomputed_tensors
 from vmem.profiler.events import StepRecord
 from vmem.profiler.recorder import StepRecorder
 
-FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"
+FORWARD, BACKWARD, UPDATE, RECOMPUTE = "forward", "backward", "update", "recompute"
 # Liveness: a map is freed the moment no step needs it. Network-wide: every
 # feature and gradient map is kept to the step's end, as Torch allocated them
 # when vDNN was written (the paper's baseline).
@@ -87,6 +92,10 @@ class Executor:
         self.lives = network.lives
         self.algorithms = {node.name: self._algorithm(node) for node in network.nodes}
         self.offloaded = offloaded_tensors(network, plan)
+        self.recomputed = recomputed_tensors(network, plan, self.dtype.itemsize)
+        # where each recomputed map is computed again: before its first backward user
+        self.recompute_at = {name: max(self.lives[name].backward_users)
+                             for name in self.recomputed}
         self.release_at, self.prefetch_at = move_schedule(network, plan, self.offloaded)
         # Pinned once for the executor's life and reused every step; a host
         # limit too small for the plan fails here, before the first step.
@@ -106,6 +115,7 @@ class Executor:
         self._loose: list[Block] = []  # workspace and temporaries of the launch in flight
         self._on_host: set[str] = set()  # offloaded, not yet prefetched this step
         self._leaving: dict[str, Event] = {}  # offload copies whose block is not yet freed
+        self._ctx: Context | None = None  # the step's context, for recomputed forward passes
 
     def close(self) -> None:
         for buffer in self._host.values():
@@ -129,7 +139,7 @@ class Executor:
     def train_step(self, x: Any, labels: Any, step: int, seed: int) -> StepResult:
         recorder = StepRecorder(self.backend)
         try:
-            ctx = Context(train=True, seed=seed, labels=self._labels(labels))
+            ctx = self._ctx = Context(train=True, seed=seed, labels=self._labels(labels))
             loss_tensor = self._forward(x, ctx, recorder)
             self._backward(recorder)
             self._update(recorder)
@@ -339,6 +349,8 @@ class Executor:
                 life = lives[source]
                 if life.inplace_into == i:
                     del self._tensors[source]  # its block now holds this node's output
+                elif life.last_forward_use == i and ctx.train and source in self.recomputed:
+                    self._free(self._tensors.pop(source).block)  # computed again later
                 elif life.last_forward_use == i and not (ctx.train and life.backward_users):
                     self._retire(self._tensors.pop(source).block)
             self._release_offloaded(recorder, i)
@@ -382,6 +394,31 @@ class Executor:
             if pending or nodes[j].layer.TYPE == "conv":
                 break
 
+    def _recompute(self, recorder: StepRecorder, name: str) -> None:
+        """Compute a dropped feature map again with its layer's forward pass, on
+        inputs brought back from the host first where they are there."""
+        node = self.network.nodes[self.network.index[name]]
+        layer, algo = node.layer, self.algorithms[name]
+        sources = tuple(dict.fromkeys(node.inputs))
+        for source in sources:
+            if source in self._on_host:
+                self._prefetch(recorder, source)
+        self._await(recorder, sources)
+        self._where = (name, RECOMPUTE)
+        out_block = self._allocate_loose(self._tensor_bytes(name), MemoryKind.FEATURE_MAPS,
+                                         name)
+        workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
+                                         f"{name}.workspace")
+        assert self._ctx is not None
+        xs = [self._tensors[s].array for s in node.inputs]
+        result = self._launch(recorder, name, RECOMPUTE, self._layer_ms(node, FORWARD),
+                              layer.forward, self.backend.xp, xs,
+                              self.params.layers[name].values, algo, self._ctx)
+        self._free(workspace)
+        self._tensors[name] = Tensor(self._settle(out_block),
+                                     None if result is None else result[0])
+        self._where = (self.network.nodes[self.recompute_at[name]].name, BACKWARD)
+
     def _backward(self, recorder: StepRecorder) -> None:
         xp, lives, nodes = self.backend.xp, self.lives, self.network.nodes
         for i in reversed(range(len(nodes))):
@@ -393,6 +430,8 @@ class Executor:
             if dy is not None:
                 self._loose.append(dy.block)
             self._prefetch_for(recorder, i)
+            for name in sorted(n for n, at in self.recompute_at.items() if at == i):
+                self._recompute(recorder, name)
             workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
                                              f"{node.name}.workspace")
             # One gradient buffer per distinct input; a second contribution to a

@@ -1,11 +1,14 @@
 """`Plan`: what a policy decided, per layer, as pure data.
 
 A plan names, for every layer, the algorithm it runs with (for convolution the
-im2col chunk, hence its workspace) and whether its input leaves the device
-during the forward pass; optionally, for an offloaded feature map, when its
-device copy is freed and when it comes back (`Move`; by default vDNN's
-schedule). It round-trips through JSON and explains itself as a table. It never
-changes the arithmetic, only where bytes live and when.
+im2col chunk, hence its workspace), whether its input leaves the device during
+the forward pass, and whether its output is dropped after the forward pass and
+computed again in the backward pass (recomputation: cheap layers such as
+pooling and LRN, whose input the device keeps anyway); optionally, for an
+offloaded feature map, when its device copy is freed and when it comes back
+(`Move`; by default vDNN's schedule). It round-trips through JSON and explains
+itself as a table. It never changes the arithmetic, only where bytes live and
+when.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class LayerPlan:
     algorithm: str
     workspace_bytes: int = 0
     offload_input: bool = False
+    recompute_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,12 @@ class Plan:
         from vmem.units import format_bytes
 
         rows = [f"plan '{self.policy}' at batch {self.batch}",
-                f"{'layer':<24} {'algorithm':<14} {'workspace':>12}  offload input"]
+                f"{'layer':<24} {'algorithm':<14} {'workspace':>12}  offload input  "
+                "recompute output"]
         for lp in self.layers:
             rows.append(f"{lp.layer:<24} {lp.algorithm:<14} {format_bytes(lp.workspace_bytes):>12}"
-                        f"  {'yes' if lp.offload_input else '-'}")
+                        f"  {'yes' if lp.offload_input else '-':<13}  "
+                        f"{'yes' if lp.recompute_output else '-'}")
         if self.moves:
             rows += ["when offloaded maps move: freed after that layer's forward pass, "
                      "copied back as that layer's backward pass starts",
@@ -87,14 +93,60 @@ class Plan:
 
 def offloaded_tensors(network: Network, plan: Plan) -> frozenset[str]:
     """The feature maps a plan moves to the host: inputs of the layers whose entry
-    says offload, where a backward pass needs them later and no layer writes over
-    them in place. A tensor read by several layers is offloaded once, after the
-    last of them (GoogLeNet's forks)."""
+    says offload, where a backward pass needs them later, no layer writes over
+    them in place, and the plan does not compute them again instead. A tensor
+    read by several layers is offloaded once, after the last of them
+    (GoogLeNet's forks)."""
     asked = {entry.layer for entry in plan.layers if entry.offload_input}
+    recomputed = {entry.layer for entry in plan.layers if entry.recompute_output}
     lives = network.lives
     return frozenset(source for node in network.nodes if node.name in asked
                      for source in node.inputs
-                     if lives[source].backward_users and lives[source].inplace_into is None)
+                     if lives[source].backward_users and lives[source].inplace_into is None
+                     and source not in recomputed)
+
+
+def recomputable(network: Network, name: str, itemsize: int, batch: int = 1) -> str | None:
+    """Why layer `name`'s output cannot be dropped after the forward pass and
+    computed again in the backward pass, or None where it can: a backward pass
+    must need it; the layer must save nothing for its own backward pass (dropout
+    saves its mask: computing it again would draw another) and not be the loss;
+    and each of its inputs must still be held (on the device or the host) when
+    its output's first backward user runs, which holds where the layer keeps its
+    inputs for its own backward pass (pooling, LRN)."""
+    node = network.nodes[network.index[name]]
+    lives = network.lives
+    if node.layer.IS_LOSS:
+        return "it is the loss"
+    if not lives[name].backward_users:
+        return "no backward pass needs its output"
+    shapes = network.shapes(batch)
+    if node.layer.saved_bytes(network.in_shapes(node, shapes), itemsize):
+        return "it saves state for its backward pass"
+    needed_at = max(lives[name].backward_users)
+    for source in node.inputs:
+        users = lives[source].backward_users
+        if not users or min(users) > needed_at:
+            return f"its input '{source}' is gone by its output's first backward user"
+    return None
+
+
+def recomputed_tensors(network: Network, plan: Plan, itemsize: int) -> frozenset[str]:
+    """The feature maps a plan computes again in the backward pass (each is a
+    layer's output, named as the layer); a ValueError where one cannot be, or
+    where one is computed from another (a chain would need both at once)."""
+    chosen = frozenset(entry.layer for entry in plan.layers if entry.recompute_output)
+    for name in sorted(chosen):
+        why = recomputable(network, name, itemsize, plan.batch)
+        if why is not None:
+            raise ValueError(f"plan '{plan.policy}' recomputes the output of '{name}', but "
+                             f"{why}")
+        node = network.nodes[network.index[name]]
+        nested = [source for source in node.inputs if source in chosen]
+        if nested:
+            raise ValueError(f"plan '{plan.policy}' recomputes the output of '{name}' from "
+                             f"'{nested[0]}', which it also recomputes")
+    return chosen
 
 
 def move_schedule(network: Network, plan: Plan, offloaded: frozenset[str]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from networks import pointwise_network
+from networks import pointwise_network, recomputing
 
 import vmem
 from vmem.backends import get_backend
@@ -348,6 +348,37 @@ def test_a_state_dict_loads_in_place_and_training_resumes_on_cuda(cp: Any) -> No
         assert cp.get_default_memory_pool().used_bytes() == used
         resumed = [rt.train_step(x, y) for _ in range(2)]
     assert resumed == pytest.approx(expected, rel=POLICY_RTOL)
+
+
+def test_recomputed_maps_give_the_numbers_of_none_on_cuda() -> None:
+    """googlenet-tiny under vdnn-all with every recomputable output (LRN, pooling,
+    concatenations) computed again: recomputations on the compute stream after
+    their inputs' copies back, the losses of `none` on cuda, nothing leaked."""
+    from vmem.executor import Executor
+    from vmem.memory import PinnedHostPool
+    from vmem.optim import SGD
+    from vmem.parameters import ParameterStore
+    from vmem.policies.vdnn import build_plan, offload_kept_inputs, offload_nothing
+
+    network = load_profile("googlenet-tiny").network
+    x, y = _batch("googlenet-tiny", 4)
+    losses: dict[str, list[float]] = {}
+    for name, plan in (("none", build_plan("none", network, 4, 4, offload_nothing)),
+                       ("recompute", recomputing(network, build_plan(
+                           "vdnn-all", network, 4, 4, offload_kept_inputs)))):
+        backend = get_backend("cuda")
+        params = ParameterStore(backend, network, SGD(), np.dtype("float32"), seed=3)
+        executor = Executor(backend, network, plan, params, np.dtype("float32"),
+                            PinnedHostPool(backend.pinned_empty))
+        try:
+            losses[name] = [float(executor.train_step(x, y, k, seed=k).loss)
+                            for k in range(3)]
+            assert backend.arena.in_use == sum(b.nbytes for b in params.blocks)
+        finally:
+            executor.close()
+            params.release()
+            backend.close()
+    assert losses["recompute"] == pytest.approx(losses["none"], rel=POLICY_RTOL), losses
 
 
 def test_last_record_has_cuda_times() -> None:

@@ -8,7 +8,11 @@ planner spends the memory budget instead:
 
 1. the fewest offloads that fit: layers ranked by the bytes their inputs free
    per modeled millisecond offloading them alone adds, the shortest prefix of
-   the ranking that fits, less each layer it fits without;
+   the ranking that fits, less each layer it fits without; and the same again
+   with recomputation ranked beside the offloads: a cheap layer's output
+   (pooling, LRN, concatenation) dropped after the forward pass and computed
+   again before its first backward user, for the bytes it frees per modeled
+   millisecond of its forward pass;
 2. a schedule for them (`Move`), timed on the step with no offloads: a map's
    device block is freed at the end of the first layer by which its copy is
    modeled to be done, so the host does not wait for it, and its copy back
@@ -41,7 +45,7 @@ from dataclasses import dataclass, replace
 from vmem.dryrun import DryRun
 from vmem.graph import Network, TensorLife
 from vmem.layers.base import numel
-from vmem.plan import Move, Plan, offloaded_tensors
+from vmem.plan import Move, Plan, offloaded_tensors, recomputable
 from vmem.policies.vdnn import (
     Budget,
     build_plan,
@@ -57,6 +61,9 @@ NAME = "budget"
 SCHEDULE_TRIES = 64  # steps back towards vDNN's schedule before giving the schedule up
 REFINE_TRIES = 24  # copies back started earlier, one at a time
 WAIT_MS = 1e-3  # a wait shorter than a microsecond is no wait
+OFFLOAD, RECOMPUTE = "offload", "recompute"
+#: What the planner may do to a layer: offload its inputs, or compute its output again.
+Action = tuple[str, str]
 
 
 def budget(network: Network, batch: int, itemsize: int, limits: Budget) -> Plan:
@@ -74,25 +81,9 @@ def budget(network: Network, batch: int, itemsize: int, limits: Budget) -> Plan:
     everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs)
     if limits.fits(everything):
         timeline = Timeline.of(network, run(fastest), run(everything))
-        ranking = _ranking(network, batch, itemsize, timeline)
-
-        def plain(layers: Iterable[str]) -> Plan:
-            return _plan(network, batch, itemsize, layers)
-
-        def scheduled(layers: Iterable[str]) -> Plan:
-            return _scheduled(network, plain(layers), timeline)
-
-        def fits_plain(layers: list[str]) -> bool:
-            return limits.fits(plain(layers))
-
-        def fits_scheduled(layers: list[str]) -> bool:
-            return limits.fits(scheduled(layers))
-
-        fewest = _pruned(_shortest_prefix(ranking, fits_plain), fits_plain)
-        candidates[:0] = [_fitted(network, plain(fewest), scheduled(fewest), limits),
-                          plain(fewest)]
-        if fits_scheduled(ranking):  # enough offloads for the whole schedule to fit
-            candidates.insert(0, scheduled(_shortest_prefix(ranking, fits_scheduled)))
+        for recompute in (False, True):
+            ranking = _ranking(network, batch, itemsize, timeline, recompute)
+            candidates[:0] = _ranked(network, batch, itemsize, timeline, ranking, limits)
     fitting = [plan for plan in candidates if limits.fits(plan)]
     best = min(fitting or candidates[-1:], key=lambda plan: run(plan).record.duration_ms)
     return _refined(network, best, limits) if best.moves else best
@@ -107,10 +98,56 @@ def _relabel(plan: Plan) -> Plan:
     return replace(plan, policy=NAME)
 
 
-def _plan(network: Network, batch: int, itemsize: int, offloads: Iterable[str]) -> Plan:
-    """Offloading the inputs of these layers, the fastest algorithms, vDNN's schedule."""
-    chosen = frozenset(offloads)
-    return build_plan(NAME, network, batch, itemsize, lambda node: node.name in chosen)
+def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
+            ranking: list[Action], limits: Budget) -> list[Plan]:
+    """Steps 1 to 3 over one ranking: the fewest actions that fit, on vDNN's
+    schedule and scheduled; the shortest prefix whose whole schedule fits.
+    Nothing where the whole ranking does not fit."""
+
+    def plain(actions: Iterable[Action]) -> Plan:
+        return _plan(network, batch, itemsize, actions)
+
+    def scheduled(actions: Iterable[Action]) -> Plan:
+        return _scheduled(network, plain(actions), timeline)
+
+    def fits_plain(actions: list[Action]) -> bool:
+        return limits.fits(plain(actions))
+
+    def fits_scheduled(actions: list[Action]) -> bool:
+        return limits.fits(scheduled(actions))
+
+    if not fits_plain(ranking):
+        return []
+    fewest = _pruned(_shortest_prefix(ranking, fits_plain), fits_plain)
+    plans = [_fitted(network, plain(fewest), scheduled(fewest), limits), plain(fewest)]
+    if fits_scheduled(ranking):  # enough offloads for the whole schedule to fit
+        plans.insert(0, scheduled(_shortest_prefix(ranking, fits_scheduled)))
+    return plans
+
+
+def _plan(network: Network, batch: int, itemsize: int, actions: Iterable[Action]) -> Plan:
+    """Offloading the inputs of the layers the actions name and computing again
+    the outputs they name, the fastest algorithms, vDNN's schedule. An output is
+    not computed again from, nor into, another that is: of two such actions, the
+    earlier in `actions` is taken."""
+    offloads, recomputed = set(), set()
+    for kind, layer in actions:
+        if kind == OFFLOAD:
+            offloads.add(layer)
+        elif not _chained(network, layer, recomputed):
+            recomputed.add(layer)
+    plan = build_plan(NAME, network, batch, itemsize, lambda node: node.name in offloads)
+    if not recomputed:
+        return plan
+    return replace(plan, layers=tuple(replace(entry, recompute_output=entry.layer in recomputed)
+                                      for entry in plan.layers))
+
+
+def _chained(network: Network, layer: str, recomputed: set[str]) -> bool:
+    """Whether `layer`'s output is computed from, or into, one in `recomputed`."""
+    nodes, index = network.nodes, network.index
+    return (any(source in recomputed for source in nodes[index[layer]].inputs)
+            or any(layer in nodes[index[other]].inputs for other in recomputed))
 
 
 @dataclass(frozen=True)
@@ -178,22 +215,30 @@ class Timeline:
         return prefetch
 
 
-def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline) -> list[str]:
+def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
+             recompute: bool = False) -> list[Action]:
     """Layers whose inputs may be offloaded, by the bytes each frees per modeled
-    millisecond it adds to the step on its own under vDNN's schedule."""
+    millisecond it adds to the step on its own under vDNN's schedule; with
+    `recompute`, beside them the layers whose output may be computed again, by
+    the bytes it frees per modeled millisecond of the layer's forward pass."""
     shapes = network.shapes(batch)
-    merit: dict[str, float] = {}
-    for node in network.nodes:
-        moved = (offloaded_tensors(network, _plan(network, batch, itemsize, [node.name]))
+    merit: dict[Action, float] = {}
+    for i, node in enumerate(network.nodes):
+        action = (OFFLOAD, node.name)
+        moved = (offloaded_tensors(network, _plan(network, batch, itemsize, [action]))
                  if offload_kept_inputs(node) else ())
         if moved:
             freed = sum(numel(shapes[name]) for name in moved) * itemsize
             added = sum(timeline.alone_ms(network, name) for name in moved)
-            merit[node.name] = freed / (added + 0.01)  # +10 µs: no copy is free
-    return sorted(merit, key=lambda layer: (-merit[layer], layer))
+            merit[action] = freed / (added + 0.01)  # +10 µs: no copy is free
+        if recompute and recomputable(network, node.name, itemsize, batch) is None:
+            freed = numel(shapes[node.name]) * itemsize
+            merit[(RECOMPUTE, node.name)] = freed / (timeline.forward[i].ms + 0.01)
+    return sorted(merit, key=lambda action: (-merit[action], action))
 
 
-def _shortest_prefix(ranking: list[str], fits: Callable[[list[str]], bool]) -> list[str]:
+def _shortest_prefix(ranking: list[Action], fits: Callable[[list[Action]], bool]
+                     ) -> list[Action]:
     """The shortest prefix of the ranking that fits, by bisection; the caller has
     checked that the whole ranking does."""
     fewest, most = 0, len(ranking)
@@ -206,10 +251,10 @@ def _shortest_prefix(ranking: list[str], fits: Callable[[list[str]], bool]) -> l
     return ranking[:most]
 
 
-def _pruned(chosen: list[str], fits: Callable[[list[str]], bool]) -> list[str]:
-    """`chosen` less each layer it fits without, the last taken first."""
-    for layer in reversed(chosen):
-        rest = [name for name in chosen if name != layer]
+def _pruned(chosen: list[Action], fits: Callable[[list[Action]], bool]) -> list[Action]:
+    """`chosen` less each action it fits without, the last taken first."""
+    for action in reversed(chosen):
+        rest = [other for other in chosen if other != action]
         if fits(rest):
             chosen = rest
     return chosen
@@ -253,6 +298,8 @@ def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
     back earlier). False where no move holds anything at the peak."""
     peak = max(outcome.record.memory, key=lambda event: event.in_use)
     layer, lives = network.index.get(peak.layer, -1), network.lives
+    if peak.phase == RECOMPUTE:  # a map computed again, before its first backward user
+        layer = max(lives[peak.layer].backward_users)
     if peak.phase == "forward":
         held = [n for n in release if lives[n].last_forward_use < layer <= release[n]]
     else:

@@ -1,4 +1,5 @@
-"""Per-layer figures: each layer's forward and backward time, the compute
+"""Per-layer figures: each layer's forward and backward time (and, where a plan
+drops its output and computes it again, that recomputation's), the compute
 stream's stall before it, and the device memory of its passes.
 
 Memory events belong to a kernel (see MemoryEvent.layer): a layer's forward
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from vmem.profiler.events import MemoryEvent, StepRecord
 
-FORWARD, BACKWARD = "forward", "backward"
+FORWARD, BACKWARD, RECOMPUTE = "forward", "backward", "recompute"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class LayerStats:
     peak_bytes: int  # most device bytes in use while its forward or backward pass ran
     after_forward_bytes: int  # device bytes in use once its forward pass had freed
     offloaded_bytes: int  # of its output, copied to the host during the forward pass
+    recompute_ms: float = 0.0  # its forward pass run again in the backward pass
 
 
 def layer_stats(record: StepRecord) -> tuple[LayerStats, ...]:
@@ -69,7 +71,7 @@ def layer_stats(record: StepRecord) -> tuple[LayerStats, ...]:
     names = [s.name for s in kernels if s.phase == FORWARD]
     return tuple(LayerStats(name, ms[(name, FORWARD)], ms[(name, BACKWARD)], stall[name],
                             allocated[(name, FORWARD)], allocated[(name, BACKWARD)], peak[name],
-                            after_forward[name], offloaded[name])
+                            after_forward[name], offloaded[name], ms[(name, RECOMPUTE)])
                  for name in dict.fromkeys(names))
 
 
@@ -90,7 +92,7 @@ def layer_table(records: Sequence[StepRecord]) -> tuple[LayerStats, ...]:
             statistics.median(s.backward_ms for s in same),
             statistics.median(s.stall_ms for s in same), layer.forward_allocated_bytes,
             layer.backward_allocated_bytes, layer.peak_bytes, layer.after_forward_bytes,
-            layer.offloaded_bytes))
+            layer.offloaded_bytes, statistics.median(s.recompute_ms for s in same)))
     return tuple(rows)
 
 

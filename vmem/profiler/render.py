@@ -213,12 +213,14 @@ def _layer_table(trial: Trial) -> Table:
                   caption=f"optimizer update: {_ms(update_ms(timed[-1]))}; allocated: bytes "
                   "the pass allocated; peak: most in use while it ran; after forward: in use "
                   "once its forward pass freed" + _outside(trial))
-    columns = ("layer", "forward", "backward", "stall", "allocated fwd", "allocated bwd", "peak",
-               "after forward", "offloaded")
+    rows = layer_table(records)
+    recomputed = any(row.recompute_ms for row in rows)
+    columns = ("layer", "forward", "backward", *(("recompute",) if recomputed else ()), "stall",
+               "allocated fwd", "allocated bwd", "peak", "after forward", "offloaded")
     for column in columns:
         table.add_column(column, no_wrap=True, justify="left" if column == "layer" else "right")
-    for row in layer_table(records):
-        table.add_row(*_layer_cells(row))
+    for row in rows:
+        table.add_row(*_layer_cells(row, recomputed))
     return table
 
 
@@ -231,8 +233,9 @@ def _outside(trial: Trial) -> str:
         f"{name} {format_bytes(nbytes)}" for name, nbytes in outside.items())
 
 
-def _layer_cells(row: LayerStats) -> list[str]:
-    return [row.name, f"{row.forward_ms:,.2f} ms", f"{row.backward_ms:,.2f} ms",
+def _layer_cells(row: LayerStats, recomputed: bool) -> list[str]:
+    recompute = [f"{row.recompute_ms:,.2f} ms" if row.recompute_ms else "-"] if recomputed else []
+    return [row.name, f"{row.forward_ms:,.2f} ms", f"{row.backward_ms:,.2f} ms", *recompute,
             f"{row.stall_ms:,.2f} ms", format_bytes(row.forward_allocated_bytes),
             format_bytes(row.backward_allocated_bytes), format_bytes(row.peak_bytes),
             format_bytes(row.after_forward_bytes),

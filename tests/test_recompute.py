@@ -1,0 +1,181 @@
+"""Recomputation: a cheap layer's output dropped after the forward pass and computed
+again before its first backward user. Against `none` (bit-identical arithmetic), the
+dry run (peaks to the byte), hand-counted bytes at the end of the forward pass, the
+recorded order of events, and no leaks."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from networks import recomputing
+from test_budget import assert_same_training, train_plan
+from test_policies import TINY
+
+import vmem
+from vmem.backends import get_backend
+from vmem.costs import load_costs
+from vmem.dryrun import PeakOracle
+from vmem.executor import Executor
+from vmem.graph import Network
+from vmem.layers.base import numel
+from vmem.memory import PinnedHostPool
+from vmem.optim import SGD
+from vmem.parameters import ParameterStore
+from vmem.plan import Plan, offloaded_tensors, recomputed_tensors
+from vmem.planning import make_budget
+from vmem.policies.vdnn import build_plan, offload_kept_inputs, offload_nothing
+from vmem.profile import load_profile
+from vmem.profiler.analysis import peak_bytes
+from vmem.profiler.per_layer import layer_stats
+
+budget_module = importlib.import_module("vmem.policies.budget")
+
+
+def base_plans(network: Network) -> tuple[Plan, Plan]:
+    return (build_plan("none", network, 4, 4, offload_nothing),
+            build_plan("vdnn-all", network, 4, 4, offload_kept_inputs))
+
+
+@pytest.mark.parametrize("profile", TINY)
+def test_recomputed_maps_change_no_arithmetic(profile: str) -> None:
+    """Every recomputable output computed again, alone and beside vdnn-all's
+    offloads (which send some recomputed maps' inputs to the host): the numbers
+    of `none`, and the dry run's peak to the byte."""
+    network = load_profile(profile).network
+    for base in base_plans(network):
+        plan = recomputing(network, base)
+        assert recomputed_tensors(network, plan, 4), profile
+        losses, weights, record, dry_peak = train_plan(network, plan)
+        assert peak_bytes(record) == dry_peak, base.policy
+        assert_same_training(losses, weights, network)
+
+
+def test_an_offloaded_input_comes_back_for_the_recomputation() -> None:
+    """vgg16-tiny under vdnn-all with pool1 computed again: pool1's input is on the
+    host when conv2_1's backward pass needs pool1, so it is copied back first and
+    the recomputation waits for it."""
+    network = load_profile("vgg16-tiny").network
+    plan = recomputing(network, base_plans(network)[1], only={"pool1"})
+    (source,) = network.nodes[network.index["pool1"]].inputs
+    assert source in offloaded_tensors(network, plan)
+    _, _, record, _ = train_plan(network, plan)
+    back = next(s for s in record.spans if s.kind == "copy_h2d" and s.name == source)
+    wait = next(s for s in record.spans if s.kind == "wait" and s.name == source)
+    again = next(s for s in record.spans if s.phase == "recompute")
+    conv = next(s for s in record.spans if s.name == "conv2_1" and s.phase == "backward"
+                and s.kind == "kernel")
+    assert back.end_ms <= again.start_ms and wait.end_ms <= again.start_ms
+    assert again.name == "pool1" and again.end_ms <= conv.start_ms
+
+
+def test_recomputed_maps_are_gone_at_the_end_of_the_forward_pass() -> None:
+    """At the end of the forward pass the device holds exactly the recomputed maps'
+    bytes less than under the same plan without them (hand-counted from their
+    shapes), each freed after its last forward consumer and allocated again as its
+    first backward user's pass begins."""
+    network = load_profile("vgg16-tiny").network
+    none = base_plans(network)[0]
+    plan = recomputing(network, none)
+    chosen = sorted(recomputed_tensors(network, plan, 4))
+    assert chosen == ["pool1", "pool2", "pool3", "pool4", "pool5"]
+    shapes = network.shapes(4)
+    expected = sum(numel(shapes[name]) * 4 for name in chosen)
+    ends = {}
+    for name, trial in (("none", none), ("recompute", plan)):
+        record = train_plan(network, trial, steps=1)[2]
+        stats = layer_stats(record)
+        ends[name] = stats[-1].after_forward_bytes
+        if name == "recompute":
+            recorded = {row.name: row.recompute_ms for row in stats if row.recompute_ms}
+            assert sorted(recorded) == chosen
+            lives, nodes = network.lives, network.nodes
+            for tensor in chosen:
+                freed = next(e for e in record.memory if e.label == tensor and e.op == "free")
+                again = next(e for e in record.memory if e.label == tensor and e.op == "alloc"
+                             and e.phase == "recompute")
+                assert freed.layer == nodes[lives[tensor].last_forward_use].name
+                assert again.layer == tensor
+    assert ends["none"] - ends["recompute"] == expected
+
+
+@pytest.mark.parametrize(("profile", "layers", "message"), [
+    ("alexnet-tiny", {"drop6"}, "saves state for its backward pass"),
+    ("alexnet-tiny", {"loss"}, "it is the loss"),
+    ("alexnet-tiny", {"fc8"}, "no backward pass needs its output"),
+    ("alexnet-tiny", {"relu1"}, "its input 'conv1' is gone"),
+    ("alexnet-tiny", {"norm1", "pool1"}, "from 'norm1', which it also recomputes"),
+])
+def test_a_recomputation_the_executor_cannot_do_is_refused(profile: str, layers: set[str],
+                                                            message: str) -> None:
+    network = load_profile(profile).network
+    plan = base_plans(network)[0]
+    plan = replace(plan, layers=tuple(replace(e, recompute_output=e.layer in layers)
+                                      for e in plan.layers))
+    with pytest.raises(ValueError, match=message):
+        recomputed_tensors(network, plan, 4)
+
+
+def test_plan_with_recomputation_round_trips_and_explains() -> None:
+    network = load_profile("alexnet-tiny").network
+    plan = recomputing(network, base_plans(network)[0])
+    assert Plan.from_json(plan.to_json()) == plan
+    line = next(row for row in plan.explain().splitlines() if row.startswith("norm1 "))
+    assert line.split()[-1] == "yes" and "recompute output" in plan.explain()
+
+
+def test_a_failure_while_recomputing_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that fails in pool2's recomputation (its input prefetched, its block
+    allocated) leaves the arena and the pinned pool where they were; the next
+    step trains."""
+    network = load_profile("vgg16-tiny").network
+    plan = recomputing(network, base_plans(network)[1], only={"pool2"})
+    backend = get_backend("cpu")
+    params = ParameterStore(backend, network, SGD(), np.dtype("float32"), seed=5)
+    pool = PinnedHostPool(backend.pinned_empty)
+    executor = Executor(backend, network, plan, params, np.dtype("float32"), pool)
+    x, y = np.zeros((4, *network.input_shape), np.float32), np.zeros(4, np.int64)
+    executor.train_step(x, y, 0, seed=0)
+    device, pinned = backend.arena.in_use, pool.in_use
+    layer = type(network.nodes[network.index["pool2"]].layer)
+    original = layer.forward
+
+    def explode(self: object, *args: object, **kwargs: object) -> object:
+        if getattr(self, "name", None) == "pool2" and executor._where[1] == "recompute":
+            raise RuntimeError("injected")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", explode)
+    with pytest.raises(RuntimeError, match="injected"):
+        executor.train_step(x, y, 1, seed=1)
+    assert (backend.arena.in_use, pool.in_use) == (device, pinned)
+    monkeypatch.setattr(layer, "forward", original)
+    assert np.isfinite(executor.train_step(x, y, 2, seed=2).loss)
+    assert (backend.arena.in_use, pool.in_use) == (device, pinned)
+    executor.close()
+    params.release()
+    backend.close()
+
+
+def test_budget_recomputes_where_that_beats_every_offload() -> None:
+    """GoogLeNet at batch 256 in 4 GiB of an H100's roofline: copies are slow beside
+    compute, LRN, pooling and concatenation cheap. The planner computes such maps
+    again, and models a shorter step than any plan it makes from offloads alone,
+    or vdnn-dyn's."""
+    googlenet = load_profile("googlenet").network
+    costs = load_costs("h100-pcie5")
+    oracle = PeakOracle(googlenet, np.dtype("float32"), SGD(), costs=costs)
+    limits = make_budget(googlenet, 4 * 2**30, oracle, costs)
+    plan = budget_module.budget(googlenet, 256, 4, limits)
+    assert recomputed_tensors(googlenet, plan, 4) and oracle(plan) <= 4 * 2**30
+    fastest = build_plan("none", googlenet, 256, 4, offload_nothing)
+    everything = build_plan("vdnn-all", googlenet, 256, 4, offload_kept_inputs)
+    timeline = budget_module.Timeline.of(googlenet, oracle.run(fastest), oracle.run(everything))
+    ranking = budget_module._ranking(googlenet, 256, 4, timeline, recompute=False)
+    offloads_only = budget_module._ranked(googlenet, 256, 4, timeline, ranking, limits)
+    vdnn_dyn = vmem.planning.plan_with(googlenet, "vdnn-dyn", 256, 4, limits)
+    step = oracle.run(plan).record.duration_ms
+    for other in [*offloads_only, vdnn_dyn]:
+        assert step < 0.75 * oracle.run(other).record.duration_ms
