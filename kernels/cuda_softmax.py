@@ -1,15 +1,20 @@
 """Softmax kernels for CuPy in CUDA C (RawModule, compiled by NVRTC on first use).
 
-**Not yet run on a GPU.** The CUDA C below compiles with nvcc 13.0 for sm_90 and with
-NVRTC 13.5 under the options CuPy 14.2's RawModule uses (`scripts/nvrtc-check`), and its
-logic (indexing, barriers, warp shuffles, the merges) has run on the CPU under a
-thread-per-CUDA-thread emulator against the NumPy references of
-`vmem.kernels.softmax`; it has never executed on a real device, so its speed and its
+**Not yet run on a GPU.** The CUDA C below compiles with nvcc 13.0 for sm_90 (every
+instantiation, the float16 ones included) and, before float16 was added, with NVRTC
+13.5 under the options CuPy 14.2's RawModule uses (`scripts/nvrtc-check`). Its logic
+(indexing, barriers, warp shuffles, the merges, the float16 conversions) has run on the
+CPU under a thread-per-CUDA-thread emulator against the NumPy references of
+`vmem.kernels.softmax`; the emulator converts float16 in integer arithmetic, the GPU
+with its cvt instructions. It has never executed on a real device, so its speed and its
 behaviour under the real memory model are unverified until `tests/gpu/` and
 `vmem bench` run on one.
 
-float32 only (the layers' dtype). Every function takes C-contiguous CuPy arrays,
-works along the last axis (rows = everything before it), and returns CuPy arrays.
+float32, and for the softmax, log-softmax and top-k kernels float16 too (read and
+written as float16, computed in float32, as the NumPy references do); the loss and
+backward kernels take float32 (the layers' dtype). Every function takes C-contiguous
+CuPy arrays, works along the last axis (rows = everything before it), and returns CuPy
+arrays of its input's dtype.
 
 Kernels (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"):
 
@@ -79,10 +84,15 @@ MIN_CHUNK = 4096
 BLOCKS_PER_SM = 8
 
 MODE_SOFTMAX, MODE_LOG_SOFTMAX, MODE_CROSS_ENTROPY, MODE_CE_GRAD = 0, 1, 2, 3
+#: The CUDA element type of each dtype the kernels take (float16 travels as its bits).
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "Half"}
+#: The dtypes of the loss and backward kernels.
+FLOAT32_ONLY = (np.dtype(np.float32),)
 METHODS = ("auto", "warp", "block", "stream", "split")
 
 SOURCE = r"""
-// vmem softmax kernels, float32. Not yet run on a GPU (see kernels/cuda_softmax.py).
+// vmem softmax kernels: float32, and float16 in and out computed in float32. Not yet run
+// on a GPU (see kernels/cuda_softmax.py).
 #define VMEM_FULL_MASK 0xffffffffu
 
 __device__ __forceinline__ float vmem_neg_inf() { return __uint_as_float(0xff800000u); }
@@ -97,6 +107,71 @@ struct MD { float m; float d; };
 // under NVRTC; alignas(16) makes the compiler emit 16-byte loads and stores.
 struct alignas(8) Pair { float m, d; };
 struct alignas(16) Quad { float x, y, z, w; };
+
+// float16 travels as its bits (no cuda_fp16.h under NVRTC) and is computed in float32.
+// The conversions are the device's own instructions on the GPU (__CUDA_ARCH__), and
+// the same IEEE round-to-nearest-even in integer arithmetic elsewhere (the CPU
+// emulator that checks this source's logic).
+struct Half { unsigned short bits; };
+struct alignas(16) Half8 { unsigned short h[8]; };
+
+__device__ __forceinline__ float half_to_float(unsigned short h) {
+#ifdef __CUDA_ARCH__
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#else
+    const unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
+    const unsigned int exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (mant << 13));
+    if (exp == 0u) {  // zero or subnormal: mant * 2^-24, exact in float32
+        const float f = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    return __uint_as_float(sign | ((exp + 112u) << 23) | (mant << 13));
+#endif
+}
+
+__device__ __forceinline__ unsigned short float_to_half(float f) {
+#ifdef __CUDA_ARCH__
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
+    const unsigned int x = __float_as_uint(f), sign = (x >> 16) & 0x8000u;
+    const unsigned int a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);  // NaN stays NaN
+    if (a >= 0x47800000u) return (unsigned short)(sign | 0x7c00u);  // 2^16 and up: inf
+    if (a >= 0x38800000u) {  // a normal half; a carry out of the mantissa rounds up to inf
+        unsigned int h = ((a >> 23) - 112u) << 10 | ((a & 0x7fffffu) >> 13);
+        const unsigned int rest = a & 0x1fffu;
+        if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+        return (unsigned short)(sign | h);
+    }
+    if (a < 0x33000000u) return (unsigned short)sign;  // below 2^-25: zero
+    // a subnormal half, in units of 2^-24: the 24-bit significand shifted right
+    const unsigned int shift = 126u - (a >> 23), m = (a & 0x7fffffu) | 0x800000u;
+    unsigned int h = m >> shift;
+    const unsigned int rest = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+    if (rest > halfway || (rest == halfway && (h & 1u))) ++h;
+    return (unsigned short)(sign | h);
+#endif
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(Half v) { return half_to_float(v.bits); }
+
+template <typename T> struct From;
+template <> struct From<float> {
+    static __device__ __forceinline__ float conv(float v) { return v; }
+};
+template <> struct From<Half> {
+    static __device__ __forceinline__ Half conv(float v) {
+        Half h;
+        h.bits = float_to_half(v);
+        return h;
+    }
+};
 
 __device__ __forceinline__ MD md_make(float m, float d) { MD r; r.m = m; r.d = d; return r; }
 
@@ -181,19 +256,20 @@ __device__ __forceinline__ float row_reduce_f(float v) {
 
 // ---------------------------------------------------------------- vector access
 
-// Index i counts vectors of VEC floats; VEC = 4 needs 16-byte aligned rows.
-template <int VEC> struct Vec;
+// Index i counts vectors of VEC elements of type T, loaded as and stored from float32;
+// the wide vectors (4 floats, 8 halves) need 16-byte aligned rows.
+template <typename T, int VEC> struct Vec;
 
-template <> struct Vec<1> {
-    static __device__ __forceinline__ void load(const float* p, long long i, float* v) {
-        v[0] = p[i];
+template <typename T> struct Vec<T, 1> {
+    static __device__ __forceinline__ void load(const T* p, long long i, float* v) {
+        v[0] = to_float(p[i]);
     }
-    static __device__ __forceinline__ void store(float* p, long long i, const float* v) {
-        p[i] = v[0];
+    static __device__ __forceinline__ void store(T* p, long long i, const float* v) {
+        p[i] = From<T>::conv(v[0]);
     }
 };
 
-template <> struct Vec<4> {
+template <> struct Vec<float, 4> {
     static __device__ __forceinline__ void load(const float* p, long long i, float* v) {
         const Quad t = reinterpret_cast<const Quad*>(p)[i];
         v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
@@ -205,10 +281,27 @@ template <> struct Vec<4> {
     }
 };
 
-template <int VEC>
-__device__ __forceinline__ void load_or_pad(const float* p, long long i, long long n, float* v) {
+template <> struct Vec<Half, 8> {
+    static __device__ __forceinline__ void load(const Half* p, long long i, float* v) {
+        const Half8 t = reinterpret_cast<const Half8*>(p)[i];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = half_to_float(t.h[e]);
+    }
+    static __device__ __forceinline__ void store(Half* p, long long i, const float* v) {
+        Half8 t;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) t.h[e] = float_to_half(v[e]);
+        reinterpret_cast<Half8*>(p)[i] = t;
+    }
+};
+
+// Loads in flight per thread in the streaming loops: 64 bytes of float4, 32 of half8.
+template <int VEC> struct Unroll { static constexpr int value = VEC == 1 ? 8 : 16 / VEC; };
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_or_pad(const T* p, long long i, long long n, float* v) {
     if (i < n) {
-        Vec<VEC>::load(p, i, v);
+        Vec<T, VEC>::load(p, i, v);
     } else {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) v[e] = vmem_neg_inf();
@@ -244,41 +337,42 @@ __device__ __forceinline__ long long row_label(const long long* labels, long lon
 }
 
 // -log softmax(x)[label] = log d + m - x[label].
-template <int MODE>
-__device__ __forceinline__ void write_loss(const float* xr, long long label, MD md,
+template <typename T, int MODE>
+__device__ __forceinline__ void write_loss(const T* xr, long long label, MD md,
                                            float* row_loss, long long row) {
     if constexpr (MODE >= 2) {
-        row_loss[row] = label >= 0 ? logf(md.d) + md.m - xr[label] : __uint_as_float(0x7fc00000u);
+        row_loss[row] = label >= 0 ? logf(md.d) + md.m - to_float(xr[label])
+                                   : __uint_as_float(0x7fc00000u);
     }
 }
 
 // Streams vectors [vbeg, vend) of a row: thread t takes vbeg + t, + STRIDE, ...
-template <int VEC, int STRIDE>
-__device__ __forceinline__ MD md_scan(const float* xr, long long vbeg, long long vend, int t) {
-    constexpr int U = VEC == 4 ? 4 : 8;  // loads in flight per thread
+template <typename T, int VEC, int STRIDE>
+__device__ __forceinline__ MD md_scan(const T* xr, long long vbeg, long long vend, int t) {
+    constexpr int U = Unroll<VEC>::value;
     MD acc = md_identity();
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+            load_or_pad<T, VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
         acc = md_merge(acc, md_of(v));
     }
     return acc;
 }
 
-template <int VEC, int STRIDE, int MODE>
-__device__ __forceinline__ void emit_scan(const float* xr, float* yr, long long vbeg,
+template <typename T, int VEC, int STRIDE, int MODE>
+__device__ __forceinline__ void emit_scan(const T* xr, T* yr, long long vbeg,
                                           long long vend, int t, MD md, long long label,
                                           float scale) {
-    constexpr int U = VEC == 4 ? 4 : 8;
+    constexpr int U = Unroll<VEC>::value;
     const float inv_d = 1.0f / md.d;
     const float log_d = logf(md.d);
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+            load_or_pad<T, VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const long long j = j0 + (long long)u * STRIDE;
@@ -288,7 +382,7 @@ __device__ __forceinline__ void emit_scan(const float* xr, float* yr, long long 
                 for (int e = 0; e < VEC; ++e)
                     o[e] = emit<MODE>(v[u * VEC + e], j * VEC + e, label, md.m, inv_d, log_d,
                                       scale);
-                Vec<VEC>::store(yr, j, o);
+                Vec<T, VEC>::store(yr, j, o);
             }
         }
     }
@@ -298,20 +392,21 @@ __device__ __forceinline__ void emit_scan(const float* xr, float* yr, long long 
 
 // Rows in registers. TPR threads per row: 32 (a warp; four rows per 128-thread block)
 // or the whole block. Each thread holds ITEMS vectors of VEC floats: read once, written once.
-template <int VEC, int ITEMS, int TPR, int MODE>
+template <typename T, int VEC, int ITEMS, int TPR, int MODE>
 __global__ void __launch_bounds__(TPR < 128 ? 128 : TPR)
-online_rows(const float* x, float* y, long long rows, int cols, const long long* labels,
+online_rows(const T* x, T* y, long long rows, int cols, const long long* labels,
             float* row_loss, float scale) {
     constexpr int BLOCK = TPR < 128 ? 128 : TPR;
     const int t = threadIdx.x % TPR;
     const long long row = (long long)blockIdx.x * (BLOCK / TPR) + threadIdx.x / TPR;
     if (TPR < BLOCK && row >= rows) return;  // whole warps leave; warp rows use no block barrier
-    const float* xr = x + row * cols;
-    float* yr = y + row * cols;
+    const T* xr = x + row * cols;
+    T* yr = y + row * cols;
     const long long nvec = cols / VEC;
     float v[ITEMS * VEC];
 #pragma unroll
-    for (int k = 0; k < ITEMS; ++k) load_or_pad<VEC>(xr, t + (long long)k * TPR, nvec, v + k * VEC);
+    for (int k = 0; k < ITEMS; ++k)
+        load_or_pad<T, VEC>(xr, t + (long long)k * TPR, nvec, v + k * VEC);
     const MD md = md_row_reduce<TPR>(md_of(v));
     const long long label = row_label<MODE>(labels, row, cols);
     const float inv_d = 1.0f / md.d;
@@ -324,25 +419,25 @@ online_rows(const float* x, float* y, long long rows, int cols, const long long*
 #pragma unroll
             for (int e = 0; e < VEC; ++e)
                 o[e] = emit<MODE>(v[k * VEC + e], j * VEC + e, label, md.m, inv_d, log_d, scale);
-            Vec<VEC>::store(yr, j, o);
+            Vec<T, VEC>::store(yr, j, o);
         }
     }
-    if (t == 0) write_loss<MODE>(xr, label, md, row_loss, row);
+    if (t == 0) write_loss<T, MODE>(xr, label, md, row_loss, row);
 }
 
 // One block per row; the second pass re-reads the row (from L2 when it is still there).
-template <int VEC, int THREADS, int MODE>
+template <typename T, int VEC, int THREADS, int MODE>
 __global__ void __launch_bounds__(THREADS)
-online_stream(const float* x, float* y, long long rows, int cols, const long long* labels,
+online_stream(const T* x, T* y, long long rows, int cols, const long long* labels,
               float* row_loss, float scale) {
     const long long row = blockIdx.x;
-    const float* xr = x + row * cols;
-    float* yr = y + row * cols;
+    const T* xr = x + row * cols;
+    T* yr = y + row * cols;
     const long long nvec = cols / VEC;
-    const MD md = md_row_reduce<THREADS>(md_scan<VEC, THREADS>(xr, 0, nvec, threadIdx.x));
+    const MD md = md_row_reduce<THREADS>(md_scan<T, VEC, THREADS>(xr, 0, nvec, threadIdx.x));
     const long long label = row_label<MODE>(labels, row, cols);
-    emit_scan<VEC, THREADS, MODE>(xr, yr, 0, nvec, threadIdx.x, md, label, scale);
-    if (threadIdx.x == 0) write_loss<MODE>(xr, label, md, row_loss, row);
+    emit_scan<T, VEC, THREADS, MODE>(xr, yr, 0, nvec, threadIdx.x, md, label, scale);
+    if (threadIdx.x == 0) write_loss<T, MODE>(xr, label, md, row_loss, row);
 }
 
 // The chunk of a split row that block b covers: row b / splits, chunk s = b % splits,
@@ -361,14 +456,15 @@ __device__ __forceinline__ SplitChunk split_chunk(long long b, int cols, int spl
 }
 
 // Split rows, kernel 1 of 2: block b = row * splits + s writes the pair of chunk s.
-template <int VEC, int THREADS>
+template <typename T, int VEC, int THREADS>
 __global__ void __launch_bounds__(THREADS)
-online_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
+online_partials(const T* x, long long rows, int cols, int splits, long long chunk_vec,
                 Pair* partials) {
     const long long b = blockIdx.x;
     const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
-    const float* xr = x + c.row * cols;
-    const MD md = md_row_reduce<THREADS>(md_scan<VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x));
+    const T* xr = x + c.row * cols;
+    const MD md =
+        md_row_reduce<THREADS>(md_scan<T, VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x));
     if (threadIdx.x == 0) { Pair p; p.m = md.m; p.d = md.d; partials[b] = p; }
 }
 
@@ -385,32 +481,32 @@ __device__ __forceinline__ MD merge_partials(const Pair* partials, long long row
 
 // Split rows, kernel 2 of 2: merge the row's partials, write chunk s. Blocks run in reverse
 // order of kernel 1, so the chunks it read last are still in L2 when they are read again.
-template <int VEC, int THREADS, int MODE>
+template <typename T, int VEC, int THREADS, int MODE>
 __global__ void __launch_bounds__(THREADS)
-online_split_output(const float* x, float* y, long long rows, int cols, int splits,
+online_split_output(const T* x, T* y, long long rows, int cols, int splits,
                     long long chunk_vec, const Pair* partials, const long long* labels,
                     float* row_loss, float scale) {
     const long long b = (long long)gridDim.x - 1 - blockIdx.x;
     const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
-    const float* xr = x + c.row * cols;
-    float* yr = y + c.row * cols;
+    const T* xr = x + c.row * cols;
+    T* yr = y + c.row * cols;
     const MD md = merge_partials<THREADS>(partials, c.row, splits);
     const long long label = row_label<MODE>(labels, c.row, cols);
-    emit_scan<VEC, THREADS, MODE>(xr, yr, c.vbeg, c.vend, threadIdx.x, md, label, scale);
-    if (c.s == 0 && threadIdx.x == 0) write_loss<MODE>(xr, label, md, row_loss, c.row);
+    emit_scan<T, VEC, THREADS, MODE>(xr, yr, c.vbeg, c.vend, threadIdx.x, md, label, scale);
+    if (c.s == 0 && threadIdx.x == 0) write_loss<T, MODE>(xr, label, md, row_loss, c.row);
 }
 
 // ---------------------------------------------------------------- safe softmax (3 passes)
 
-template <int VEC, int STRIDE>
-__device__ __forceinline__ float max_scan(const float* xr, long long vbeg, long long vend, int t) {
-    constexpr int U = VEC == 4 ? 4 : 8;
+template <typename T, int VEC, int STRIDE>
+__device__ __forceinline__ float max_scan(const T* xr, long long vbeg, long long vend, int t) {
+    constexpr int U = Unroll<VEC>::value;
     float m = vmem_neg_inf();
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+            load_or_pad<T, VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
 #pragma unroll
         for (int i = 0; i < U * VEC; ++i) m = fmaxf(m, v[i]);
     }
@@ -419,16 +515,16 @@ __device__ __forceinline__ float max_scan(const float* xr, long long vbeg, long 
 
 // Sum of exp(x - m) over the thread's vectors. Pads are -inf: exp(-inf - m) = 0 for any
 // m but -inf, and a row whose max is -inf gives NaN anyway.
-template <int VEC, int STRIDE>
-__device__ __forceinline__ float sumexp_scan(const float* xr, long long vbeg, long long vend,
+template <typename T, int VEC, int STRIDE>
+__device__ __forceinline__ float sumexp_scan(const T* xr, long long vbeg, long long vend,
                                              int t, float m) {
-    constexpr int U = VEC == 4 ? 4 : 8;
+    constexpr int U = Unroll<VEC>::value;
     float s = 0.0f;
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+            load_or_pad<T, VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
 #pragma unroll
         for (int i = 0; i < U * VEC; ++i) s += __expf(v[i] - m);
     }
@@ -437,31 +533,31 @@ __device__ __forceinline__ float sumexp_scan(const float* xr, long long vbeg, lo
 
 // TPR threads per row (a warp, or the block), three passes over the row: max, sum of
 // exponentials, output. Passes 2 and 3 re-read the row (from L1/L2 when it is there).
-template <int VEC, int TPR>
+template <typename T, int VEC, int TPR>
 __global__ void __launch_bounds__(TPR < 128 ? 128 : TPR)
-safe_rows(const float* x, float* y, long long rows, int cols) {
+safe_rows(const T* x, T* y, long long rows, int cols) {
     constexpr int BLOCK = TPR < 128 ? 128 : TPR;
     const int t = threadIdx.x % TPR;
     const long long row = (long long)blockIdx.x * (BLOCK / TPR) + threadIdx.x / TPR;
     if (TPR < BLOCK && row >= rows) return;
-    const float* xr = x + row * cols;
-    float* yr = y + row * cols;
+    const T* xr = x + row * cols;
+    T* yr = y + row * cols;
     const long long nvec = cols / VEC;
-    const float m = row_reduce_f<TPR, true>(max_scan<VEC, TPR>(xr, 0, nvec, t));
-    const float s = row_reduce_f<TPR, false>(sumexp_scan<VEC, TPR>(xr, 0, nvec, t, m));
-    emit_scan<VEC, TPR, 0>(xr, yr, 0, nvec, t, md_make(m, s), -1, 1.0f);
+    const float m = row_reduce_f<TPR, true>(max_scan<T, VEC, TPR>(xr, 0, nvec, t));
+    const float s = row_reduce_f<TPR, false>(sumexp_scan<T, VEC, TPR>(xr, 0, nvec, t, m));
+    emit_scan<T, VEC, TPR, 0>(xr, yr, 0, nvec, t, md_make(m, s), -1, 1.0f);
 }
 
 // Split rows, pass 1 of 3: the max of each chunk.
-template <int VEC, int THREADS>
+template <typename T, int VEC, int THREADS>
 __global__ void __launch_bounds__(THREADS)
-safe_max_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
+safe_max_partials(const T* x, long long rows, int cols, int splits, long long chunk_vec,
                   float* pmax) {
     const long long b = blockIdx.x;
     const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
-    const float* xr = x + c.row * cols;
+    const T* xr = x + c.row * cols;
     const float m =
-        row_reduce_f<THREADS, true>(max_scan<VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x));
+        row_reduce_f<THREADS, true>(max_scan<T, VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x));
     if (threadIdx.x == 0) pmax[b] = m;
 }
 
@@ -474,31 +570,32 @@ __device__ __forceinline__ float reduce_partials(const float* p, long long row, 
 }
 
 // Split rows, pass 2 of 3: the row max from the partial maxima, then each chunk's sum.
-template <int VEC, int THREADS>
+template <typename T, int VEC, int THREADS>
 __global__ void __launch_bounds__(THREADS)
-safe_sum_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec,
+safe_sum_partials(const T* x, long long rows, int cols, int splits, long long chunk_vec,
                   const float* pmax, float* psum) {
     const long long b = blockIdx.x;
     const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
-    const float* xr = x + c.row * cols;
+    const T* xr = x + c.row * cols;
     const float m = reduce_partials<THREADS, true>(pmax, c.row, splits);
-    const float sum =
-        row_reduce_f<THREADS, false>(sumexp_scan<VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x, m));
+    const float sum = row_reduce_f<THREADS, false>(
+        sumexp_scan<T, VEC, THREADS>(xr, c.vbeg, c.vend, threadIdx.x, m));
     if (threadIdx.x == 0) psum[b] = sum;
 }
 
 // Split rows, pass 3 of 3 (reverse block order, as online_split_output).
-template <int VEC, int THREADS>
+template <typename T, int VEC, int THREADS>
 __global__ void __launch_bounds__(THREADS)
-safe_split_output(const float* x, float* y, long long rows, int cols, int splits,
+safe_split_output(const T* x, T* y, long long rows, int cols, int splits,
                   long long chunk_vec, const float* pmax, const float* psum) {
     const long long b = (long long)gridDim.x - 1 - blockIdx.x;
     const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
-    const float* xr = x + c.row * cols;
-    float* yr = y + c.row * cols;
+    const T* xr = x + c.row * cols;
+    T* yr = y + c.row * cols;
     const float m = reduce_partials<THREADS, true>(pmax, c.row, splits);
     const float sum = reduce_partials<THREADS, false>(psum, c.row, splits);
-    emit_scan<VEC, THREADS, 0>(xr, yr, c.vbeg, c.vend, threadIdx.x, md_make(m, sum), -1, 1.0f);
+    emit_scan<T, VEC, THREADS, 0>(xr, yr, c.vbeg, c.vend, threadIdx.x, md_make(m, sum), -1,
+                                  1.0f);
 }
 
 // ---------------------------------------------------------------- fused softmax + top-k
@@ -579,15 +676,15 @@ __device__ __forceinline__ unsigned long long topk_round(unsigned long long (&l)
     return w;
 }
 
-template <int VEC, int STRIDE, int K>
-__device__ __forceinline__ void topk_scan(const float* xr, long long vbeg, long long vend, int t,
+template <typename T, int VEC, int STRIDE, int K>
+__device__ __forceinline__ void topk_scan(const T* xr, long long vbeg, long long vend, int t,
                                           MD& md, unsigned long long (&l)[K]) {
-    constexpr int U = VEC == 4 ? 2 : 8;
+    constexpr int U = VEC == 1 ? 8 : 8 / VEC;
     for (long long j0 = vbeg + t; j0 < vend; j0 += (long long)STRIDE * U) {
         float v[U * VEC];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            load_or_pad<VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
+            load_or_pad<T, VEC>(xr, j0 + (long long)u * STRIDE, vend, v + u * VEC);
         md = md_merge(md, md_of(v));
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -602,48 +699,49 @@ __device__ __forceinline__ void topk_scan(const float* xr, long long vbeg, long 
 }
 
 // Writes the k winners of a row: probability exp(x - m) / d and column index.
-template <int K, int TPR>
+template <typename T, int K, int TPR>
 __device__ __forceinline__ void topk_emit(unsigned long long (&l)[K], int k, int t, MD md,
-                                          float* values, long long* indices, long long out0) {
+                                          T* values, long long* indices, long long out0) {
     const float inv_d = 1.0f / md.d;
     for (int r = 0; r < k; ++r) {
         const unsigned long long w = topk_round<K, TPR>(l, r);
         if (t == 0) {
-            values[out0 + r] = __expf(key_value((unsigned int)(w >> 32)) - md.m) * inv_d;
+            values[out0 + r] =
+                From<T>::conv(__expf(key_value((unsigned int)(w >> 32)) - md.m) * inv_d);
             indices[out0 + r] = code_index(w);
         }
     }
 }
 
 // Rows: TPR threads per row (a warp, or the block), one read of the input.
-template <int VEC, int TPR, int K>
+template <typename T, int VEC, int TPR, int K>
 __global__ void __launch_bounds__(TPR < 128 ? 128 : TPR)
-topk_rows(const float* x, long long rows, int cols, int k, float* values, long long* indices) {
+topk_rows(const T* x, long long rows, int cols, int k, T* values, long long* indices) {
     constexpr int BLOCK = TPR < 128 ? 128 : TPR;
     const int t = threadIdx.x % TPR;
     const long long row = (long long)blockIdx.x * (BLOCK / TPR) + threadIdx.x / TPR;
     if (TPR < BLOCK && row >= rows) return;
-    const float* xr = x + row * cols;
+    const T* xr = x + row * cols;
     MD md = md_identity();
     unsigned long long l[K];
     topk_clear(l);
-    topk_scan<VEC, TPR, K>(xr, 0, cols / VEC, t, md, l);
+    topk_scan<T, VEC, TPR, K>(xr, 0, cols / VEC, t, md, l);
     md = md_row_reduce<TPR>(md);
-    topk_emit<K, TPR>(l, k, t, md, values, indices, row * k);
+    topk_emit<T, K, TPR>(l, k, t, md, values, indices, row * k);
 }
 
 // Split rows, kernel 1 of 2: each chunk's pair and its k best codes.
-template <int VEC, int THREADS, int K>
+template <typename T, int VEC, int THREADS, int K>
 __global__ void __launch_bounds__(THREADS)
-topk_partials(const float* x, long long rows, int cols, int splits, long long chunk_vec, int k,
+topk_partials(const T* x, long long rows, int cols, int splits, long long chunk_vec, int k,
               Pair* pmd, unsigned long long* pcodes) {
     const long long b = blockIdx.x;
     const SplitChunk c = split_chunk<VEC>(b, cols, splits, chunk_vec);
-    const float* xr = x + c.row * cols;
+    const T* xr = x + c.row * cols;
     MD md = md_identity();
     unsigned long long l[K];
     topk_clear(l);
-    topk_scan<VEC, THREADS, K>(xr, c.vbeg, c.vend, threadIdx.x, md, l);
+    topk_scan<T, VEC, THREADS, K>(xr, c.vbeg, c.vend, threadIdx.x, md, l);
     md = md_row_reduce<THREADS>(md);
     if (threadIdx.x == 0) { Pair p; p.m = md.m; p.d = md.d; pmd[b] = p; }
     for (int r = 0; r < k; ++r) {
@@ -653,17 +751,17 @@ topk_partials(const float* x, long long rows, int cols, int splits, long long ch
 }
 
 // Split rows, kernel 2 of 2: one block per row merges the pairs and the splits * k codes.
-template <int THREADS, int K>
+template <typename T, int THREADS, int K>
 __global__ void __launch_bounds__(THREADS)
 topk_merge(long long rows, int splits, int k, const Pair* pmd,
-           const unsigned long long* pcodes, float* values, long long* indices) {
+           const unsigned long long* pcodes, T* values, long long* indices) {
     const long long row = blockIdx.x;
     const MD md = merge_partials<THREADS>(pmd, row, splits);
     unsigned long long l[K];
     topk_clear(l);
     const long long n = (long long)splits * k;
     for (long long i = threadIdx.x; i < n; i += THREADS) topk_insert(l, pcodes[row * n + i]);
-    topk_emit<K, THREADS>(l, k, threadIdx.x, md, values, indices, row * k);
+    topk_emit<T, K, THREADS>(l, k, threadIdx.x, md, values, indices, row * k);
 }
 
 // ---------------------------------------------------------------- backward
@@ -688,8 +786,8 @@ softmax_backward_rows(const float* y, const float* dy, float* dx, long long rows
             const long long j = j0 + (long long)u * TPR;
             if (j < nvec) {
                 float a[VEC], g[VEC];
-                Vec<VEC>::load(yr, j, a);
-                Vec<VEC>::load(gr, j, g);
+                Vec<float, VEC>::load(yr, j, a);
+                Vec<float, VEC>::load(gr, j, g);
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) dot += a[e] * g[e];
             }
@@ -698,11 +796,11 @@ softmax_backward_rows(const float* y, const float* dy, float* dx, long long rows
     dot = row_reduce_f<TPR, false>(dot);
     for (long long j = t; j < nvec; j += TPR) {
         float a[VEC], g[VEC], o[VEC];
-        Vec<VEC>::load(yr, j, a);
-        Vec<VEC>::load(gr, j, g);
+        Vec<float, VEC>::load(yr, j, a);
+        Vec<float, VEC>::load(gr, j, g);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) o[e] = a[e] * (g[e] - dot);
-        Vec<VEC>::store(xr, j, o);
+        Vec<float, VEC>::store(xr, j, o);
     }
 }
 
@@ -719,10 +817,10 @@ ce_grad(const float* p, const long long* labels, float* g, long long rows, int c
         const long long col0 = (i - row * per_row) * VEC;
         const long long label = labels[row];
         float a[VEC];
-        Vec<VEC>::load(p, i, a);
+        Vec<float, VEC>::load(p, i, a);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) a[e] = (a[e] - (col0 + e == label ? 1.0f : 0.0f)) * scale;
-        Vec<VEC>::store(g, i, a);
+        Vec<float, VEC>::store(g, i, a);
     }
 }
 """
@@ -779,14 +877,15 @@ class _RecordingLauncher:
 
 def kernel_names(calls: Any, sms: int | None = None) -> list[str]:
     """The kernel instantiations `calls(stand_in)` launches, where `stand_in(shape)`
-    gives an uninitialised float32 array of that shape to pass instead of a CuPy array
-    (np.empty: untouched pages cost nothing). `sms` defaults to the current GPU's count."""
+    gives an uninitialised float32 array of that shape (`stand_in(shape, dtype)`, of that
+    dtype) to pass instead of a CuPy array (np.empty: untouched pages cost nothing).
+    `sms` defaults to the current GPU's count."""
     if sms is None:
         sms = _get_launcher().sm_count()
     recorder = _RecordingLauncher(sms)
     previous = _use_launcher(recorder)
     try:
-        calls(lambda shape: np.empty(shape, dtype=np.float32))
+        calls(lambda shape, dtype=np.float32: np.empty(shape, dtype=dtype))
     finally:
         _use_launcher(previous)
     return recorder.names
@@ -893,12 +992,14 @@ def _grid_rows(rows: int, tpr: int) -> int:
 # -------------------------------------------------------------------- checks
 
 
-def _rows_cols(x: Array, fn: str, launcher: Any) -> tuple[int, int]:
+def _rows_cols(x: Array, fn: str, launcher: Any, dtypes: tuple[np.dtype, ...] = tuple(CTYPES)
+               ) -> tuple[int, int]:
     if not launcher.is_array(x):
         raise ValueError(f"{fn}: needs a CuPy array, got {type(x).__name__}")
-    if np.dtype(x.dtype) != np.float32:
+    if np.dtype(x.dtype) not in dtypes:
         kind = "non-floating " if np.dtype(x.dtype).kind not in "f" else ""
-        raise ValueError(f"{fn}: the CUDA kernels take float32, got {kind}dtype {x.dtype}")
+        raise ValueError(f"{fn}: the CUDA kernels take {' or '.join(map(str, dtypes))}, got "
+                         f"{kind}dtype {x.dtype}")
     if x.ndim < 1:
         raise ValueError(f"{fn}: needs an array with at least one axis, got a 0-d array")
     if not x.flags.c_contiguous:
@@ -915,16 +1016,22 @@ def _output(x: Array, out: Array | None, fn: str, launcher: Any) -> Array:
     if out is None:
         return launcher.xp.empty_like(x)
     if not launcher.is_array(out) or tuple(out.shape) != tuple(x.shape) \
-            or np.dtype(out.dtype) != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"{fn}: out must be a C-contiguous float32 CuPy array of shape "
-                         f"{tuple(x.shape)}")
+            or np.dtype(out.dtype) != np.dtype(x.dtype) or not out.flags.c_contiguous:
+        raise ValueError(f"{fn}: out must be a C-contiguous {np.dtype(x.dtype)} CuPy array of "
+                         f"shape {tuple(x.shape)}")
     return out
 
 
+def _ctype(x: Array) -> str:
+    return CTYPES[np.dtype(x.dtype)]
+
+
 def _vec(cols: int, launcher: Any, *arrays: Array) -> int:
-    """4 (float4 loads) when every row starts on a 16-byte boundary, else 1."""
-    if cols % 4 == 0 and all(launcher.pointer(a) % 16 == 0 for a in arrays):
-        return 4
+    """The elements of a 16-byte load (4 float32, 8 float16) when every row starts on a
+    16-byte boundary, else 1."""
+    width = 16 // np.dtype(arrays[0].dtype).itemsize
+    if cols % width == 0 and all(launcher.pointer(a) % 16 == 0 for a in arrays):
+        return width
     return 1
 
 
@@ -952,22 +1059,22 @@ def _i64(v: int) -> np.int64:
 def _rows_kernel(x: Array, y: Array, rows: int, cols: int, mode: int, plan: RowPlan,
                  labels: Array, row_loss: Array, scale: float, launcher: Any) -> None:
     """Launch the plan's kernels for one of the modes (softmax, log-softmax, CE)."""
-    v, f32 = plan.vec, np.float32
+    v, f32, t = plan.vec, np.float32, _ctype(x)
     common = (labels, row_loss, f32(scale))
     if plan.method in ("warp", "block"):
-        name = f"online_rows<{v}, {plan.items}, {plan.tpr}, {mode}>"
+        name = f"online_rows<{t}, {v}, {plan.items}, {plan.tpr}, {mode}>"
         launcher.launch(name, _grid_rows(rows, plan.tpr), _block_of(plan.tpr),
                         (x, y, _i64(rows), _i32(cols), *common))
     elif plan.method == "stream":
-        name = f"online_stream<{v}, {STREAM_THREADS}, {mode}>"
+        name = f"online_stream<{t}, {v}, {STREAM_THREADS}, {mode}>"
         launcher.launch(name, rows, STREAM_THREADS, (x, y, _i64(rows), _i32(cols), *common))
     else:
         blocks = rows * plan.splits
         partials = launcher.xp.empty((blocks, 2), dtype=np.float32)
-        launcher.launch(f"online_partials<{v}, {SPLIT_THREADS}>", blocks, SPLIT_THREADS,
+        launcher.launch(f"online_partials<{t}, {v}, {SPLIT_THREADS}>", blocks, SPLIT_THREADS,
                         (x, _i64(rows), _i32(cols), _i32(plan.splits), _i64(plan.chunk_vec),
                          partials))
-        launcher.launch(f"online_split_output<{v}, {SPLIT_THREADS}, {mode}>", blocks,
+        launcher.launch(f"online_split_output<{t}, {v}, {SPLIT_THREADS}, {mode}>", blocks,
                         SPLIT_THREADS, (x, y, _i64(rows), _i32(cols), _i32(plan.splits),
                                         _i64(plan.chunk_vec), partials, *common))
 
@@ -1000,13 +1107,15 @@ def log_softmax(x: Array, out: Array | None = None, *, method: str = "auto") -> 
     return _online(x, out, MODE_LOG_SOFTMAX, method, "log_softmax")
 
 
-def describe_plan(shape: tuple[int, ...], method: str = "auto", *, vec: int | None = None
-                  ) -> str:
-    """The path `online_softmax` takes for a float32 array of this shape (for reports)."""
+def describe_plan(shape: tuple[int, ...], method: str = "auto", *, vec: int | None = None,
+                  dtype: Any = np.float32) -> str:
+    """The path `online_softmax` takes for an aligned array of this shape and dtype
+    (float32 unless `dtype` says float16), for reports."""
     launcher = _get_launcher()
     cols = int(shape[-1])
     rows = int(np.prod(shape[:-1], dtype=np.int64))
-    vec = vec if vec is not None else (4 if cols % 4 == 0 else 1)
+    width = 16 // np.dtype(dtype).itemsize
+    vec = vec if vec is not None else (width if cols % width == 0 else 1)
     return plan_rows(rows, cols, vec, launcher.sm_count(), method).describe()
 
 
@@ -1023,7 +1132,7 @@ def safe_softmax(x: Array, out: Array | None = None, *, method: str = "auto") ->
     y = _output(x, out, fn, launcher)
     if rows == 0 or cols == 0:
         return y
-    v = _vec(cols, launcher, x, y)
+    v, ct = _vec(cols, launcher, x, y), _ctype(x)
     splits, chunk_vec = _split_count(rows, cols // v, v, launcher.sm_count())
     if method == "split" and splits == 1:
         plan = plan_rows(rows, cols, v, launcher.sm_count(), "split")
@@ -1031,16 +1140,16 @@ def safe_softmax(x: Array, out: Array | None = None, *, method: str = "auto") ->
     if method == "stream" or splits == 1:
         # The threads online softmax gives such a row, but no registers: 4 accesses.
         tpr = _register_shape(cols // v, v)[0] if cols <= REGISTER_COLS else STREAM_THREADS
-        launcher.launch(f"safe_rows<{v}, {tpr}>", _grid_rows(rows, tpr), _block_of(tpr),
+        launcher.launch(f"safe_rows<{ct}, {v}, {tpr}>", _grid_rows(rows, tpr), _block_of(tpr),
                         (x, y, _i64(rows), _i32(cols)))
         return y
     blocks, t = rows * splits, SPLIT_THREADS
     pmax = launcher.xp.empty(blocks, dtype=np.float32)
     psum = launcher.xp.empty(blocks, dtype=np.float32)
     head = (_i64(rows), _i32(cols), _i32(splits), _i64(chunk_vec))
-    launcher.launch(f"safe_max_partials<{v}, {t}>", blocks, t, (x, *head, pmax))
-    launcher.launch(f"safe_sum_partials<{v}, {t}>", blocks, t, (x, *head, pmax, psum))
-    launcher.launch(f"safe_split_output<{v}, {t}>", blocks, t, (x, y, *head, pmax, psum))
+    launcher.launch(f"safe_max_partials<{ct}, {v}, {t}>", blocks, t, (x, *head, pmax))
+    launcher.launch(f"safe_sum_partials<{ct}, {v}, {t}>", blocks, t, (x, *head, pmax, psum))
+    launcher.launch(f"safe_split_output<{ct}, {v}, {t}>", blocks, t, (x, y, *head, pmax, psum))
     return y
 
 
@@ -1053,7 +1162,7 @@ def _list_size(k: int) -> int:
 
 def softmax_topk(x: Array, k: int, *, method: str = "auto") -> tuple[Array, Array]:
     """(values, indices) of the k largest probabilities of softmax(x) along the last
-    axis, best first, exact ties by the lower index; values float32 of shape (..., k),
+    axis, best first, exact ties by the lower index; values of x's dtype, shape (..., k),
     indices int64. One read of the input (the paper's fused online softmax + top-k).
     method: auto, "rows" (a warp or block per row) or "split" (chunks + merge)."""
     fn = "softmax_topk"
@@ -1068,8 +1177,8 @@ def softmax_topk(x: Array, k: int, *, method: str = "auto") -> tuple[Array, Arra
         raise ValueError(f"{fn}: the fused CUDA kernel takes k up to {MAX_TOPK}, got {k}")
     if method not in ("auto", "rows", "split"):
         raise ValueError(f"{fn}: method must be auto, rows or split, got {method!r}")
-    xp = launcher.xp
-    values = xp.empty((*x.shape[:-1], k), dtype=np.float32)
+    xp, ct = launcher.xp, _ctype(x)
+    values = xp.empty((*x.shape[:-1], k), dtype=x.dtype)
     indices = xp.empty((*x.shape[:-1], k), dtype=np.int64)
     if rows == 0:
         return values, indices
@@ -1081,16 +1190,16 @@ def softmax_topk(x: Array, k: int, *, method: str = "auto") -> tuple[Array, Arra
         splits, chunk_vec = plan.splits, plan.chunk_vec
     if method == "rows" or splits == 1:
         tpr = 32 if cols <= WARP_COLS else TOPK_THREADS
-        launcher.launch(f"topk_rows<{v}, {tpr}, {size}>", _grid_rows(rows, tpr), _block_of(tpr),
-                        (x, _i64(rows), _i32(cols), _i32(k), values, indices))
+        launcher.launch(f"topk_rows<{ct}, {v}, {tpr}, {size}>", _grid_rows(rows, tpr),
+                        _block_of(tpr), (x, _i64(rows), _i32(cols), _i32(k), values, indices))
         return values, indices
     blocks, t = rows * splits, SPLIT_THREADS
     pmd = xp.empty((blocks, 2), dtype=np.float32)
     pcodes = xp.empty(blocks * k, dtype=np.uint64)
-    launcher.launch(f"topk_partials<{v}, {t}, {size}>", blocks, t,
+    launcher.launch(f"topk_partials<{ct}, {v}, {t}, {size}>", blocks, t,
                     (x, _i64(rows), _i32(cols), _i32(splits), _i64(chunk_vec), _i32(k),
                      pmd, pcodes))
-    launcher.launch(f"topk_merge<{TOPK_THREADS}, {size}>", rows, TOPK_THREADS,
+    launcher.launch(f"topk_merge<{ct}, {TOPK_THREADS}, {size}>", rows, TOPK_THREADS,
                     (_i64(rows), _i32(splits), _i32(k), pmd, pcodes, values, indices))
     return values, indices
 
@@ -1105,7 +1214,7 @@ def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     each row's loss. A label out of range makes the loss NaN."""
     fn = "cross_entropy"
     launcher = _get_launcher()
-    rows, cols = _rows_cols(logits, fn, launcher)
+    rows, cols = _rows_cols(logits, fn, launcher, FLOAT32_ONLY)
     if logits.ndim != 2:
         raise ValueError(f"{fn}: needs logits (N, C), got shape {tuple(logits.shape)}")
     labels = _labels(labels, rows, fn, launcher)
@@ -1124,7 +1233,7 @@ def softmax_cross_entropy_grad(logits: Array, labels: Array, scale: float | None
     one pass; scale defaults to 1/N (the mean). What the loss layer saves for backward."""
     fn = "softmax_cross_entropy_grad"
     launcher = _get_launcher()
-    rows, cols = _rows_cols(logits, fn, launcher)
+    rows, cols = _rows_cols(logits, fn, launcher, FLOAT32_ONLY)
     if logits.ndim != 2:
         raise ValueError(f"{fn}: needs logits (N, C), got shape {tuple(logits.shape)}")
     labels = _labels(labels, rows, fn, launcher)
@@ -1143,7 +1252,7 @@ def cross_entropy_backward(probs: Array, labels: Array, scale: float | None = No
     """(probs - onehot(labels)) * scale, scale 1/N by default; `out` may be `probs`."""
     fn = "cross_entropy_backward"
     launcher = _get_launcher()
-    rows, cols = _rows_cols(probs, fn, launcher)
+    rows, cols = _rows_cols(probs, fn, launcher, FLOAT32_ONLY)
     if probs.ndim != 2:
         raise ValueError(f"{fn}: needs probabilities (N, C), got shape {tuple(probs.shape)}")
     labels = _labels(labels, rows, fn, launcher)
@@ -1163,8 +1272,8 @@ def softmax_backward(y: Array, dy: Array, out: Array | None = None) -> Array:
     `y` or `dy`."""
     fn = "softmax_backward"
     launcher = _get_launcher()
-    rows, cols = _rows_cols(y, fn, launcher)
-    _rows_cols(dy, fn, launcher)
+    rows, cols = _rows_cols(y, fn, launcher, FLOAT32_ONLY)
+    _rows_cols(dy, fn, launcher, FLOAT32_ONLY)
     if tuple(dy.shape) != tuple(y.shape):
         raise ValueError(f"{fn}: y and dy differ in shape, {tuple(y.shape)} and "
                          f"{tuple(dy.shape)}")
@@ -1185,23 +1294,28 @@ def all_name_expressions() -> list[str]:
     """Every kernel instantiation the functions above can launch (for an ahead-of-time
     compile check with nvcc, or to warm CuPy's cache)."""
     names: list[str] = []
-    for vec in (1, 4):
-        most = REGISTER_FLOATS // vec
-        items = [1 << i for i in range(most.bit_length()) if 1 << i <= most]
-        for mode in range(4):
-            for tpr in (32, 128, 256, 512):
-                names += [f"online_rows<{vec}, {it}, {tpr}, {mode}>" for it in items]
-            names.append(f"online_stream<{vec}, {STREAM_THREADS}, {mode}>")
-            names.append(f"online_split_output<{vec}, {SPLIT_THREADS}, {mode}>")
-        names.append(f"online_partials<{vec}, {SPLIT_THREADS}>")
-        names += [f"safe_rows<{vec}, {tpr}>" for tpr in (32, 128, 256, 512)]
-        names += [f"safe_max_partials<{vec}, {SPLIT_THREADS}>",
-                  f"safe_sum_partials<{vec}, {SPLIT_THREADS}>",
-                  f"safe_split_output<{vec}, {SPLIT_THREADS}>"]
-        for size in TOPK_LIST_SIZES:
-            names += [f"topk_rows<{vec}, {tpr}, {size}>" for tpr in (32, TOPK_THREADS)]
-            names.append(f"topk_partials<{vec}, {SPLIT_THREADS}, {size}>")
-        names += [f"softmax_backward_rows<{vec}, {tpr}>" for tpr in (32, STREAM_THREADS)]
-        names.append(f"ce_grad<{vec}>")
-    names += [f"topk_merge<{TOPK_THREADS}, {size}>" for size in TOPK_LIST_SIZES]
+    for dtype, ct in CTYPES.items():
+        # float32 reads float4 or scalars, float16 eight halves or scalars; float16 has
+        # no loss kernels (modes 2 and 3)
+        modes = range(4) if dtype == np.float32 else (MODE_SOFTMAX, MODE_LOG_SOFTMAX)
+        for vec in (1, 16 // dtype.itemsize):
+            most = REGISTER_FLOATS // vec
+            items = [1 << i for i in range(most.bit_length()) if 1 << i <= most]
+            for mode in modes:
+                for tpr in (32, 128, 256, 512):
+                    names += [f"online_rows<{ct}, {vec}, {it}, {tpr}, {mode}>" for it in items]
+                names.append(f"online_stream<{ct}, {vec}, {STREAM_THREADS}, {mode}>")
+                names.append(f"online_split_output<{ct}, {vec}, {SPLIT_THREADS}, {mode}>")
+            names.append(f"online_partials<{ct}, {vec}, {SPLIT_THREADS}>")
+            names += [f"safe_rows<{ct}, {vec}, {tpr}>" for tpr in (32, 128, 256, 512)]
+            names += [f"safe_max_partials<{ct}, {vec}, {SPLIT_THREADS}>",
+                      f"safe_sum_partials<{ct}, {vec}, {SPLIT_THREADS}>",
+                      f"safe_split_output<{ct}, {vec}, {SPLIT_THREADS}>"]
+            for size in TOPK_LIST_SIZES:
+                names += [f"topk_rows<{ct}, {vec}, {tpr}, {size}>" for tpr in (32, TOPK_THREADS)]
+                names.append(f"topk_partials<{ct}, {vec}, {SPLIT_THREADS}, {size}>")
+            if dtype == np.float32:
+                names += [f"softmax_backward_rows<{vec}, {tpr}>" for tpr in (32, STREAM_THREADS)]
+                names.append(f"ce_grad<{vec}>")
+        names += [f"topk_merge<{ct}, {TOPK_THREADS}, {size}>" for size in TOPK_LIST_SIZES]
     return names

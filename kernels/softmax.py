@@ -6,9 +6,9 @@ the layers call. Max-subtracted, so large logits do not overflow and very negati
 logits do not underflow the normalizer. Entries equal to -inf get probability 0
 (log-probability -inf) as long as their row has one finite entry; a row that is all
 -inf, or that contains +inf or NaN, has no distribution and gives NaN, as in PyTorch.
-On CuPy float32 input they run on the CUDA kernels of `vmem.kernels.cuda_softmax` when
-`VMEM_CUDA_SOFTMAX=1` (off by default until those kernels have run on a GPU), else on
-array code.
+On CuPy float32 input (and float16, but for the loss) they run on the CUDA kernels of
+`vmem.kernels.cuda_softmax` when `VMEM_CUDA_SOFTMAX=1` (off by default until those
+kernels have run on a GPU), else on array code.
 
 The references below (NumPy only, along the last axis) are the cpu implementation of
 the kernels and the oracle their tests compare with. Each follows its kernel's
@@ -41,11 +41,13 @@ Array = Any
 ONLINE_BLOCK = 256
 
 
-def _cuda_kernels(xp: Any, x: Array, axis: int) -> Any:
-    """The CUDA kernel module when it should take this call, else None."""
+def _cuda_kernels(xp: Any, x: Array, axis: int, loss: bool = False) -> Any:
+    """The CUDA kernel module when it should take this call, else None: float32, and
+    float16 where no loss is computed (the loss kernels take float32)."""
     if not kernels_on(xp, "softmax"):
         return None
-    if x.dtype != np.float32 or x.ndim < 1 or axis not in (-1, x.ndim - 1) or x.size == 0:
+    dtypes = (np.float32,) if loss else (np.float32, np.float16)
+    if x.dtype not in dtypes or x.ndim < 1 or axis not in (-1, x.ndim - 1) or x.size == 0:
         return None
     from vmem.kernels import cuda_softmax
 
@@ -75,7 +77,7 @@ def cross_entropy(xp: Any, logits: Array, labels: Array) -> tuple[Array, Array]:
     """(mean over rows of -log softmax(logits)[label], softmax(logits)) for logits
     (N, C) and integer labels (N,) in [0, C). The loss is a 0-d array of the
     logits' dtype."""
-    kernels = _cuda_kernels(xp, logits, 1) if logits.ndim == 2 else None
+    kernels = _cuda_kernels(xp, logits, 1, loss=True) if logits.ndim == 2 else None
     if kernels is not None:
         return kernels.cross_entropy(xp.ascontiguousarray(logits), labels)
     n = logits.shape[0]

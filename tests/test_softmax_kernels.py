@@ -285,6 +285,29 @@ def one_line_value_error(call) -> str:  # noqa: ANN001
     return message
 
 
+def test_the_cuda_functions_check_dtypes_before_launching():
+    """On stand-in arrays (nothing launches): float16 goes to the softmax and top-k
+    kernels with float16 outputs; the loss and backward kernels, float64 and integers
+    are refused by name."""
+    cs = cuda_softmax
+    previous = cs._use_launcher(RecordingLauncher(sms=2))
+    try:
+        half, single = np.zeros((2, 16), np.float16), np.zeros((2, 16), np.float32)
+        values, indices = cs.softmax_topk(half, 3)
+        assert values.dtype == np.float16 and indices.dtype == np.int64
+        assert cs.online_softmax(half).dtype == np.float16
+        for call, words in [
+            (lambda: cs.cross_entropy(half, np.zeros(2, np.int64)), "take float32, got"),
+            (lambda: cs.softmax_backward(half, half), "take float32, got"),
+            (lambda: cs.online_softmax(np.zeros((2, 16))), "float32 or float16, got dtype"),
+            (lambda: cs.online_softmax(np.zeros((2, 16), np.int8)), "non-floating dtype int8"),
+            (lambda: cs.online_softmax(half, out=single), "out must be a C-contiguous float16"),
+        ]:
+            assert words in one_line_value_error(call)
+    finally:
+        cs._use_launcher(previous)
+
+
 def test_invalid_arguments_raise_one_line_errors():
     x = np.zeros((2, 5), np.float32)
     assert "between 1 and the row length 5" in one_line_value_error(lambda: sm.softmax_topk(x, 6))
@@ -375,6 +398,8 @@ def test_dispatch_from_the_array_functions(monkeypatch):
     assert sm._cuda_kernels(fake_cupy, x, -1) is cuda_softmax
     assert sm._cuda_kernels(fake_cupy, x, 0) is None
     assert sm._cuda_kernels(fake_cupy, x.astype(np.float64), -1) is None
+    assert sm._cuda_kernels(fake_cupy, x.astype(np.float16), -1) is cuda_softmax
+    assert sm._cuda_kernels(fake_cupy, x.astype(np.float16), -1, loss=True) is None
     monkeypatch.setenv("VMEM_CUDA_SOFTMAX", "0")
     assert sm._cuda_kernels(fake_cupy, x, -1) is None
     monkeypatch.delenv("VMEM_CUDA_SOFTMAX")
@@ -426,10 +451,11 @@ def test_bench_helpers():
 # ------------------------------------------------------------------ the CUDA C on a CPU emulator
 
 
-def same_with_nan(out: np.ndarray, ref: np.ndarray, what: str) -> None:
+def same_with_nan(out: np.ndarray, ref: np.ndarray, what: str, rtol: float = 1e-5) -> None:
     assert np.array_equal(np.isnan(out), np.isnan(ref)), what
     finite = ~np.isnan(ref)
-    np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-5, atol=1e-7, err_msg=what)
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=rtol, atol=rtol * 1e-2,
+                               err_msg=what)
 
 
 def run_kernel_cases(rng: np.random.Generator, check: bool, small: bool = False) -> None:
@@ -510,6 +536,101 @@ def run_kernel_cases(rng: np.random.Generator, check: bool, small: bool = False)
     y = cs.online_softmax(misaligned)
     if check:
         assert rel_err(y, softmax64(misaligned)) < 1e-5
+    run_half_cases(rng, check)
+
+
+HALF_TOL = 1e-3  # float16 outputs: a unit roundoff of 4.9e-4, one rounding from float32
+
+
+def run_half_cases(rng: np.random.Generator, check: bool) -> None:
+    """float16 in and out on every softmax path and top-k: eight-half vectors (columns a
+    multiple of 8), single halves (not, or rows off 16-byte boundaries), special values,
+    many exact ties (few float16 values), against the float64 references."""
+    cs = cuda_softmax
+    buf = (rng.standard_normal(3 * 1032 + 1) * 4).astype(np.float16)
+    cases = [(rng.standard_normal((5, 7)) * 4).astype(np.float16),
+             (rng.standard_normal((4, 1024)) * 4).astype(np.float16),
+             (rng.standard_normal((2, 4104)) * 4).astype(np.float16),
+             buf[1:].reshape(3, 1032),  # 8 | 1032, but rows start 2 bytes off
+             special_rows(rng, 40).clip(-6e4, 6e4).astype(np.float16)]
+    for x in cases:
+        rows, cols = x.shape
+        ref = softmax64(x)
+        with np.errstate(all="ignore"):
+            ref_log = sm.log_softmax(np, x.astype(np.float64))
+        what = f"float16 {rows}x{cols}"
+        for method in cs.METHODS:
+            if (method == "warp" and cols > cs.WARP_COLS) or \
+                    (method == "block" and cols > cs.REGISTER_COLS):
+                continue
+            y = np.full_like(x, np.nan)
+            cs.online_softmax(x, out=y, method=method)
+            logp = np.full_like(x, np.nan)
+            cs.log_softmax(x, out=logp, method=method)
+            if check:
+                assert y.dtype == np.float16 and logp.dtype == np.float16
+                same_with_nan(y, ref, f"{what} {method}", HALF_TOL)
+                finite = np.isfinite(ref_log)
+                assert np.array_equal(np.isfinite(logp), finite), f"{what} {method}"
+                assert rel_err(logp[finite], ref_log[finite]) < HALF_TOL, f"{what} {method}"
+        for method in ("auto", "stream", "split"):
+            y = np.full_like(x, np.nan)
+            cs.safe_softmax(x, out=y, method=method)
+            if check:
+                same_with_nan(y, ref, f"safe {what} {method}", HALF_TOL)
+        for k in sorted({1, min(5, cols), min(32, cols)}):
+            for method in ("rows", "split"):
+                v, i = cs.softmax_topk(x, k, method=method)
+                if check:
+                    assert v.dtype == np.float16
+                    rv, ri = sm.softmax_topk(x.astype(np.float64), k)
+                    np.testing.assert_array_equal(i, ri, err_msg=f"{what} k={k} {method}")
+                    same_with_nan(v, rv, f"topk {what} k={k} {method}", HALF_TOL)
+
+
+HALF_KERNELS = r"""
+__global__ void half_widen(const unsigned short* h, float* f, long long n) {
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) f[i] = half_to_float(h[i]);
+}
+__global__ void half_narrow(const float* f, unsigned short* h, long long n) {
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) h[i] = float_to_half(f[i]);
+}
+"""
+
+
+@pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE))
+def test_float16_conversions_of_the_cuda_source_match_numpy(rng):
+    """The conversions the emulator runs (the GPU uses its cvt instructions): every
+    float16 widened, and float32 values narrowed with round-to-nearest-even, against
+    NumPy's casts bit for bit: halfway points, subnormals, overflow, NaN included."""
+    lib = build_emulator(cuda_softmax.SOURCE + HALF_KERNELS, {"half_widen", "half_narrow"})
+    launcher = EmulatorLauncher(lib, sms=1)
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    wide = np.empty(every.size, np.float32)
+    launcher.launch("half_widen", 1, 64, (every, wide, np.int64(every.size)))
+    expected = every.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(wide), nan)
+    assert np.array_equal(wide[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+    finite = wide[~nan & np.isfinite(wide)]
+    neighbours = np.nextafter(finite[:-1], finite[1:]).astype(np.float32)
+    halfway = ((finite[:-1].astype(np.float64) + finite[1:]) / 2).astype(np.float32)
+    samples = np.concatenate([
+        finite, neighbours, halfway, np.nextafter(halfway, np.float32(np.inf)),
+        np.nextafter(halfway, np.float32(-np.inf)),
+        rng.standard_normal(20000).astype(np.float32) * np.float32(2.0) ** rng.integers(
+            -30, 20, 20000).astype(np.float32),
+        np.array([65504, 65519.99, 65520, 65536, 1e30, -65520, 2**-25, 2**-24, 3 * 2**-26,
+                  np.inf, -np.inf, 0.0, -0.0], np.float32)]).astype(np.float32)
+    narrow = np.empty(samples.size, np.uint16)
+    launcher.launch("half_narrow", 1, 64, (samples, narrow, np.int64(samples.size)))
+    with np.errstate(over="ignore"):  # what overflows becomes inf, as the kernels make it
+        expected16 = samples.astype(np.float16)
+    assert np.array_equal(narrow, expected16.view(np.uint16))
+    nan_in = np.array([np.nan], np.float32)
+    out = np.empty(1, np.uint16)
+    launcher.launch("half_narrow", 1, 32, (nan_in, out, np.int64(1)))
+    assert np.isnan(out.view(np.float16)[0])
 
 
 @pytest.mark.skipif(os.environ.get("VMEM_EMULATE_CUDA") != "1",

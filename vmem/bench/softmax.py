@@ -2,9 +2,10 @@
 PyTorch on the same inputs, timed as `vmem.bench.timing` describes.
 
 GB/s counts the fewest bytes the operation must move: softmax reads its input once
-and writes its output once (2 x rows x cols x 4 bytes) whatever a kernel really
-reads; top-k reads the input once and writes k values and k int64 indices per row.
-So the safe kernel, which reads rows twice more, shows less GB/s for the same work.
+and writes its output once (2 x rows x cols x 4 bytes in float32, x 2 in float16)
+whatever a kernel really reads; top-k reads the input once and writes k values and
+k int64 indices per row. So the safe kernel, which reads rows twice more, shows less
+GB/s for the same work.
 
 Not yet run on a GPU (see bench/results/README.md).
 """
@@ -42,7 +43,7 @@ TOPK_SWEEP_SHAPE = (4000, 32768)
 TOPK_SWEEP_K = [1, 5, 10, 15, 30]
 #: Rows checked against the float64 reference (rows are independent).
 CHECK_ROWS = 64
-TOLERANCE = 1e-5
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-3}
 
 #: DESIGN.md, H100 80GB HBM3, PyTorch 2.11: torch.softmax / softmax then top-5, in ms.
 DESIGN_TORCH_MS = {(8192, 1024): (0.037, 0.335), (1024, 8192): (0.049, 0.210),
@@ -65,7 +66,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 @dataclass
 class Inputs:
-    """Rotated float32 inputs of one shape, on CuPy and (shared, through DLPack) torch."""
+    """Rotated inputs of one shape and dtype, on CuPy and (shared, through DLPack) torch."""
 
     xs: list[Any]
     txs: list[Any] | None
@@ -78,10 +79,12 @@ class Inputs:
         return self.txs[i % len(self.txs)]
 
 
-def _inputs(cp: Any, torch: Any, timer: GpuTimer, shape: tuple[int, int]) -> Inputs:
-    nbytes = shape[0] * shape[1] * 4
+def _inputs(cp: Any, torch: Any, timer: GpuTimer, shape: tuple[int, int],
+            dtype: Any = np.float32) -> Inputs:
+    nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
     n = buffer_count(nbytes, timer.l2_bytes)
-    xs = [cp.random.standard_normal(shape, dtype=cp.float32) * 4 for _ in range(n)]
+    xs = [(cp.random.standard_normal(shape, dtype=cp.float32) * 4).astype(dtype)
+          for _ in range(n)]
     txs = [torch.from_dlpack(x) for x in xs] if torch is not None else None
     return Inputs(xs, txs)
 
@@ -124,11 +127,12 @@ def _prepare(what: str, calls: Any) -> tuple[Any, Any, Any, GpuTimer]:
 
 
 def softmax_rows(shapes: Sequence[tuple[int, int]], *, runs: int, warmup: int, check: bool,
-                 cp: Any, cs: Any, torch: Any, timer: GpuTimer) -> list[list[Any]]:
+                 cp: Any, cs: Any, torch: Any, timer: GpuTimer, dtype: Any = np.float32
+                 ) -> list[list[Any]]:
     rows_out = []
     for shape in shapes:
-        inputs = _inputs(cp, torch, timer, shape)
-        nbytes = 2 * shape[0] * shape[1] * 4
+        inputs = _inputs(cp, torch, timer, shape, dtype)
+        nbytes = 2 * shape[0] * shape[1] * np.dtype(dtype).itemsize
         online = timer.time(lambda i, inp=inputs: cs.online_softmax(inp.pick(i)),
                             warmup=warmup, runs=runs)
         safe = timer.time(lambda i, inp=inputs: cs.safe_softmax(inp.pick(i)),
@@ -138,20 +142,20 @@ def softmax_rows(shapes: Sequence[tuple[int, int]], *, runs: int, warmup: int, c
             ref = timer.time(lambda i, inp=inputs: torch.softmax(inp.tpick(i), dim=-1),
                              warmup=warmup, runs=runs)
         err = _check_softmax(cp, cs, inputs.xs[0]) if check else None
-        rows_out.append([f"{shape[0]}×{shape[1]}", cs.describe_plan(shape),
+        rows_out.append([f"{shape[0]}×{shape[1]}", cs.describe_plan(shape, dtype=dtype),
                          online.median_ms, online.gbps(nbytes), safe.median_ms,
                          safe.gbps(nbytes), _ratio(safe, online), _fmt(ref),
                          None if ref is None else ref.gbps(nbytes), _ratio(ref, online),
-                         _err_cell(err)])
+                         _err_cell(err, dtype)])
         del inputs
         _release(cp, torch)
     return rows_out
 
 
-def _err_cell(err: float | None) -> str:
+def _err_cell(err: float | None, dtype: Any = np.float32) -> str:
     if err is None:
         return "not checked"
-    return f"{err:.1e}" + ("" if err < TOLERANCE else " FAIL")
+    return f"{err:.1e}" + ("" if err < TOLERANCE[np.dtype(dtype)] else " FAIL")
 
 
 SOFTMAX_HEADERS = ["rows×cols", "online path", "online ms", "online GB/s", "safe ms",
@@ -172,6 +176,9 @@ def bench_softmax(shapes: Sequence[tuple[int, int]] | None = None, *, sweep: boo
         for shape in every:
             cs.online_softmax(stand_in(shape))
             cs.safe_softmax(stand_in(shape))
+        for shape in main:
+            cs.online_softmax(stand_in(shape, np.float16))
+            cs.safe_softmax(stand_in(shape, np.float16))
 
     cp, cs, torch, timer = _prepare("softmax", calls)
     kw = dict(runs=runs, warmup=warmup, check=check, cp=cp, cs=cs, torch=torch, timer=timer)
@@ -183,6 +190,8 @@ def bench_softmax(shapes: Sequence[tuple[int, int]] | None = None, *, sweep: boo
     rows = softmax_rows(main, **kw)
     parts += [markdown_table(SOFTMAX_HEADERS, rows), ""]
     parts += _softmax_targets(rows, main)
+    parts += ["", "## float16 in and out, computed in float32", "",
+              markdown_table(SOFTMAX_HEADERS, softmax_rows(main, **kw, dtype=np.float16))]
     if sweep and not shapes:
         for batch, columns in SWEEP.items():
             parts += ["", f"## batch {batch}", ""]
