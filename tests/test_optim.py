@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import vmem
+from vmem.costs import SGD_TRAFFIC
 from vmem.errors import UsageError
 from vmem.layers import LAYER_TYPES
 from vmem.optim import SGD, AdamW, make_optimizer, update_traffic
@@ -88,6 +89,7 @@ def test_optimizers_by_name() -> None:
     # a fused update's passes over the weights: read w and g, write w, read and write
     # each state buffer
     assert [update_traffic(o) for o in (SGD(momentum=0), SGD(), AdamW())] == [3, 5, 7]
+    assert update_traffic(SGD()) == SGD_TRAFFIC  # what calibrations without the field measured
 
 
 def test_adamw_holds_one_more_weight_sized_buffer_than_sgd() -> None:

@@ -32,6 +32,9 @@ GPU_KEYS = ("memory", "tflops", "bandwidth_gbps", "d2h_gbps", "h2d_gbps", "launc
 GPU_FILE_KEYS = f"{', '.join(GPU_KEYS)} (launch_us optional), description"
 CALIBRATION_FORMAT = "vmem-calibration"
 CALIBRATION_VERSION = 1
+#: `vmem.optim.update_traffic(SGD())`: what a calibration that does not name its
+#: optimizer's traffic measured (vmem calibrate trains with SGD with momentum).
+SGD_TRAFFIC = 5
 FORWARD, BACKWARD = "forward", "backward"
 
 
@@ -193,7 +196,7 @@ class CostModel:
         gbps = self.gpu.d2h_gbps if to_host else self.gpu.h2d_gbps
         return nbytes / (gbps * 1e9) * 1e3 + self.gpu.launch_us * 1e-3
 
-    def update_ms(self, param_bytes: int, traffic: int = 5) -> float:
+    def update_ms(self, param_bytes: int, traffic: int) -> float:
         """The optimizer's update: `traffic` weight-sized passes over memory
         (`vmem.optim.update_traffic`; SGD with momentum reads weight, gradient and
         velocity and writes two of them: 5)."""
@@ -233,7 +236,7 @@ class Calibration:
     update_ms: float
     param_bytes: int
     device: dict[str, Any]
-    update_traffic: int = 5  # the measured optimizer's (`vmem.optim.update_traffic`)
+    update_traffic: int = SGD_TRAFFIC  # the measured optimizer's (`vmem.optim.update_traffic`)
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,7 @@ class CalibratedCosts(CostModel):
         return measured * model(layer, in_shapes, out_shape, algo, phase) / model(
             layer, *then, phase)
 
-    def update_ms(self, param_bytes: int, traffic: int = 5) -> float:
+    def update_ms(self, param_bytes: int, traffic: int) -> float:
         """The measured update, scaled by the weights and by the optimizer's passes
         over memory against those of the optimizer that was measured."""
         cal = self.calibration
@@ -402,5 +405,5 @@ def load_calibration(path_text: str) -> Calibration:
     return Calibration(path_text, gpu, top.text("profile"), top.count("batch", 1),
                        top.text("dtype"), layers, top.time("update_ms"),
                        top.count("param_bytes"), device,
-                       # files that do not say were made with SGD with momentum
-                       top.count("update_traffic", 1) if "update_traffic" in data else 5)
+                       top.count("update_traffic", 1) if "update_traffic" in data
+                       else SGD_TRAFFIC)

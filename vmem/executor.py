@@ -404,7 +404,7 @@ class Executor:
             if source in self._on_host:
                 self._prefetch(recorder, source)
         self._await(recorder, sources)
-        self._where = (name, RECOMPUTE)
+        user, self._where = self._where, (name, RECOMPUTE)
         out_block = self._allocate_loose(self._tensor_bytes(name), MemoryKind.FEATURE_MAPS,
                                          name)
         workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
@@ -417,7 +417,7 @@ class Executor:
         self._free(workspace)
         self._tensors[name] = Tensor(self._settle(out_block),
                                      None if result is None else result[0])
-        self._where = (self.network.nodes[self.recompute_at[name]].name, BACKWARD)
+        self._where = user
 
     def _backward(self, recorder: StepRecorder) -> None:
         xp, lives, nodes = self.backend.xp, self.lives, self.network.nodes

@@ -21,7 +21,7 @@ from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
 from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
-from vmem.optim import SGD, AdamW, Optimizer
+from vmem.optim import SGD, Optimizer
 from vmem.parameters import STEPS, ParameterStore
 from vmem.plan import Plan
 from vmem.planning import make_budget, plan_with
@@ -71,7 +71,7 @@ class Runtime:
                                                                        "--host-memory-limit")
         check_policy(policy)
         self.allocation = check_allocation(allocation)
-        if optimizer is not None and not isinstance(optimizer, SGD | AdamW):
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise UsageError(f"optimizer: expected vmem.SGD or vmem.AdamW, got "
                              f"{type(optimizer).__name__}")
         self.optimizer = optimizer or SGD()
