@@ -78,6 +78,14 @@ def test_run_with_adamw_says_so_and_holds_more(capsys: pytest.CaptureFixture[str
         code, out, _ = run_cli(capsys, "report", str(session))
         assert code == 0 and f"optimizer {optimizer}" in out.splitlines()[0]
     assert results["adamw"]["optimizer"] == "adamw"
+    code, out, _ = run_cli(capsys, "compare", "digits", "--steps", "1", "--device", "cpu",
+                           "--optimizer", "adamw", "--memory-limit", "1360000B",
+                           "--policies", "none,vdnn-all", "--json")
+    rows = json.loads(out)
+    # between vdnn-all's peak and none's with AdamW (1,351,844 and 1,368,228 bytes):
+    # none does not fit, and its row says why
+    assert code == 0 and rows[0]["error"] and rows[1]["error"] is None
+    assert {row["optimizer"] for row in rows} == {"adamw"}
     by_kind = {name: r["peak_by_kind"]["optimizer"] for name, r in results.items()}
     assert by_kind == {"sgd": 13_706 * 4, "adamw": 2 * 13_706 * 4}
 

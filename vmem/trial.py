@@ -129,7 +129,8 @@ def _median_or_none(values: list[float | None]) -> float | None:
 def failed_trial(spec: TrialSpec, error: VmemError, batch: int, device: str) -> TrialResult:
     return TrialResult(profile=spec.network.name, batch=batch, device=device,
                        policy=spec.policy, memory_limit_bytes=spec.memory_limit,
-                       steps=spec.steps, allocation=spec.allocation, error=str(error))
+                       steps=spec.steps, allocation=spec.allocation,
+                       optimizer=spec.optimizer, error=str(error))
 
 
 def with_slowdown(result: TrialResult, records: list[StepRecord],
