@@ -28,12 +28,12 @@ def test_sgd_follows_caffes_rule(momentum: float, decay: bool) -> None:
     w = rng.standard_normal(1000).astype(np.float32)
     v = np.zeros_like(w)
     w64, v64 = w.astype(np.float64), np.zeros(1000)
-    for _ in range(3):
+    for t in range(1, 4):
         g = rng.standard_normal(1000).astype(np.float32)
         step = g.astype(np.float64) + (0.01 * w64 if decay else 0.0)
         v64 = momentum * v64 + step if momentum else step
         w64 = w64 - 0.1 * v64
-        sgd.update(np, w, g.copy(), {"velocity": v} if momentum else {}, decay)
+        sgd.update(np, w, g.copy(), {"velocity": v} if momentum else {}, decay, step=t)
         np.testing.assert_allclose(w, w64, rtol=1e-6, atol=2e-6)
         if momentum:
             np.testing.assert_allclose(v, v64, rtol=1e-6, atol=2e-6)

@@ -38,7 +38,7 @@ class SGD:
         return ("velocity",) if self.momentum else ()
 
     def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any],
-               decay: bool, step: int = 1) -> None:
+               decay: bool, *, step: int) -> None:
         """Update `param` (and the velocity) in place; `grad` is scratch. `step`
         (1 for the first update) is not needed by this rule."""
         wd = self.weight_decay if decay else 0.0
@@ -88,7 +88,7 @@ class AdamW:
         return ("exp_avg", "exp_avg_sq")
 
     def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any],
-               decay: bool, step: int = 1) -> None:
+               decay: bool, *, step: int) -> None:
         """Update `param` and both moments in place at step `step` (1 for the first
         update); `grad` is scratch. Each moment moves by
         a <- b (a - x) + x = b a + (1 - b) x, so no temporary is made."""
