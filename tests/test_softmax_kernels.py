@@ -458,6 +458,21 @@ def same_with_nan(out: np.ndarray, ref: np.ndarray, what: str, rtol: float = 1e-
                                err_msg=what)
 
 
+def online_methods(cols: int) -> list[str]:
+    """The online-softmax paths that take rows of `cols` columns."""
+    cs = cuda_softmax
+    return [m for m in cs.METHODS if not ((m == "warp" and cols > cs.WARP_COLS)
+                                          or (m == "block" and cols > cs.REGISTER_COLS))]
+
+
+def online_and_log(x: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """online_softmax and log_softmax of x by `method`, into outputs poisoned with NaN."""
+    y, logp = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    cuda_softmax.online_softmax(x, out=y, method=method)
+    cuda_softmax.log_softmax(x, out=logp, method=method)
+    return y, logp
+
+
 def run_kernel_cases(rng: np.random.Generator, check: bool, small: bool = False) -> None:
     """Every path of cuda_softmax on NumPy arrays (through whichever launcher is set),
     outputs poisoned first, compared with the references when `check`."""
@@ -467,14 +482,8 @@ def run_kernel_cases(rng: np.random.Generator, check: bool, small: bool = False)
     for rows, cols in shapes:
         x = (rng.standard_normal((rows, cols)) * 4).astype(np.float32)
         ref = softmax64(x)
-        for method in cs.METHODS:
-            if (method == "warp" and cols > cs.WARP_COLS) or \
-                    (method == "block" and cols > cs.REGISTER_COLS):
-                continue
-            y = np.full_like(x, np.nan)
-            cs.online_softmax(x, out=y, method=method)
-            logp = np.full_like(x, np.nan)
-            cs.log_softmax(x, out=logp, method=method)
+        for method in online_methods(cols):
+            y, logp = online_and_log(x, method)
             if check:
                 assert rel_err(y, ref) < 1e-5, (rows, cols, method)
                 assert rel_err(logp, np.log(ref)) < 1e-5, (rows, cols, method)
@@ -559,14 +568,8 @@ def run_half_cases(rng: np.random.Generator, check: bool) -> None:
         with np.errstate(all="ignore"):
             ref_log = sm.log_softmax(np, x.astype(np.float64))
         what = f"float16 {rows}x{cols}"
-        for method in cs.METHODS:
-            if (method == "warp" and cols > cs.WARP_COLS) or \
-                    (method == "block" and cols > cs.REGISTER_COLS):
-                continue
-            y = np.full_like(x, np.nan)
-            cs.online_softmax(x, out=y, method=method)
-            logp = np.full_like(x, np.nan)
-            cs.log_softmax(x, out=logp, method=method)
+        for method in online_methods(cols):
+            y, logp = online_and_log(x, method)
             if check:
                 assert y.dtype == np.float16 and logp.dtype == np.float16
                 same_with_nan(y, ref, f"{what} {method}", HALF_TOL)
