@@ -13,15 +13,16 @@ class UsageError(VmemError):
 
 
 class ProfileError(VmemError):
-    """A network profile that cannot be read: names the file, line and layer."""
+    """A network profile that cannot be read: names the file, line and layer, and for
+    a layer of a repeated block the instance (`within`)."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 layer: str | None = None) -> None:
+                 layer: str | None = None, within: str | None = None) -> None:
         where = ":".join(str(p) for p in (path, line) if p is not None)
-        parts = [p for p in (where, f"layer '{layer}'" if layer else None) if p]
+        parts = [p for p in (where, f"layer '{layer}'" if layer else None, within) if p]
         prefix = ", ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
-        self.path, self.line, self.layer = path, line, layer
+        self.path, self.line, self.layer, self.within = path, line, layer, within
 
 
 class NetworkError(VmemError):

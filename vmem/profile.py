@@ -5,9 +5,13 @@ stem), `description`, `batch` (32) and `cpu_batch` (min(batch, 8)), then one
 `[[layer]]` table per layer (`name`, `type`, optional `inputs`, and the layer
 type's own fields). `profiles/README.md` documents it.
 
+A `[[layer]]` table with `block` instead of `type` repeats a block of layers
+written once in `[block.NAME]` tables (`vmem.blocks`).
+
 tomllib reports no line numbers for the values it returns, so the loader scans
-the text for each `[[layer]]` table and the keys inside it; where that scan
-cannot match the tables (layers written as inline tables), errors carry no line.
+the text for each `[[layer]]` table and the keys inside it (`vmem.toml_text`);
+where that scan cannot match the tables (layers written as inline tables),
+errors carry no line.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from vmem.blocks import LayerSpec, Origin, expand_repeat, parse_blocks
 from vmem.errors import NetworkError, ProfileError, ShapeError, UsageError, VmemError
 from vmem.graph import DATA, Network, Node
 from vmem.layers import LAYER_TYPES, Layer
+from vmem.toml_text import describe, format_value, tables, top_key_line
 
 PROFILE_SUFFIX = ".toml"
-TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "layer")
+TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "block", "layer")
 REQUIRED_TOP_LEVEL = ("input", "layer")
 DEFAULT_BATCH = 32  # where a profile gives no batch
 DEFAULT_CPU_BATCH_CAP = 8  # where it gives no cpu_batch: min(batch, 8) keeps a cpu step short
@@ -41,8 +47,6 @@ MAX_INT = 2**31 - 1
 # batch of up to MAX_INT and 4 bytes an element, byte counts stay within int64.
 MAX_ELEMENTS = 2**30
 
-_LAYER_HEADER = re.compile(r"^\s*\[\[\s*layer\s*\]\]\s*(#.*)?$")
-_TABLE_HEADER = re.compile(r"^\s*\[")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column \d+\)")
 
 
@@ -91,63 +95,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return parse_profile(text, str(path))
 
 
-# ---------------------------------------------------------------- line numbers
-
-@dataclass(frozen=True)
-class _Table:
-    """Where one `[[layer]]` table lies in the text: 1-based lines, end exclusive."""
-
-    start: int
-    end: int
-    lines: tuple[str, ...]
-
-    def key_line(self, key: str) -> int | None:
-        pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*=""")
-        for offset, line in enumerate(self.lines):
-            if pattern.match(line):
-                return self.start + offset
-        return None
-
-    def line(self, key: str | None = None) -> int:
-        """The line of `key`, else of the table's name, else of its header."""
-        return ((self.key_line(key) if key else None) or self.key_line("name") or self.start)
-
-    def scanned_name(self) -> str | None:
-        for line in self.lines:
-            found = re.match(r"""^\s*name\s*=\s*["']([^"']*)["']""", line)
-            if found:
-                return found.group(1)
-        return None
-
-
-def _layer_tables(text: str) -> list[_Table]:
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if _LAYER_HEADER.match(line)]
-    tables = []
-    for start in starts:
-        end = next((j for j in range(start + 1, len(lines)) if _TABLE_HEADER.match(lines[j])),
-                   len(lines))
-        tables.append(_Table(start + 1, end + 1, tuple(lines[start:end])))
-    return tables
-
-
-def _top_key_line(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if _TABLE_HEADER.match(line):
-            return None
-        if pattern.match(line):
-            return number
-    return None
-
-
 # ---------------------------------------------------------------- field types
-
-def _describe(value: Any) -> str:
-    kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
-    return f"{kind} ({_format_value(value) if not isinstance(value, dict) else '{...}'})"
-
 
 def _expected(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -156,7 +104,7 @@ def _expected(hint: Any) -> str:
     if origin in (tuple, list):
         return f"a list of {_expected(args[0]).removeprefix('an ').removeprefix('a ')}s"
     if origin is typing.Literal:
-        return "one of " + ", ".join(_format_value(a) for a in args)
+        return "one of " + ", ".join(format_value(a) for a in args)
     return {bool: "true or false", int: "an integer", float: "a number",
             str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
 
@@ -219,10 +167,10 @@ def parse_profile(text: str, path: str) -> Profile:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(exc, text, path) from None
-    tables = _layer_tables(text)
+    layer_lines = tables(text, ("layer",), array=True)
 
     def top_error(message: str, key: str | None = None) -> ProfileError:
-        return ProfileError(message, path=path, line=(_top_key_line(text, key) if key else 1) or 1)
+        return ProfileError(message, path=path, line=(top_key_line(text, key) if key else 1) or 1)
 
     unknown = [k for k in doc if k not in TOP_LEVEL_KEYS]
     if unknown:
@@ -235,54 +183,64 @@ def parse_profile(text: str, path: str) -> Profile:
     for key, hint in (("name", str), ("description", str), ("input", list[int]),
                       ("batch", int), ("cpu_batch", int)):
         if key in doc and _coerce(doc[key], hint) is _NO_MATCH:
-            raise top_error(f"'{key}' must be {_expected(hint)}, got {_describe(doc[key])}", key)
+            raise top_error(f"'{key}' must be {_expected(hint)}, got {describe(doc[key])}", key)
     for key in ("input", "batch", "cpu_batch"):
         if key in doc and _too_large(doc[key]):
             raise top_error(f"'{key}' must hold integers up to {MAX_INT}, got "
-                            f"{_format_value(doc[key])}", key)
+                            f"{format_value(doc[key])}", key)
     input_shape = doc["input"]
     batch = doc.get("batch", DEFAULT_BATCH)
     cpu_batch = doc.get("cpu_batch", min(batch, DEFAULT_CPU_BATCH_CAP))
     if not input_shape or min(input_shape) < 1:
         raise top_error(f"'input' must be a non-empty list of positive integers (one sample, "
-                        f"e.g. [3, 224, 224]), got {_format_value(input_shape)}", "input")
+                        f"e.g. [3, 224, 224]), got {format_value(input_shape)}", "input")
     for key, value in (("batch", batch), ("cpu_batch", cpu_batch)):
         if value < 1:
             raise top_error(f"'{key}' must be a positive integer, got {value}", key)
     layers = doc["layer"]
     if not isinstance(layers, list) or not layers or not all(isinstance(t, dict) for t in layers):
         raise top_error("'layer' must be one or more [[layer]] tables", "layer")
-    if len(tables) != len(layers):
-        tables = []  # layers written some other way: errors go without lines
+    if len(layer_lines) != len(layers):
+        layer_lines = []  # layers written some other way: errors go without lines
+    blocks = parse_blocks(doc.get("block"), text, path)
 
     nodes: list[Node] = []
+    origins: list[Origin] = []  # one per node
     previous = DATA
     for index, table in enumerate(layers):
-        where = tables[index] if tables else None
-        node = _parse_layer(table, previous, path, where)
-        nodes.append(node)
-        previous = node.name
+        lines = layer_lines[index] if layer_lines else None
+        if "block" in table:
+            specs, previous = expand_repeat(table, lines, previous, blocks, path)
+        else:
+            specs = [LayerSpec(table, Origin(lines))]
+        for spec in specs:
+            node = _parse_layer(spec.table, previous, path, spec.origin)
+            nodes.append(node)
+            origins.append(spec.origin)
+            if "block" not in table:
+                previous = node.name
     try:
         network = Network.build(doc.get("name", Path(path).stem), input_shape, nodes,
                                 doc.get("description", ""))
     except NetworkError as exc:
         # The last node of that name: for a name used twice, the second is at fault.
         index = max((i for i, n in enumerate(nodes) if n.name == exc.layer), default=None)
-        line = tables[index].line() if index is not None and tables else None
+        origin = origins[index] if index is not None else Origin()
         message = _unprefixed(str(exc), exc.layer)
         if isinstance(exc, ShapeError) and index is not None:
             message += f" (it reads {', '.join(nodes[index].inputs)})"
-        raise ProfileError(message, path=path, line=line, layer=exc.layer) from None
-    _check_sizes(network, nodes, tables, path, _top_key_line(text, "input"))
+        raise ProfileError(message, path=path, line=origin.line(), layer=exc.layer,
+                           within=origin.within) from None
+    _check_sizes(network, nodes, origins, path, top_key_line(text, "input"))
     return Profile(network, batch, cpu_batch, Path(path))
 
 
-def _check_sizes(network: Network, nodes: list[Node], tables: list[_Table], path: str,
+def _check_sizes(network: Network, nodes: list[Node], origins: list[Origin], path: str,
                  input_line: int | None) -> None:
     """Refuse a tensor or parameter too large to count in bytes (the first, in
     order), naming its layer."""
     shapes = network.shapes(1)
-    line_of = {n.name: tables[i].line() for i, n in enumerate(nodes)} if tables else {}
+    origin_of = dict(zip((n.name for n in nodes), origins, strict=True))
     inputs = math.prod(network.input_shape)
     if inputs > MAX_ELEMENTS:
         raise ProfileError(f"'input' holds {inputs:,} elements per sample; at most "
@@ -296,28 +254,29 @@ def _check_sizes(network: Network, nodes: list[Node], tables: list[_Table], path
             if elements > MAX_ELEMENTS:
                 raise ProfileError(f"{what} holds {elements:,} elements (per sample for "
                                    f"an output); at most {MAX_ELEMENTS:,} are accepted",
-                                   path=path, line=line_of.get(name), layer=name)
+                                   path=path, line=origin_of[name].line(), layer=name,
+                                   within=origin_of[name].within)
 
 
-def _parse_layer(table: dict[str, Any], previous: str, path: str,
-                 where: _Table | None) -> Node:
+def _parse_layer(table: dict[str, Any], previous: str, path: str, origin: Origin) -> Node:
     name = table.get("name")
-    layer_name = name if isinstance(name, str) else (where.scanned_name() if where else None)
+    layer_name = name if isinstance(name, str) else (
+        origin.lines.scanned_name() if origin.lines else None)
 
     def error(message: str, key: str | None = None) -> ProfileError:
-        return ProfileError(message, path=path, line=where.line(key) if where else None,
-                            layer=layer_name)
+        return ProfileError(message, path=path, line=origin.line(key), layer=layer_name,
+                            within=origin.within)
 
     if "name" not in table:
         raise error("a [[layer]] table needs a 'name'")
     if not isinstance(name, str) or not name:
-        raise error(f"'name' must be a non-empty string, got {_describe(name)}", "name")
+        raise error(f"'name' must be a non-empty string, got {describe(name)}", "name")
     known_types = ", ".join(sorted(LAYER_TYPES))
     if "type" not in table:
         raise error(f"a [[layer]] table needs a 'type'; known types: {known_types}")
     kind = table["type"]
     if not isinstance(kind, str) or kind not in LAYER_TYPES:
-        shown = f"'{kind}'" if isinstance(kind, str) else _describe(kind)
+        shown = f"'{kind}'" if isinstance(kind, str) else describe(kind)
         raise error(f"unknown layer type {shown}; known types: {known_types}", "type")
     cls = LAYER_TYPES[kind]
 
@@ -327,7 +286,7 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str,
     if (not isinstance(inputs, list) or not inputs
             or not all(isinstance(s, str) and s for s in inputs)):
         raise error(f"'inputs' must be a layer name or a list of layer names ('{DATA}' is the "
-                    f"network input), got {_describe(table['inputs'])}", "inputs")
+                    f"network input), got {describe(table['inputs'])}", "inputs")
 
     fields = _layer_fields(cls)
     hints = _type_hints(cls)
@@ -343,10 +302,10 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str,
         converted = value if hint is None else _coerce(value, hint)
         if converted is _NO_MATCH:
             raise error(f"field '{key}' of {kind} must be {_expected(hint)}, "
-                        f"got {_describe(value)}", key)
+                        f"got {describe(value)}", key)
         if _too_large(value):
             raise error(f"field '{key}' of {kind} must hold integers up to {MAX_INT}, "
-                        f"got {_format_value(value)}", key)
+                        f"got {format_value(value)}", key)
         values[key] = converted
     for key, field in fields.items():
         if (key not in values and field.default is dataclasses.MISSING
@@ -382,62 +341,34 @@ def _toml_error(exc: tomllib.TOMLDecodeError, text: str, path: str) -> ProfileEr
     layer = None
     if line is not None:
         # The layer whose table holds the bad line, when its name can be read.
-        holding = [t for t in _layer_tables(text) if t.start <= line]
-        layer = holding[-1].scanned_name() if holding else None
+        holding = [t for t in tables(text, ("layer",), array=True) if t.start <= line < t.end]
+        layer = holding[0].scanned_name() if holding else None
     return ProfileError(f"malformed TOML: {message}", path=path, line=line, layer=layer)
 
 
 # ---------------------------------------------------------------- dumping
 
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _escape(char: str) -> str:
-    """One character of a TOML basic string: control characters must be escaped."""
-    if char in _ESCAPES:
-        return _ESCAPES[char]
-    return f"\\u{ord(char):04x}" if ord(char) < 0x20 or ord(char) == 0x7F else char
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)  # shortest round-tripping form; always has '.', 'e' or both
-    if isinstance(value, str):
-        return '"' + "".join(_escape(c) for c in value) + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
 def dump_profile(profile: Profile) -> str:
     """TOML text that `parse_profile` turns back into an equal network. Fields at
     their default are left out; `inputs` only where it is not the previous layer."""
     network = profile.network
-    out = [f"name = {_format_value(network.name)}"]
+    out = [f"name = {format_value(network.name)}"]
     if network.description:
-        out.append(f"description = {_format_value(network.description)}")
-    out += [f"input = {_format_value(list(network.input_shape))}",
+        out.append(f"description = {format_value(network.description)}")
+    out += [f"input = {format_value(list(network.input_shape))}",
             f"batch = {profile.batch}", f"cpu_batch = {profile.cpu_batch}"]
     previous = DATA
     for node in network.nodes:
         layer = node.layer
-        out += ["", "[[layer]]", f"name = {_format_value(layer.name)}",
-                f"type = {_format_value(layer.TYPE)}"]
+        out += ["", "[[layer]]", f"name = {format_value(layer.name)}",
+                f"type = {format_value(layer.TYPE)}"]
         if node.inputs != (previous,):
-            out.append(f"inputs = {_format_value(list(node.inputs))}")
+            out.append(f"inputs = {format_value(list(node.inputs))}")
         for key, field in _layer_fields(type(layer)).items():
             value = getattr(layer, key)
             default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
                        else field.default)
             if value != default:
-                out.append(f"{key} = {_format_value(value)}")
+                out.append(f"{key} = {format_value(value)}")
         previous = layer.name
     return "\n".join(out) + "\n"
