@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from profile_errors import MARK, profile_error
 
 from vmem.errors import ProfileError, UsageError
 from vmem.graph import DATA
@@ -162,7 +163,6 @@ def test_a_path_with_a_separator_or_suffix_is_a_file(tmp_path: Path,
 # ---------------------------------------------------------------- errors
 
 BASE = 'name = "t"\ninput = [1, 8, 8]\nbatch = 2\ncpu_batch = 2\n'
-MARK = "  # <- here"
 
 # A valid chain; tests swap or edit one table to break it.
 GOOD = (
@@ -175,21 +175,6 @@ GOOD = (
 
 def layer_tables(*tables: tuple[str, ...]) -> str:
     return "".join("\n[[layer]]\n" + "\n".join(table) + "\n" for table in tables)
-
-
-def profile_error(tmp_path: Path, text: str) -> tuple[str, int]:
-    """Load `text` from a file; return the error message and the line marked MARK."""
-    lines = text.splitlines()
-    marked = [i for i, line in enumerate(lines, start=1) if line.endswith(MARK)]
-    assert len(marked) == 1, "mark exactly one line"
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(ProfileError) as info:
-        load_profile(path)
-    message = str(info.value)
-    assert "\n" not in message
-    assert info.value.path == str(path) and info.value.line == marked[0]
-    return message, marked[0]
 
 
 def with_layer(index: int, table: tuple[str, ...]) -> str:
