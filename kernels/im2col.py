@@ -5,11 +5,17 @@ split into G groups of Cg channels, `cols.reshape(N, G, Cg*k*k, Ho*Wo)` is a vie
 so a grouped convolution is one broadcast batched matmul:
 weight (G, Og, Cg*k*k) @ cols (N, G, Cg*k*k, Ho*Wo) -> (N, G, Og, Ho*Wo).
 
-The array code below loops over the k*k kernel offsets and moves one strided slice
-per offset (no padded copy of the input, no scatter-add), which works the same on
-NumPy and CuPy. Within one offset the strided positions are distinct, so `+=` in
-col2im accumulates exactly; each input pixel receives its contributions in
-row-major offset order, starting from zero.
+On NumPy, im2col lowers one sample at a time in one strided copy (a window view made
+with `as_strided`, over a zero-padded copy of the sample where there is padding),
+samples spread over the threads of `kernels.threads`. Elsewhere (CuPy with its
+kernels switched off) the array code loops over the k*k kernel offsets and moves one
+strided slice per offset (no padded copy of the input). Both copy the same values.
+
+col2im loops over the k*k offsets, adding one strided slice per offset (no
+scatter-add), on NumPy for groups of samples over the threads. Within one offset the
+strided positions are distinct, so `+=` accumulates exactly; each input pixel
+receives its contributions in row-major offset order, starting from zero, whatever
+the grouping.
 
 On CuPy, float32 and float64 calls on C-contiguous arrays go to the CUDA kernels of
 `vmem.kernels.cuda_im2col` instead -- one launch each way, no zero fill, a gather
@@ -21,7 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from numpy.lib.stride_tricks import as_strided
+
 from vmem.kernels.cuda_module import kernel_module
+from vmem.kernels.threads import for_ranges, on_threads
 from vmem.kernels.windows import conv_output_size, offsets_2d
 
 Array = Any
@@ -48,12 +57,34 @@ def im2col(xp: Any, x: Array, k: int, stride: int, pad: int, out: Array | None =
     kernels = kernel_module(xp, "im2col", x, out, tuple(x.shape), k, pad)
     if kernels is not None:
         return kernels.im2col(x, k, stride, pad, out)
+    cols6 = out.reshape(n, c, k, k, ho, wo)  # a view: out is contiguous
+    if on_threads(xp):
+        for_ranges(xp, n, lambda lo, hi: _lower_windows(xp, x[lo:hi], cols6[lo:hi],
+                                                               stride, pad))
+        return out
     if pad > 0:
         out.fill(0)  # positions that read padding are never written below
-    cols6 = out.reshape(n, c, k, k, ho, wo)  # a view: out is contiguous
     for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
         cols6[:, :, ki, kj, orow, ocol] = x[:, :, irow, icol]
     return out
+
+
+def _lower_windows(xp: Any, x: Array, cols6: Array, stride: int, pad: int) -> None:
+    """cols6 (N, C, k, k, Ho, Wo) = every window of x, one sample at a time, each one
+    strided copy: a view whose axes walk the windows (`as_strided`) over the sample,
+    or over a zero-padded copy of it (scratch of one sample, its border zeroed once)."""
+    _, c, h, w = x.shape
+    k, ho, wo = cols6.shape[2], cols6.shape[4], cols6.shape[5]
+    padded = xp.zeros((c, h + 2 * pad, w + 2 * pad), dtype=x.dtype) if pad > 0 else None
+    for i in range(x.shape[0]):
+        sample = x[i]
+        if padded is not None:
+            padded[:, pad:pad + h, pad:pad + w] = sample
+            sample = padded
+        sc, sh, sw = sample.strides
+        windows = as_strided(sample, shape=(c, k, k, ho, wo),
+                             strides=(sc, sh, sw, sh * stride, sw * stride), writeable=False)
+        cols6[i] = windows
 
 
 def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, pad: int,
@@ -71,9 +102,14 @@ def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, 
     kernels = kernel_module(xp, "im2col", cols, out, tuple(x_shape), k, pad)
     if kernels is not None:
         return kernels.col2im(cols, x_shape, k, stride, pad, out)
-    out.fill(0)
     cols6 = cols.reshape(n, c, k, k, ho, wo)
-    for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
-        view = out[:, :, irow, icol]
-        view += cols6[:, :, ki, kj, orow, ocol]
+
+    def gather(lo: int, hi: int) -> None:
+        part = out[lo:hi]
+        part.fill(0)
+        for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+            view = part[:, :, irow, icol]
+            view += cols6[lo:hi, :, ki, kj, orow, ocol]
+
+    for_ranges(xp, n, gather)
     return out

@@ -11,11 +11,12 @@ ACROSS_CHANNELS window. The gradient is
 
 where the sum runs over the transposed window [j - (size-1)//2, j + size//2].
 
-Both passes run over groups of samples (axis 0), so that their temporaries -- a
-few arrays the size of the group's feature map -- stay within LRN_SCRATCH_BYTES
-however large the batch: the device then holds little beyond the input, output
-and gradients the arena counts. Samples are independent, so the results are the
-same for every grouping.
+Both passes run over groups of samples (axis 0), as many at once as there are
+threads (`kernels.threads`), so that their temporaries -- a few arrays the size of
+a group's feature map -- stay together within LRN_SCRATCH_BYTES however large the
+batch: the device then holds little beyond the input, output and gradients the
+arena counts. Samples are independent, so the results are the same for every
+grouping and thread count.
 
 On CuPy, float32 and float64 calls on C-contiguous arrays go to the CUDA kernels of
 `vmem.kernels.cuda_lrn` instead (one launch per pass, no scratch, the same
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmem.kernels.cuda_module import kernel_module
+from vmem.kernels.threads import for_ranges
 
 Array = Any
 
@@ -38,14 +40,9 @@ LRN_SCRATCH_BYTES = 64 * 2**20
 SCRATCH_ARRAYS = 5
 
 
-def sample_groups(x: Array) -> range:
-    """Starts of the sample groups a pass runs over (groups of `group_size(x)`)."""
-    return range(0, x.shape[0], group_size(x))
-
-
-def group_size(x: Array) -> int:
-    per_sample = max(1, x[:1].nbytes * SCRATCH_ARRAYS)
-    return max(1, min(x.shape[0], LRN_SCRATCH_BYTES // per_sample))
+def scratch_per_sample(x: Array) -> int:
+    """Bytes of temporaries a pass holds per sample of its group."""
+    return max(1, x[:1].nbytes * SCRATCH_ARRAYS)
 
 
 def channel_window_sum(xp: Any, a: Array, before: int, after: int, out: Array | None = None
@@ -78,11 +75,12 @@ def lrn_forward(xp: Any, x: Array, size: int, alpha: float, beta: float, k: floa
     kernels = kernel_module(xp, "lrn", x)
     if kernels is not None:
         return kernels.lrn_forward(x, y, size, alpha, beta, k)
-    step = group_size(x)
-    for n0 in sample_groups(x):
-        xs = x[n0:n0 + step]
+    def normalize(lo: int, hi: int) -> None:
+        xs = x[lo:hi]
         scale = lrn_scale(xp, xs, size, alpha, k)
-        xp.multiply(xs, xp.power(scale, -beta), out=y[n0:n0 + step])
+        xp.multiply(xs, xp.power(scale, -beta), out=y[lo:hi])
+
+    for_ranges(xp, x.shape[0], normalize, scratch_per_sample(x), LRN_SCRATCH_BYTES)
     return y
 
 
@@ -95,17 +93,18 @@ def lrn_backward(xp: Any, x: Array, dy: Array, size: int, alpha: float, beta: fl
     kernels = kernel_module(xp, "lrn", x, dy)
     if kernels is not None:
         return kernels.lrn_backward(x, dy, dx, size, alpha, beta, k)
-    step = group_size(x)
-    for n0 in sample_groups(x):
-        xs, dys = x[n0:n0 + step], dy[n0:n0 + step]
+    def gradient(lo: int, hi: int) -> None:
+        xs, dys = x[lo:hi], dy[lo:hi]
         scale = lrn_scale(xp, xs, size, alpha, k)
         scale_pow = xp.power(scale, -beta)
         ratio = dys * xs  # dy * y / scale, built in place
         ratio *= scale_pow
         ratio /= scale
-        back = channel_window_sum(xp, ratio, (size - 1) // 2, size // 2, out=dx[n0:n0 + step])
+        back = channel_window_sum(xp, ratio, (size - 1) // 2, size // 2, out=dx[lo:hi])
         back *= xs
         back *= -2.0 * alpha * beta / size
         scale_pow *= dys
         back += scale_pow
+
+    for_ranges(xp, x.shape[0], gradient, scratch_per_sample(x), LRN_SCRATCH_BYTES)
     return dx

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmem.kernels.cuda_module import kernel_module
+from vmem.kernels.threads import for_ranges
 from vmem.kernels.windows import offsets_2d, pool_output_size
 
 Array = Any
@@ -51,11 +52,20 @@ def max_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
     if kernels is not None:
         return kernels.max_pool_forward(x, xp.empty((n, c, ho, wo), dtype=x.dtype), k, stride,
                                         pad)
-    y = xp.full((n, c, ho, wo), -xp.inf, dtype=x.dtype)
+    y = xp.empty((n, c, ho, wo), dtype=x.dtype)
+    for_ranges(xp, n, lambda lo, hi: _window_maxima(xp, x[lo:hi], y[lo:hi], k, stride,
+                                                           pad))
+    return y
+
+
+def _window_maxima(xp: Any, x: Array, y: Array, k: int, stride: int, pad: int) -> None:
+    """y (written over) = the maximum of each window of x, padding as -inf."""
+    h, w = x.shape[-2:]
+    ho, wo = y.shape[-2:]
+    y.fill(-xp.inf)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
         view = y[:, :, orow, ocol]
         xp.maximum(view, x[:, :, irow, icol], out=view)
-    return y
 
 
 # Scratch of max pooling's backward pass, whatever the batch: the recomputed maxima,
@@ -67,7 +77,9 @@ MAX_POOL_SCRATCH_BYTES = 64 * 2**20
 def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: int,
                       ceil_mode: bool) -> Array:
     """dx for max pooling: each dy goes to the first maximum of its window. Runs over
-    groups of samples so that its scratch stays within MAX_POOL_SCRATCH_BYTES."""
+    groups of samples, as many at once as there are threads, so that their scratch
+    together stays within MAX_POOL_SCRATCH_BYTES; samples are independent, so the
+    grouping changes no result."""
     n, c, h, w = x.shape
     ho, wo = output_hw(x.shape, k, stride, pad, ceil_mode)
     _check_gradient(dy, (n, c, ho, wo))
@@ -76,11 +88,13 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
         return kernels.max_pool_backward(x, dy, xp.empty(x.shape, dtype=dy.dtype), k, stride,
                                          pad)
     per_sample = c * ho * wo * (x.dtype.itemsize + dy.dtype.itemsize + 2)
-    group = max(1, min(n, MAX_POOL_SCRATCH_BYTES // max(1, per_sample)))
-    dx = xp.zeros(x.shape, dtype=dy.dtype)
-    for n0 in range(0, n, group):
-        xs, dys, dxs = x[n0:n0 + group], dy[n0:n0 + group], dx[n0:n0 + group]
-        y = max_pool_forward(xp, xs, k, stride, pad, ceil_mode)
+    dx = xp.empty(x.shape, dtype=dy.dtype)
+
+    def route(lo: int, hi: int) -> None:
+        xs, dys, dxs = x[lo:hi], dy[lo:hi], dx[lo:hi]
+        dxs.fill(0)
+        y = xp.empty(dys.shape, dtype=x.dtype)
+        _window_maxima(xp, xs, y, k, stride, pad)
         pending = xp.ones(y.shape, dtype=bool)  # windows whose maximum is not yet found
         for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
             hit = xs[:, :, irow, icol] == y[:, :, orow, ocol]
@@ -89,6 +103,8 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
             still ^= hit  # hit is a subset of still: clears the windows found here
             view = dxs[:, :, irow, icol]
             view += xp.where(hit, dys[:, :, orow, ocol], 0)
+
+    for_ranges(xp, n, route, per_sample, MAX_POOL_SCRATCH_BYTES)
     return dx
 
 

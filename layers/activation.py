@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vmem.kernels.threads import for_ranges
 from vmem.layers._checks import inputs
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
 
@@ -16,19 +17,20 @@ RELU_MASK_ELEMENTS = 1 << 24
 
 def relu_backward_into(xp: Any, dy: Array, y: Array) -> Array:
     """dx = dy where y > 0, else 0 (also where y is NaN), written over dy and returned.
-    Pass by pass over the flat arrays, so the device holds one bounded mask beyond
-    the gradient map the arena counts."""
+    Pass by pass over the flat arrays, the passes spread over the threads (each
+    element stands alone), so the device holds bounded masks, together at most
+    RELU_MASK_ELEMENTS bytes, beyond the gradient map the arena counts."""
     if not (dy.flags.c_contiguous and y.flags.c_contiguous):  # no flat views: one pass
         dy[...] = xp.where(y > 0, dy, 0)
         return dy
     flat_dy, flat_y = dy.reshape(-1), y.reshape(-1)
-    mask = xp.empty(min(flat_dy.size, RELU_MASK_ELEMENTS), dtype=bool)
-    for start in range(0, flat_dy.size, mask.size):
-        dy_part, y_part = flat_dy[start:start + mask.size], flat_y[start:start + mask.size]
-        zero = mask[:dy_part.size]
-        xp.greater(y_part, 0, out=zero)
+
+    def zero_where_inactive(lo: int, hi: int) -> None:
+        zero = xp.greater(flat_y[lo:hi], 0)
         xp.logical_not(zero, out=zero)  # where dx is 0
-        xp.copyto(dy_part, 0, where=zero)
+        xp.copyto(flat_dy[lo:hi], 0, where=zero)
+
+    for_ranges(xp, flat_dy.size, zero_where_inactive, 1, RELU_MASK_ELEMENTS)
     return dy
 
 

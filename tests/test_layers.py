@@ -418,33 +418,42 @@ def test_maxpool_backward_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch,
     np.testing.assert_array_equal(pooling.max_pool_backward(np, x, dy, 3, 2, 1, False), whole)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("scratch", [1, 2 * 480 * 5])  # one sample a group; two (480 B each)
-def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int) -> None:
+def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int,
+                                  threads: int) -> None:
     """Grouping the samples to bound the scratch changes no bit of y or dx, and a
-    pass allocates at most its bound beyond its output (tracemalloc)."""
+    pass allocates at most its bound beyond its output (tracemalloc), whatever the
+    threads running groups at once."""
     import tracemalloc
 
     from vmem.kernels import lrn
+    from vmem.kernels.threads import ranges, using_threads
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5, 6, 5, 4)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     args = (5, 1e-2, 0.75, 2.0)
-    y_whole, dx_whole = lrn.lrn_forward(np, x, *args), lrn.lrn_backward(np, x, dy, *args)
+    with using_threads(1):
+        y_whole, dx_whole = lrn.lrn_forward(np, x, *args), lrn.lrn_backward(np, x, dy, *args)
     monkeypatch.setattr(lrn, "LRN_SCRATCH_BYTES", scratch)
-    assert lrn.group_size(x) == (1 if scratch == 1 else 2)
-    tracemalloc.start()
-    try:
-        y = lrn.lrn_forward(np, x, *args)
-        dx = lrn.lrn_backward(np, x, dy, *args)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with using_threads(threads):
+        groups = ranges(np, 5, lrn.scratch_per_sample(x), lrn.LRN_SCRATCH_BYTES)
+        largest = max(hi - lo for lo, hi in groups)
+        # two threads: a quarter of the samples each at most (TASKS_PER_THREAD), so one
+        assert largest == (1 if scratch == 1 or threads == 2 else 2), groups
+        tracemalloc.start()
+        try:
+            y = lrn.lrn_forward(np, x, *args)
+            dx = lrn.lrn_backward(np, x, dy, *args)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
     np.testing.assert_array_equal(y, y_whole)
     np.testing.assert_array_equal(dx, dx_whole)
-    group_bytes = lrn.group_size(x) * x[:1].nbytes
-    # y and dx (x.nbytes each) plus temporaries of one group, not of the batch
-    assert peak < 2 * x.nbytes + lrn.SCRATCH_ARRAYS * group_bytes + 4096, peak
+    group_bytes = largest * x[:1].nbytes
+    # y and dx (x.nbytes each) plus temporaries of one group per thread, not of the batch
+    assert peak < 2 * x.nbytes + threads * lrn.SCRATCH_ARRAYS * group_bytes + 4096, peak
 
 
 def test_maxpool_first_maximum_wins():
