@@ -18,17 +18,25 @@ gradient makes one call per sample, issued from one loop over precomputed call
 descriptions (`GemmCall`, built by `nt_sum_calls` and `shared_left_calls`). cuBLAS is
 column-major and a row-major matrix is its transpose, so row-major C = A B is called
 as column-major C^T = B^T A^T. Not yet run on a GPU.
+
+On NumPy every 2-D product is cut into tiles of GEMM_TILE_COLUMNS output columns,
+fixed by the shape, each one BLAS call on one thread; the tiles spread over vmem's
+threads (`kernels.threads`), so the bits are the same for every thread count and
+BLAS threads times vmem's threads stay within the cores. Linear layers take the same
+path (`matmul`).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from vmem.kernels.cuda_module import kernels_on
+from vmem.kernels.threads import Task, on_threads, run_tasks, single_threaded_blas, split
 
 Array = Any
 
@@ -109,33 +117,86 @@ def matmul_nt_sum(xp: Any, a: Array, b: Array, out: Array, start: bool,
     and out (G, M, N), one dtype, out C-contiguous, in sample order: with `start` the
     first sample's product is written over out (its old values unused), else every
     product is added. `scratch` (out's shape) takes each product before it is added
-    where the library cannot add into out (not `accumulates_in_place`). Returns out."""
+    where the library cannot add into out (not `accumulates_in_place`). Returns out.
+
+    On NumPy each task is one group's tile of columns (`column_tiles`, fixed by the
+    shape), and runs the whole sum over the samples for it, in sample order."""
     if on_cublas(xp, a, b, out):
         calls = nt_sum_calls(tuple(a.shape), tuple(b.shape))
         first = a.shape[1] if start else 0  # the first sample's calls, one per group
         _run_gemms(xp, calls[:first], b, a, out, False)
         _run_gemms(xp, calls[first:], b, a, out, True)
         return out
-    for si in range(a.shape[0]):
-        target = out if start and si == 0 else scratch
-        if target is None:
-            raise ValueError(f"matmul_nt_sum: {getattr(xp, '__name__', xp)} cannot add a "
-                             "product into its output; give a scratch array")
-        for gi in range(a.shape[1]):
-            xp.matmul(a[si, gi], b[si, gi].T, out=target[gi])
-        if target is not out:
-            out += target
+    if a.shape[0] > (1 if start else 0) and scratch is None:
+        raise ValueError(f"matmul_nt_sum: {getattr(xp, '__name__', xp)} cannot add a "
+                         "product into its output; give a scratch array")
+
+    def tile(gi: int, lo: int, hi: int) -> None:
+        for si in range(a.shape[0]):
+            first = start and si == 0
+            target = out[gi, :, lo:hi] if first else scratch[gi, :, lo:hi]
+            xp.matmul(a[si, gi], b[si, gi, lo:hi].T, out=target)
+            if not first:
+                out[gi, :, lo:hi] += target
+
+    _products(xp, [partial(tile, gi, lo, hi) for gi in range(a.shape[1])
+                   for lo, hi in column_tiles(xp, out.shape[-1])])
     return out
 
 
 def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
     """out[s, g] = a[g] @ b[s, g] for a (G, M, K), b (S, G, K, N), out (S, G, M, N), all
     of one dtype, out not overlapping a or b. On cuBLAS one strided-batched GEMM per
-    group; elsewhere xp.matmul. Returns out."""
+    group; on NumPy one task per sample, group and tile of columns (`column_tiles`);
+    elsewhere xp.matmul. Returns out."""
     if on_cublas(xp, a, b, out):
         _run_gemms(xp, shared_left_calls(tuple(a.shape), tuple(b.shape)), b, a, out, False)
         return out
-    return xp.matmul(a, b, out=out)
+    if not on_threads(xp):
+        return xp.matmul(a, b, out=out)
+    _products(xp, [partial(_product_tile, xp, a[gi], b[si, gi], out[si, gi], lo, hi)
+                   for si in range(b.shape[0]) for gi in range(a.shape[0])
+                   for lo, hi in column_tiles(xp, out.shape[-1])])
+    return out
+
+
+def matmul(xp: Any, a: Array, b: Array) -> Array:
+    """a @ b for 2-D a and b, on NumPy one task per tile of columns (`column_tiles`)."""
+    if not on_threads(xp):
+        return a @ b
+    out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
+    _products(xp, [partial(_product_tile, xp, a, b, out, lo, hi)
+                   for lo, hi in column_tiles(xp, out.shape[1])])
+    return out
+
+
+def _products(xp: Any, tasks: list[Task]) -> None:
+    """Run GEMM tasks over the threads, BLAS on one thread each (on NumPy): so BLAS
+    threads times vmem's threads stay within the cores, and a tile's bits depend on
+    its shape only, never on how many threads BLAS had."""
+    if not on_threads(xp):
+        run_tasks(xp, tasks)
+        return
+    with single_threaded_blas():
+        run_tasks(xp, tasks)
+
+
+def _product_tile(xp: Any, a: Array, b: Array, out: Array, lo: int, hi: int) -> None:
+    xp.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+
+#: Columns of a product's output one task computes on NumPy (the last tile may be
+#: narrower). Fixed, never taken from the thread count: each tile is its own BLAS
+#: call, whose bits may depend on the call's shape, so a fixed cut gives the same
+#: bits for every thread count. Wide enough that packing the left operand again for
+#: each tile costs little beside the tile's product.
+GEMM_TILE_COLUMNS = 256
+
+
+def column_tiles(xp: Any, columns: int) -> list[tuple[int, int]]:
+    """The (start, stop) tiles of an output's columns: GEMM_TILE_COLUMNS wide on
+    NumPy, one tile elsewhere."""
+    return split(columns, GEMM_TILE_COLUMNS if on_threads(xp) else columns)
 
 
 # Host scalars 0 and 1 of each dtype, alive for the whole process (cuBLAS reads alpha

@@ -22,9 +22,10 @@ through the temp and is added (NumPy), or is added by its own GEMM with beta = 1
 GPU the count is one weight's size high. Because dW is accumulated in sample
 order and every other value is computed per sample, the results are the same for
 every chunk size (bit-identical where the GEMM library gives each matrix of a
-batch the bits it gives it alone, as NumPy's loop over 2-D BLAS calls does;
-cuBLAS may pick another kernel for another batch count, so on a GPU chunk sizes
-agree to rounding).
+batch the bits it gives it alone: on NumPy every product is cut into column tiles
+fixed by its shape, one single-threaded BLAS call each (`kernels.gemm`), so also
+for every thread count; cuBLAS may pick another kernel for another batch count, so
+on a GPU chunk sizes agree to rounding).
 
 dW's GEMMs are 2-D, one per (sample, group), with the columns transposed as a
 flag, not a copy. The batched matmuls (forward; dcol) have contiguous operands,

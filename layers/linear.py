@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vmem.kernels.gemm import matmul
 from vmem.layers._checks import config_error, inputs, require_int
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, he_normal, numel
 
@@ -52,7 +53,7 @@ class Linear(Layer):
     def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
                 algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
         (x,) = xs
-        y = x.reshape(x.shape[0], -1) @ params["weight"].T
+        y = matmul(xp, x.reshape(x.shape[0], -1), params["weight"].T)
         if self.bias:
             y += params["bias"]
         return y, ()
@@ -63,8 +64,8 @@ class Linear(Layer):
                  ) -> tuple[list[Array | None], dict[str, Array]]:
         (x,) = xs
         x2 = x.reshape(x.shape[0], -1)
-        grads = {"weight": dy.T @ x2}
+        grads = {"weight": matmul(xp, dy.T, x2)}
         if self.bias:
             grads["bias"] = dy.sum(axis=0)
-        dx = (dy @ params["weight"]).reshape(x.shape) if needs_dx[0] else None
+        dx = matmul(xp, dy, params["weight"]).reshape(x.shape) if needs_dx[0] else None
         return [dx], grads
