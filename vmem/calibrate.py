@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from vmem.backends.base import Backend
-from vmem.cliargs import positive_int
+from vmem.cliargs import add_threads_option, positive_int
 from vmem.costs import CALIBRATION_FORMAT, CALIBRATION_VERSION, load_calibration
 from vmem.errors import DeviceUnavailable, UsageError
 from vmem.graph import Network
@@ -65,6 +65,7 @@ def add_calibrate_parser(commands: Any) -> None:
                         "(default: cuda)")
     parser.add_argument("--steps", type=positive_int, default=5, help="training steps, at "
                         "least 2; the first is a warm-up left out (default: 5)")
+    add_threads_option(parser)
     parser.add_argument("-o", "--output", required=True, metavar="FILE.json",
                         help="where to write the calibration")
     parser.add_argument("--json", action="store_true", help="print the calibration as JSON "
@@ -83,7 +84,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     output = _check_output(args.output)
     profile = load_profile(args.profile)
     batch = args.batch or (profile.cpu_batch if device == "cpu" else profile.batch)
-    document = calibrate(profile.network, device, batch, args.steps)
+    document = calibrate(profile.network, device, batch, args.steps, threads=args.threads)
     write_calibration(document, output)
     if args.json:
         print(json.dumps(document))
@@ -126,19 +127,20 @@ def write_calibration(document: dict[str, Any], path: Path) -> None:
 # -- the measurements ---------------------------------------------------------------
 
 
-def calibrate(network: Network, device: str, batch: int, steps: int, seed: int = 0
-              ) -> dict[str, Any]:
-    """Measure `network` at `batch` on `device`; the calibration as a JSON-ready dict."""
-    return measure(network, device, batch, steps, seed)[0]
+def calibrate(network: Network, device: str, batch: int, steps: int, seed: int = 0,
+              threads: int | None = None) -> dict[str, Any]:
+    """Measure `network` at `batch` on `device` (the cpu kernels on `threads` threads,
+    None: the Runtime's default); the calibration as a JSON-ready dict."""
+    return measure(network, device, batch, steps, seed, threads)[0]
 
 
-def measure(network: Network, device: str, batch: int, steps: int, seed: int = 0
-            ) -> tuple[dict[str, Any], list[StepRecord]]:
+def measure(network: Network, device: str, batch: int, steps: int, seed: int = 0,
+            threads: int | None = None) -> tuple[dict[str, Any], list[StepRecord]]:
     """The calibration, and the records of the steps it was measured from."""
     from vmem.runtime import Runtime
     from vmem.trial import staged_for_upload, synthetic_batch
 
-    with Runtime(network, device=device, policy="none", seed=seed) as runtime:
+    with Runtime(network, device=device, policy="none", seed=seed, threads=threads) as runtime:
         x, y = synthetic_batch(network.input_shape, runtime.num_classes, batch, seed)
         x = staged_for_upload(runtime.backend, x)
         records = []

@@ -16,7 +16,14 @@ from typing import Any
 
 from vmem.bench import add_bench_parser, run_bench
 from vmem.calibrate import add_calibrate_parser, cmd_calibrate
-from vmem.cliargs import EXIT_USAGE, OneLineParser, non_negative_int, positive_float, positive_int
+from vmem.cliargs import (
+    EXIT_USAGE,
+    OneLineParser,
+    add_threads_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from vmem.errors import UsageError, VmemError
 from vmem.optim import OPTIMIZERS
 from vmem.units import format_bytes, parse_size
@@ -48,6 +55,7 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
                             "(default: 0.001)")
         parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for "
                             "weights and data, an integer >= 0 (default: 0)")
+        add_threads_option(parser)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd: with "
                         "momentum 0.9 and weight decay 5e-4, one state buffer per parameter; "
                         "adamw: betas 0.9, 0.999, weight decay 0.01, two state buffers per "
@@ -238,7 +246,7 @@ def _trial_spec(args: argparse.Namespace, policy: str) -> Any:
                      _size(args.memory_limit, "--memory-limit"),
                      _size(args.host_memory_limit, "--host-memory-limit"), args.seed, args.lr,
                      profile.batch, profile.cpu_batch, allocation=args.allocation,
-                     optimizer=args.optimizer)
+                     optimizer=args.optimizer, threads=args.threads)
 
 
 def _progress(args: argparse.Namespace, total: int) -> Any:

@@ -47,3 +47,23 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got '{text}'")
     return value
+
+
+def thread_count(text: str) -> int:
+    from vmem.kernels.threads import MAX_THREADS
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_THREADS}, got "
+                                         f"'{text}'")
+    return value
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=thread_count, help="threads the cpu backend's NumPy "
+                        "kernels split their work over, with BLAS on one thread each; results "
+                        "are the same for every count (default: $VMEM_THREADS, else the cores "
+                        "available)")

@@ -19,6 +19,7 @@ from vmem.dryrun import PeakOracle
 from vmem.errors import OutOfDeviceMemory, UsageError, VmemError
 from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
+from vmem.kernels.threads import resolve_threads, using_threads
 from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD, Optimizer
@@ -47,7 +48,8 @@ class Runtime:
                  policy: str = "none", memory_limit: int | str | None = None,
                  host_memory_limit: int | str | None = None, optimizer: Optimizer | None = None,
                  seed: int = 0, dtype: str = "float32", oracular: bool = False,
-                 allocation: str = LIVENESS, batch: int | None = None) -> None:
+                 allocation: str = LIVENESS, batch: int | None = None,
+                 threads: int | None = None) -> None:
         """`memory_limit`: the device capacity to emulate; one above the device's
         own memory (a sim GPU's, a CUDA device's) is refused. A limit no policy
         can meet at `batch` (the batch the steps will have, where known; else 1,
@@ -58,7 +60,10 @@ class Runtime:
         when it dies; "network-wide" keeps every map to the step's end (the vDNN
         paper's baseline). `optimizer`: vmem.SGD (the default, with momentum: one
         state buffer per parameter) or vmem.AdamW (two), on the device beside the
-        weights and counted in every peak."""
+        weights and counted in every peak. `threads`: how many threads the NumPy
+        kernels of a step split their work over (None: VMEM_THREADS, else the cores
+        available); results are the same bits for every count."""
+        self.threads = resolve_threads(threads)
         self.network = resolve_network(network)
         if dtype not in DTYPES:
             raise UsageError(f"dtype: unknown '{dtype}'; accepted: {', '.join(DTYPES)}")
@@ -108,8 +113,9 @@ class Runtime:
         labels = self._check_labels(y, batch)
         executor = self.executor(batch)
         try:
-            result = executor.train_step(x, labels, self.steps,
-                                         seed=(self.seed << 32) + self.steps)
+            with using_threads(self.threads):
+                result = executor.train_step(x, labels, self.steps,
+                                             seed=(self.seed << 32) + self.steps)
         except OutOfDeviceMemory as exc:
             raise exc.with_hint(self._fitting_policies(batch)) from None
         self.steps += 1
@@ -118,7 +124,9 @@ class Runtime:
 
     def evaluate(self, x: Any) -> np.ndarray:
         """Class probabilities, shape (N, classes), as a NumPy array."""
-        return self.executor(self._check_inputs(x)).evaluate(x)
+        executor = self.executor(self._check_inputs(x))
+        with using_threads(self.threads):
+            return executor.evaluate(x)
 
     def executor(self, batch: int) -> Executor:
         """The executor for this batch size (a plan depends on the batch). A memory

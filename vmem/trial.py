@@ -42,6 +42,7 @@ class TrialSpec:
     oracular: bool = False  # a device with memory for everything (see Runtime)
     allocation: str = LIVENESS  # or "network-wide", the vDNN paper's baseline
     optimizer: str = "sgd"  # a name in vmem.optim.OPTIMIZERS
+    threads: int | None = None  # the NumPy kernels' threads (None: Runtime's default)
 
 
 def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
@@ -82,7 +83,8 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
     with Runtime(spec.network, device=spec.device, policy=spec.policy,
                  memory_limit=spec.memory_limit, host_memory_limit=spec.host_memory_limit,
                  optimizer=make_optimizer(spec.optimizer, spec.lr), seed=spec.seed,
-                 oracular=spec.oracular, allocation=spec.allocation, batch=batch) as runtime:
+                 oracular=spec.oracular, allocation=spec.allocation, batch=batch,
+                 threads=spec.threads) as runtime:
         x, y = synthetic_batch(spec.network.input_shape, runtime.num_classes, batch, spec.seed,
                                data=runtime.backend.runs_kernels)
         if runtime.backend.runs_kernels:

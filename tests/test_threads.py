@@ -1,0 +1,340 @@
+"""The NumPy kernels split over threads give the same bits for every thread count
+(1, 2, 3) and chunk size: each against a plain reference kept here (the k*k-slice
+im2col, whole-batch loops, whole-array update rules), the GEMMs against each other
+across thread counts and against float64, and whole training steps across thread
+counts and policies (bit-identical losses and weights). No timings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_policies import train
+
+import vmem
+from vmem.errors import UsageError
+from vmem.kernels import gemm, lrn, pooling
+from vmem.kernels import im2col as im2col_module
+from vmem.kernels import threads as threads_module
+from vmem.kernels.threads import ranges, resolve_threads, run_tasks, using_threads
+from vmem.kernels.windows import conv_output_size, offsets_2d, pool_output_size
+from vmem.layers.activation import relu_backward_into
+from vmem.layers.base import Algorithm, Context
+from vmem.layers.conv import Conv
+from vmem.optim import SGD, AdamW
+
+THREADS = (1, 2, 3)
+RNG = np.random.default_rng(18)
+
+
+# ---------------------------------------------------------------- references
+
+
+def reference_im2col(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
+    """One strided slice per kernel offset, zeros where a window reads padding."""
+    n, c, h, w = x.shape
+    ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
+    cols = np.zeros((n, c, k, k, ho, wo), dtype=x.dtype)
+    for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        cols[:, :, ki, kj, orow, ocol] = x[:, :, irow, icol]
+    return cols.reshape(n, c * k * k, ho * wo)
+
+
+def reference_col2im(cols: np.ndarray, shape: tuple[int, ...], k: int, stride: int,
+                     pad: int) -> np.ndarray:
+    """Each pixel's contributions added in row-major offset order, from zero."""
+    n, c, h, w = shape
+    ho, wo = conv_output_size(h, k, stride, pad), conv_output_size(w, k, stride, pad)
+    out = np.zeros(shape, dtype=cols.dtype)
+    cols6 = cols.reshape(n, c, k, k, ho, wo)
+    for ki, kj, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        out[:, :, irow, icol] += cols6[:, :, ki, kj, orow, ocol]
+    return out
+
+
+def reference_max_pool(x: np.ndarray, k: int, stride: int, pad: int, ceil_mode: bool
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Window maxima and, for dy = `reference_dy`, dx routed to each window's first
+    maximum (row-major), over the whole batch at once."""
+    n, c, h, w = x.shape
+    ho, wo = (pool_output_size(h, k, stride, pad, ceil_mode),
+              pool_output_size(w, k, stride, pad, ceil_mode))
+    y = np.full((n, c, ho, wo), -np.inf, dtype=x.dtype)
+    for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        y[:, :, orow, ocol] = np.maximum(y[:, :, orow, ocol], x[:, :, irow, icol])
+    dy = reference_dy(y.shape, x.dtype)
+    dx = np.zeros(x.shape, dtype=x.dtype)
+    pending = np.ones(y.shape, dtype=bool)
+    for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
+        hit = (x[:, :, irow, icol] == y[:, :, orow, ocol]) & pending[:, :, orow, ocol]
+        pending[:, :, orow, ocol] &= ~hit
+        dx[:, :, irow, icol] += np.where(hit, dy[:, :, orow, ocol], 0)
+    return y, dx
+
+
+def reference_dy(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal(shape).astype(dtype)
+
+
+def reference_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
+    out = a.copy()
+    channels = a.shape[1]
+    for d in range(1, min(after, channels - 1) + 1):
+        out[:, : channels - d] += a[:, d:]
+    for d in range(1, min(before, channels - 1) + 1):
+        out[:, d:] += a[:, : channels - d]
+    return out
+
+
+def reference_lrn(x: np.ndarray, dy: np.ndarray, size: int, alpha: float, beta: float,
+                  k: float) -> tuple[np.ndarray, np.ndarray]:
+    """LRN forward and backward over the whole batch, in the kernels' operation order."""
+    scale = reference_window_sum(x * x, size // 2, (size - 1) // 2) * (alpha / size) + k
+    y = x * np.power(scale, -beta)
+    ratio = dy * x * np.power(scale, -beta) / scale
+    back = reference_window_sum(ratio, (size - 1) // 2, size // 2) * x
+    back *= -2.0 * alpha * beta / size
+    return y, back + np.power(scale, -beta) * dy
+
+
+# ---------------------------------------------------------------- kernels
+
+
+IM2COL_CASES = [((4, 3, 9, 8), 3, 1, 1), ((5, 2, 11, 11), 5, 2, 2), ((3, 3, 15, 15), 11, 4, 0),
+                ((2, 4, 7, 5), 1, 1, 0), ((6, 2, 6, 6), 3, 3, 2), ((1, 3, 5, 5), 2, 1, 0)]
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize(("shape", "k", "stride", "pad"), IM2COL_CASES)
+def test_im2col_and_col2im_equal_the_slice_references(shape, k, stride, pad, threads):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    expected = reference_im2col(x, k, stride, pad)
+    with using_threads(threads):
+        cols = im2col_module.im2col(np, x, k, stride, pad)
+        out = np.full(cols.shape, np.nan, dtype=np.float32)  # every element is written
+        im2col_module.im2col(np, x, k, stride, pad, out=out)
+        # a non-contiguous input (a transposed copy viewed back) lowers the same
+        strided = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        lowered_strided = im2col_module.im2col(np, strided, k, stride, pad)
+        dcols = RNG.standard_normal(cols.shape).astype(np.float32)
+        dx = im2col_module.col2im(np, dcols, shape, k, stride, pad)
+    np.testing.assert_array_equal(cols, expected)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(lowered_strided, expected)
+    np.testing.assert_array_equal(dx, reference_col2im(dcols, shape, k, stride, pad))
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize(("k", "stride", "pad", "ceil_mode"),
+                         [(3, 2, 0, False), (3, 2, 1, True), (2, 2, 0, False), (3, 1, 1, True)])
+def test_max_pool_equals_the_whole_batch_reference(k, stride, pad, ceil_mode, threads,
+                                                   monkeypatch):
+    x = RNG.integers(0, 3, (7, 3, 9, 9)).astype(np.float32)  # many tied maxima
+    y_ref, dx_ref = reference_max_pool(x, k, stride, pad, ceil_mode)
+    dy = reference_dy(y_ref.shape, x.dtype)
+    with using_threads(threads):
+        y = pooling.max_pool_forward(np, x, k, stride, pad, ceil_mode)
+        dx = pooling.max_pool_backward(np, x, dy, k, stride, pad, ceil_mode)
+        monkeypatch.setattr(pooling, "MAX_POOL_SCRATCH_BYTES", 1)  # one sample a group
+        dx_small = pooling.max_pool_backward(np, x, dy, k, stride, pad, ceil_mode)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(dx_small, dx_ref)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("size", [5, 4, 1])
+def test_lrn_equals_the_whole_batch_reference(size, threads, monkeypatch):
+    x = RNG.standard_normal((9, 7, 4, 3)).astype(np.float32)
+    dy = RNG.standard_normal(x.shape).astype(np.float32)
+    args = (size, 1e-2, 0.75, 2.0)
+    y_ref, dx_ref = reference_lrn(x, dy, *args)
+    for scratch in (lrn.LRN_SCRATCH_BYTES, 1):
+        monkeypatch.setattr(lrn, "LRN_SCRATCH_BYTES", scratch)
+        with using_threads(threads):
+            np.testing.assert_array_equal(lrn.lrn_forward(np, x, *args), y_ref)
+            np.testing.assert_array_equal(lrn.lrn_backward(np, x, dy, *args), dx_ref)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("mask_elements", [1 << 24, 7])
+def test_relu_backward_equals_where(threads, mask_elements, monkeypatch):
+    import vmem.layers.activation as activation
+
+    monkeypatch.setattr(activation, "RELU_MASK_ELEMENTS", mask_elements)
+    y = np.maximum(RNG.standard_normal((5, 3, 7)), 0).astype(np.float32)
+    y[1, 1, :3] = np.nan
+    dy = RNG.standard_normal(y.shape).astype(np.float32)
+    expected = np.where(y > 0, dy, 0)
+    with using_threads(threads):
+        assert relu_backward_into(np, dy, y) is dy
+    np.testing.assert_array_equal(dy, expected)
+
+
+def reference_sgd(w, g, v, lr, momentum, wd):
+    v = momentum * v + (g + wd * w)
+    return w - lr * v, v
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("block", [1 << 14, 5])
+def test_updates_in_blocks_equal_the_whole_array_rules(threads, block, monkeypatch):
+    """SGD (momentum and none, decay and none) and AdamW, in blocks of `block`
+    elements over the threads, against the rules written out on whole arrays with the
+    same operations in the same order."""
+    import vmem.optim as optim
+
+    monkeypatch.setattr(optim, "UPDATE_BLOCK_ELEMENTS", block)
+    shape = (37, 11)
+    w0, g0 = (RNG.standard_normal(shape).astype(np.float32) for _ in range(2))
+    v0 = RNG.standard_normal(shape).astype(np.float32)
+    m0, s0 = v0.copy(), np.abs(RNG.standard_normal(shape)).astype(np.float32)
+
+    sgd = SGD(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    w, g, v = w0.copy(), g0.copy(), v0.copy()
+    with using_threads(threads):
+        sgd.update(np, w, g, {"velocity": v}, decay=True, step=1)
+    v_ref = v0 * np.float32(0.9) + g0
+    v_ref += w0 * np.float32(1e-2)
+    np.testing.assert_array_equal(v, v_ref)
+    np.testing.assert_array_equal(w, w0 - v_ref * np.float32(0.1))
+
+    plain = SGD(lr=0.1, momentum=0.0, weight_decay=1e-2)
+    w, g = w0.copy(), g0.copy()
+    with using_threads(threads):
+        plain.update(np, w, g, {}, decay=True, step=1)
+    np.testing.assert_array_equal(w, w0 * np.float32(1 - 0.1 * 1e-2) - g0 * np.float32(0.1))
+
+    adamw = AdamW(lr=0.01, weight_decay=0.1)
+    w, g, m, s = w0.copy(), g0.copy(), m0.copy(), s0.copy()
+    with using_threads(threads):
+        adamw.update(np, w, g, {"exp_avg": m, "exp_avg_sq": s}, decay=True, step=3)
+    w_ref = w0 * np.float32(1 - 0.01 * 0.1)
+    m_ref = (m0 - g0) * np.float32(0.9) + g0
+    s_ref = (s0 - g0 * g0) * np.float32(0.999) + g0 * g0
+    denominator = np.sqrt(s_ref) / np.float32(math.sqrt(1 - 0.999 ** 3)) + np.float32(1e-8)
+    w_ref -= m_ref / denominator * np.float32(0.01 / (1 - 0.9 ** 3))
+    np.testing.assert_array_equal(m, m_ref)
+    np.testing.assert_array_equal(s, s_ref)
+    np.testing.assert_array_equal(w, w_ref)
+
+
+def test_gemms_give_the_same_bits_for_every_thread_count(monkeypatch):
+    """The tiles are fixed by the shape: 1, 2 and 3 threads give the same bits, and
+    the products agree with float64 to float32 rounding. Narrow tiles make several
+    per product."""
+    monkeypatch.setattr(gemm, "GEMM_TILE_COLUMNS", 7)
+    a = RNG.standard_normal((2, 5, 30)).astype(np.float32)  # (G, M, K)
+    b = RNG.standard_normal((3, 2, 30, 23)).astype(np.float32)  # (S, G, K, N)
+    dy = RNG.standard_normal((3, 2, 5, 23)).astype(np.float32)  # (S, G, M, N)
+    results = []
+    for threads in THREADS:
+        with using_threads(threads):
+            shared = gemm.matmul_shared_left(np, a, b, np.empty((3, 2, 5, 23), np.float32))
+            summed = gemm.matmul_nt_sum(np, dy, b, np.empty((2, 5, 30), np.float32),
+                                        start=True, scratch=np.empty((2, 5, 30), np.float32))
+            plain = gemm.matmul(np, a[0], b[0, 0])
+        results.append((shared, summed, plain))
+    for later in results[1:]:
+        for got, first in zip(later, results[0], strict=True):
+            np.testing.assert_array_equal(got, first)
+    shared, summed, plain = results[0]
+    f64 = np.float64
+    np.testing.assert_allclose(shared, np.matmul(a.astype(f64), b.astype(f64)), rtol=1e-5,
+                               atol=1e-5)
+    expected = np.einsum("sgmn,sgkn->gmk", dy.astype(f64), b.astype(f64))
+    np.testing.assert_allclose(summed, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(plain, a[0].astype(f64) @ b[0, 0].astype(f64), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_every_chunk_and_thread_count_equals_one_thread_whole_batch(groups):
+    layer = Conv(name="c", out_channels=4, kernel=3, stride=1, pad=1, groups=groups)
+    x = RNG.standard_normal((5, 4, 7, 6)).astype(np.float32)
+    params = {k: v for k, v in layer.init_params([x.shape], RNG).items()}
+    dy = RNG.standard_normal(layer.output_shape([x.shape])).astype(np.float32)
+    runs = {}
+    for threads in THREADS:
+        for chunk in (5, 4, 2, 1):
+            algo = Algorithm(f"im2col:{chunk}", 0, chunk)
+            with using_threads(threads):
+                y, _ = layer.forward(np, [x], params, algo, Context())
+                (dx,), grads = layer.backward(np, dy, [x], None, params, (), algo,
+                                              [x.shape], [True])
+            runs[threads, chunk] = (y, dx, grads["weight"], grads["bias"])
+    reference = runs[1, 5]
+    for key, got in runs.items():
+        for value, expected in zip(got, reference, strict=True):
+            np.testing.assert_array_equal(value, expected, err_msg=str(key))
+
+
+# ---------------------------------------------------------------- whole steps
+
+
+@pytest.mark.parametrize("profile", ["alexnet-tiny", "googlenet-tiny"])
+def test_training_steps_are_bit_identical_for_every_thread_count(profile):
+    """Losses and weights after three steps: 1 thread under `none` is the reference
+    for 2 and 3 threads, and for vdnn-all (other algorithms, moved maps)."""
+    reference_losses, reference_weights, runtime = train(profile, "none", threads=1)
+    assert runtime.threads == 1
+    runtime.close()
+    for policy, threads in (("none", 2), ("none", 3), ("vdnn-all", 2), ("vdnn-all", 3)):
+        losses, weights, runtime = train(profile, policy, threads=threads)
+        runtime.close()
+        assert losses == reference_losses, (policy, threads)
+        for name, value in reference_weights.items():
+            np.testing.assert_array_equal(weights[name], value, err_msg=f"{policy} {threads}")
+
+
+# ---------------------------------------------------------------- the setting
+
+
+def test_thread_setting_resolves_argument_then_environment_then_cores(monkeypatch):
+    monkeypatch.delenv(threads_module.THREADS_ENV, raising=False)
+    assert resolve_threads() == threads_module.available_cores()
+    monkeypatch.setenv(threads_module.THREADS_ENV, "3")
+    assert resolve_threads() == 3
+    assert resolve_threads(2) == 2
+    for bad in ("0", "x", "-1", "2.5"):
+        monkeypatch.setenv(threads_module.THREADS_ENV, bad)
+        with pytest.raises(UsageError, match=f"VMEM_THREADS must be an integer .* got '{bad}'"):
+            resolve_threads()
+    for bad in (0, True, 1.0, "2"):
+        with pytest.raises(UsageError, match="threads must be an integer"):
+            vmem.Runtime("alexnet-tiny", device="cpu", threads=bad)
+
+
+def test_using_threads_restores_the_previous_count():
+    with using_threads(3):
+        assert threads_module.current_threads() == 3
+        with using_threads(1):
+            assert threads_module.current_threads() == 1
+        assert threads_module.current_threads() == 3
+
+
+def test_run_tasks_runs_each_task_once_and_raises_the_first_failure_after_all():
+    done: list[int] = []
+
+    def task(i: int) -> None:
+        if i == 2:
+            raise ValueError("task 2")
+        done.append(i)
+
+    with using_threads(3), pytest.raises(ValueError, match="task 2"):
+        run_tasks(np, [lambda i=i: task(i) for i in range(6)])
+    assert len(done) == len(set(done)) and 2 not in done
+    with using_threads(2):
+        done.clear()
+        run_tasks(np, [lambda i=i: done.append(i) for i in range(50)])
+    assert sorted(done) == list(range(50))
+
+
+def test_ranges_cover_every_item_once_within_the_budget():
+    with using_threads(3):
+        cut = ranges(np, 100, item_bytes=4, budget_bytes=3 * 4 * 5)
+    assert [lo for lo, _ in cut] == list(range(0, 100, 5)) and cut[-1][1] == 100
+    with using_threads(1):
+        assert ranges(np, 100) == [(0, 100)]
+    assert ranges(object(), 100) == [(0, 100)]  # not NumPy: one range, one thread
