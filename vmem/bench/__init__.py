@@ -1,14 +1,16 @@
-"""`vmem bench softmax|topk|conv|step`: GPU benchmarks of vmem's kernels and training
-step against PyTorch, written as markdown tables.
+"""`vmem bench softmax|topk|conv|step|cpu-step`: benchmarks of vmem's kernels and
+training step against PyTorch, written as markdown tables; all but cpu-step on a GPU.
 
     vmem bench softmax [--shapes 8192x1024,16x1048576] [--no-sweep] [--runs 50] [--out FILE]
     vmem bench topk    [--k 5,10] ...
     vmem bench conv    [--batch 64] [--no-backward] [--every-algorithm] ...
     vmem bench step    [--profile vgg16] [--batch 64] [--steps 6] [--policy none] ...
+    vmem bench cpu-step [--cases alexnet:32,vgg16:2,googlenet:8] [--rounds 3] [--steps 3]
 
 Wiring (vmem/cli.py): `add_bench_parser(commands)` on the `add_subparsers` object of
 `build_parser`, and `if args.command == "bench": return run_bench(args)` in `main`.
-Without a GPU every kind raises `DeviceUnavailable` (one line, exit 2 through `main`).
+Without a GPU every kind but cpu-step raises `DeviceUnavailable` (one line, exit 2
+through `main`); cpu-step does without PyTorch.
 Modules are imported when a benchmark runs, so `vmem --help` stays fast.
 """
 
@@ -18,11 +20,20 @@ import argparse
 import sys
 from typing import Any
 
-from vmem.cliargs import positive_int
+from vmem.cliargs import add_threads_option, positive_int, thread_count
 
-KINDS = ("softmax", "topk", "conv", "step")
+KINDS = ("softmax", "topk", "conv", "step", "cpu-step")
 
 
+
+
+def _cases(text: str) -> list[Any]:
+    from vmem.bench.cpu_step import parse_cases
+
+    try:
+        return parse_cases(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -94,6 +105,18 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="steps; the first is a warm-up left out (default: 6)")
     step.add_argument("--policy", default="none", help="memory policy (default: none)")
     step.add_argument("--out", metavar="FILE", help="also write the markdown report here")
+    cpu = kinds.add_parser("cpu-step", help="vmem's cpu training step vs PyTorch's CPU step, "
+                           "in alternating processes (needs PyTorch)")
+    cpu.add_argument("--cases", type=_cases, default=None, metavar="PROFILE:BATCH,...",
+                     help="networks and batches (default: alexnet:32,vgg16:2,googlenet:8)")
+    cpu.add_argument("--rounds", type=positive_int, default=3,
+                     help="rounds of one vmem and one PyTorch process each (default: 3)")
+    cpu.add_argument("--steps", type=positive_int, default=3,
+                     help="timed steps per process, after one warm-up step (default: 3)")
+    add_threads_option(cpu)
+    cpu.add_argument("--torch-threads", type=thread_count, help="PyTorch's threads "
+                     "(default: PyTorch's own)")
+    cpu.add_argument("--out", metavar="FILE", help="also write the markdown report here")
     return bench
 
 
@@ -107,6 +130,16 @@ def run_bench(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None)
     if out is not None:
         check_writable(out, "--out")
+    if kind == "cpu-step":
+        from vmem.bench.cpu_step import DEFAULT_CASES, bench_cpu_step
+
+        report = bench_cpu_step(args.cases or DEFAULT_CASES, rounds=args.rounds,
+                                steps=args.steps, threads=args.threads,
+                                torch_threads=args.torch_threads)
+        sys.stdout.write(report)
+        if out is not None:
+            write_atomic(out, report, "--out")
+        return 0
     if kind == "step":
         from vmem.policies import check_policy
         from vmem.profile import load_profile
