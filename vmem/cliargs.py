@@ -18,11 +18,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
+def _int_or(text: str, fallback: int) -> int:
+    """The integer `text` spells, else `fallback` (a value the caller refuses)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = 0
+        return fallback
+
+
+def positive_int(text: str) -> int:
+    value = _int_or(text, 0)
     if not 1 <= value <= MAX_COUNT:
         raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_COUNT}, "
                                          f"got '{text}'")
@@ -30,10 +35,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
+    value = _int_or(text, -1)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got '{text}'")
     return value
@@ -52,10 +54,7 @@ def positive_float(text: str) -> float:
 def thread_count(text: str) -> int:
     from vmem.kernels.threads import MAX_THREADS
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    value = _int_or(text, 0)
     if not 1 <= value <= MAX_THREADS:
         raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_THREADS}, got "
                                          f"'{text}'")
