@@ -60,6 +60,10 @@ class Context:
     seed: int = 0
     labels: Array | None = None
     inplace: bool = False
+    # Whether a training forward pass updates the layer's state (BatchNorm's running
+    # statistics): False where the executor computes an output again in the backward
+    # pass, so the state moves once a step.
+    update_state: bool = True
 
 
 def numel(shape: Shape) -> int:
@@ -104,6 +108,17 @@ class Layer(ABC):
     def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:
         """Initial parameters as float32 NumPy arrays, a pure function of rng."""
+        return {}
+
+    def state_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
+        """State that is not a parameter (BatchNorm's running statistics): kept on
+        the device beside the parameters, in `state_dict`, never trained. `forward`
+        and `backward` find it in `params` under these names; a training forward
+        pass with `ctx.update_state` updates it in place."""
+        return {}
+
+    def init_state(self, in_shapes: Sequence[Shape]) -> dict[str, np.ndarray]:
+        """Initial state as float32 NumPy arrays."""
         return {}
 
     def flops(self, in_shapes: Sequence[Shape]) -> int:

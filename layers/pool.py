@@ -109,3 +109,37 @@ class AvgPool(_Pool):
             return [None], {}
         x_shape = tuple(in_shapes[0])
         return [pooling.avg_pool_backward(xp, dy, x_shape, *self._args())], {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalAvgPool(Layer):
+    """The mean of each channel's map, whatever its size: (N, C, H, W) to
+    (N, C, 1, 1), as PyTorch's AdaptiveAvgPool2d(1). Keeps nothing: backward
+    spreads dy / (H * W) over the map."""
+
+    TYPE: ClassVar[str] = "global_avgpool"
+    KEEPS: ClassVar[Keeps] = Keeps.NOTHING
+
+    def output_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (shape,) = inputs(self, in_shapes, rank=4)
+        return (shape[0], shape[1], 1, 1)
+
+    def flops(self, in_shapes: Sequence[Shape]) -> int:
+        """One addition per input element, one division per output."""
+        return numel(in_shapes[0]) + numel(self.output_shape(in_shapes))
+
+    def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
+                algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
+        (x,) = xs
+        return x.mean(axis=(2, 3), keepdims=True), ()
+
+    def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
+                 params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
+                 in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
+                 ) -> tuple[list[Array | None], dict[str, Array]]:
+        if not needs_dx[0]:
+            return [None], {}
+        n, c, h, w = in_shapes[0]
+        dx = xp.empty((n, c, h, w), dtype=dy.dtype)
+        dx[...] = dy / (h * w)
+        return [dx], {}

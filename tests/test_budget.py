@@ -84,8 +84,7 @@ def train_plan(network: Network, plan: Plan, steps: int = 3
     classes = numel(network.shapes(1)[network.logits][1:])
     x, y = synthetic_batch(network.input_shape, classes, 4, seed=2)
     results = [executor.train_step(x, y, step, seed=(5 << 32) + step) for step in range(steps)]
-    weights = {f"{layer}.{name}": backend.to_host(value)
-               for layer, entry in params.layers.items() for name, value in entry.values.items()}
+    weights = {name: backend.to_host(value) for name, value in params.arrays(False).items()}
     executor.close()
     params.release()
     dry = PeakOracle(network, np.dtype("float32"), SGD())(plan)

@@ -17,11 +17,13 @@ from vmem.layers import (
     Add,
     Algorithm,
     AvgPool,
+    BatchNorm,
     Concat,
     Context,
     Conv,
     Dropout,
     Flatten,
+    GlobalAvgPool,
     Keeps,
     Layer,
     Linear,
@@ -47,11 +49,13 @@ def distinct_input(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 def make_params(layer: Layer, in_shapes: Sequence[tuple[int, ...]], seed: int = 1
                 ) -> dict[str, np.ndarray]:
-    """float64 parameters of the declared shapes, biases non-zero."""
+    """float64 parameters of the declared shapes, biases non-zero, and the layer's
+    state as it starts."""
     rng = np.random.default_rng(seed)
     params = layer.init_params(in_shapes, rng)
+    state = {k: v.astype(np.float64) for k, v in layer.init_state(in_shapes).items()}
     return {k: (v.astype(np.float64) if k == "weight" else rng.standard_normal(v.shape))
-            for k, v in params.items()}
+            for k, v in params.items()} | state
 
 
 def make_ctx(layer: Layer, in_shapes: Sequence[tuple[int, ...]], train: bool = True
@@ -105,13 +109,14 @@ def check_gradients(layer: Layer, xs: list[np.ndarray], params: dict[str, np.nda
         assert dxs[0] is dy
     elif r is not None:
         np.testing.assert_array_equal(dy, r)  # backward leaves dy alone
-    assert sorted(grads) == sorted(params)
+    trained = layer.param_shapes([x.shape for x in xs])
+    assert sorted(grads) == sorted(trained)
     for i, (x, dx) in enumerate(zip(xs, dxs, strict=True)):
         assert dx.shape == x.shape and dx.dtype == x.dtype
         err = rel_error(dx, numeric_grad(objective, x))
         assert err < TOL, f"input {i}: relative error {err:.2e}"
-    for name, p in params.items():
-        g = grads[name]
+    for name in trained:
+        p, g = params[name], grads[name]
         assert g.shape == p.shape and g.dtype == p.dtype
         err = rel_error(g, numeric_grad(objective, p))
         assert err < TOL, f"param {name}: relative error {err:.2e}"
@@ -156,6 +161,9 @@ CASES: dict[str, tuple[Layer, list[tuple[int, ...]]]] = {
     "add_2": (Add(name="sum"), [(2, 3, 4, 4), (2, 3, 4, 4)]),
     "add_3": (Add(name="sum"), [(2, 5), (2, 5), (2, 5)]),
     "flatten": (Flatten(name="flat"), [(2, 3, 2, 2)]),
+    "batchnorm_4d": (BatchNorm(name="bn"), [(3, 4, 2, 3)]),
+    "batchnorm_2d_eps": (BatchNorm(name="bn", eps=0.5, momentum=0.3), [(5, 3)]),
+    "global_avgpool": (GlobalAvgPool(name="gap"), [(2, 3, 3, 4)]),
 }
 
 
@@ -165,8 +173,9 @@ def case_inputs(in_shapes: Sequence[tuple[int, ...]], dtype: Any = np.float64
 
 
 def test_every_type_is_registered_and_covered():
-    assert set(LAYER_TYPES) == {"conv", "maxpool", "avgpool", "relu", "lrn", "linear",
-                                "dropout", "softmax_loss", "concat", "add", "flatten"}
+    assert set(LAYER_TYPES) == {"conv", "maxpool", "avgpool", "global_avgpool", "relu", "lrn",
+                                "batchnorm", "linear", "dropout", "softmax_loss", "concat",
+                                "add", "flatten"}
     assert {layer.TYPE for layer, _ in CASES.values()} == set(LAYER_TYPES)
     for type_name, cls in LAYER_TYPES.items():
         assert type_name == cls.TYPE
@@ -186,7 +195,8 @@ def test_shapes_bytes_dtype_and_purity(case, dtype):
     xs = case_inputs(in_shapes, dtype)
     originals = [x.copy() for x in xs]
     params = {k: v.astype(dtype) for k, v in make_params(layer, in_shapes).items()}
-    assert {k: v.shape for k, v in params.items()} == layer.param_shapes(in_shapes)
+    assert ({k: v.shape for k, v in params.items()}
+            == layer.param_shapes(in_shapes) | layer.state_shapes(in_shapes))
     itemsize = np.dtype(dtype).itemsize
     for algo in layer.algorithms(in_shapes, itemsize):
         y, saved = layer.forward(np, xs, params, algo, make_ctx(layer, in_shapes))
@@ -386,7 +396,8 @@ def naive_pool(x: np.ndarray, layer: MaxPool | AvgPool) -> np.ndarray:
     return y
 
 
-@pytest.mark.parametrize("case", [c for c in sorted(CASES) if "pool" in c])
+@pytest.mark.parametrize("case", [c for c in sorted(CASES)
+                                  if isinstance(CASES[c][0], MaxPool | AvgPool)])
 def test_pool_forward_matches_naive(case):
     layer, in_shapes = CASES[case]
     x = np.random.default_rng(4).standard_normal(in_shapes[0])

@@ -338,7 +338,7 @@ class Executor:
                                   and lives[name].last_forward_use == i})
             xs = [self._tensors[s].array for s in node.inputs]
             result = self._launch(recorder, node.name, FORWARD, self._layer_ms(node, FORWARD),
-                                  layer.forward, xp, xs, self.params.layers[node.name].values,
+                                  layer.forward, xp, xs, self.params.layers[node.name].for_layer(),
                                   algo, replace(ctx, inplace=True) if inplace else ctx)
             self._free(workspace)
             y, saved = result if result is not None else (None, ())
@@ -411,9 +411,11 @@ class Executor:
                                          f"{name}.workspace")
         assert self._ctx is not None
         xs = [self._tensors[s].array for s in node.inputs]
+        # the same forward pass on the same inputs, but the layer's state moved already
+        ctx = replace(self._ctx, update_state=False)
         result = self._launch(recorder, name, RECOMPUTE, self._layer_ms(node, FORWARD),
                               layer.forward, self.backend.xp, xs,
-                              self.params.layers[name].values, algo, self._ctx)
+                              self.params.layers[name].for_layer(), algo, ctx)
         self._free(workspace)
         self._tensors[name] = Tensor(self._settle(out_block),
                                      None if result is None else result[0])
@@ -461,7 +463,7 @@ class Executor:
                     if accumulate}
             result = self._launch(recorder, node.name, BACKWARD, self._layer_ms(node, BACKWARD),
                                   _backward_and_accumulate, node, xp,
-                                  None if dy is None else dy.array, xs, y, entry.values, saved,
+                                  None if dy is None else dy.array, xs, y, entry.for_layer(), saved,
                                   algo, self._in_shapes(node), needs_dx, into)
             dx_by_source, dparams = result if result is not None else ({}, {})
             entry.grads.update(dparams)

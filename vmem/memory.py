@@ -22,6 +22,7 @@ class MemoryKind(enum.StrEnum):
     WEIGHTS = "weights"
     WEIGHT_GRADS = "weight_grads"
     OPTIMIZER = "optimizer"
+    STATE = "state"  # layer state that is not a parameter (BatchNorm's running statistics)
     FEATURE_MAPS = "feature_maps"
     GRADIENT_MAPS = "gradient_maps"
     SAVED = "saved"  # layer-private state kept for backward (dropout masks, LRN scales)

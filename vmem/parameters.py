@@ -1,5 +1,6 @@
-"""Parameters, their gradients and optimizer state: device arrays that live for
-the runtime's whole life, each with its arena block."""
+"""Parameters, their gradients, optimizer state and layer state (BatchNorm's
+running statistics): device arrays that live for the runtime's whole life, each
+with its arena block."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ class LayerParameters:
     values: dict[str, Any] = field(default_factory=dict)
     grads: dict[str, Any] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)  # param -> name -> array
+    buffers: dict[str, Any] = field(default_factory=dict)  # the layer's state, never trained
+
+    def for_layer(self) -> dict[str, Any]:
+        """What a layer's passes read as `params`: its parameters and its state."""
+        return self.values | self.buffers if self.buffers else self.values
 
 
 class ParameterStore:
@@ -43,10 +49,16 @@ class ParameterStore:
                 in_shapes = network.in_shapes(node, shapes)
                 if backend.runs_kernels:
                     initial = node.layer.init_params(in_shapes, rng)
+                    states = node.layer.init_state(in_shapes)
                 else:  # no data: shapes are all a data-less backend needs
                     initial = {p: _Shaped(shape, np.dtype(dtype)) for p, shape in
                                node.layer.param_shapes(in_shapes).items()}
+                    states = {s: _Shaped(shape, np.dtype(dtype)) for s, shape in
+                              node.layer.state_shapes(in_shapes).items()}
                 entry = self.layers[node.name] = LayerParameters()
+                for sname, host in states.items():
+                    entry.buffers[sname] = self._place(host.astype(dtype, copy=False),
+                                                       MemoryKind.STATE, f"{node.name}.{sname}")
                 for pname, host in initial.items():
                     host = host.astype(dtype, copy=False)
                     label = f"{node.name}.{pname}"
@@ -75,8 +87,9 @@ class ParameterStore:
                                       decay=pname != "bias", step=self.updates)
 
     def arrays(self, optimizer: bool) -> dict[str, Any]:
-        """Device arrays by name: "layer.param", and with `optimizer` its state
-        buffers too ("layer.param.velocity", "layer.param.exp_avg", ...)."""
+        """Device arrays by name: "layer.param" and the layers' state ("layer.running_mean"),
+        and with `optimizer` the optimizer's buffers too ("layer.param.velocity",
+        "layer.param.exp_avg", ...)."""
         arrays = {}
         for layer, entry in self.layers.items():
             for pname, value in entry.values.items():
@@ -84,6 +97,7 @@ class ParameterStore:
                 if optimizer:
                     arrays.update({f"{layer}.{pname}.{s}": buffer
                                    for s, buffer in entry.state[pname].items()})
+            arrays.update({f"{layer}.{sname}": value for sname, value in entry.buffers.items()})
         return arrays
 
     def load(self, state: Mapping[str, Any], write: Callable[[Any, np.ndarray], None]
@@ -98,7 +112,7 @@ class ParameterStore:
         missing = [k for k in weights if k not in given]
         if missing:
             raise UsageError(f"state dict: no {_listed(missing)}; it needs every parameter "
-                             f"of the network ({len(weights)})")
+                             f"and layer state of the network ({len(weights)})")
         unknown = sorted(given - set(everything) - {STEPS})
         if unknown:
             raise UsageError(f"state dict: unknown {_listed(unknown)}; expected parameters "

@@ -185,19 +185,21 @@ class Runtime:
                 if entry.values}
 
     def state_dict(self, optimizer: bool = False) -> dict[str, np.ndarray]:
-        """Host copies of every parameter, keyed "layer.name". With `optimizer`, also
+        """Host copies of every parameter and layer state (BatchNorm's running
+        statistics, "layer.running_mean"), keyed "layer.name". With `optimizer`, also
         the optimizer's buffers ("layer.name.velocity", "layer.name.exp_avg", ...)
         and "steps", the steps trained: a runtime with the same seed that loads it
         trains on exactly as this one would. `np.savez(path, **state)` saves it."""
-        state = {key: self.backend.to_host(value)
+        # np.array copies: on cpu, to_host gives the live array itself
+        state = {key: np.array(self.backend.to_host(value))
                  for key, value in self.params.arrays(optimizer).items()}
         if optimizer:
             state[STEPS] = np.array(self.steps, dtype=np.int64)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load what `state_dict` gives (or `np.load` reads back): every parameter,
-        and the optimizer's buffers with "steps" where the state holds them. Shapes
+        """Load what `state_dict` gives (or `np.load` reads back): every parameter
+        and layer state, and the optimizer's buffers with "steps" where the state holds them. Shapes
         must be this network's; a refused state dict changes nothing."""
         if not self.backend.runs_kernels:
             raise UsageError(f"load_state_dict: the {self.backend.name} backend holds no "
