@@ -19,8 +19,8 @@ from vmem.profiler.analysis import peak_bytes
 from vmem.trial import synthetic_batch
 
 POLICIES = ("none", "vdnn-all", "vdnn-conv", "vdnn-dyn")
-TINY = ("alexnet-tiny", "overfeat-tiny", "googlenet-tiny", "vgg16-tiny", "tiny-branch",
-        "digits")
+TINY = ("alexnet-tiny", "overfeat-tiny", "googlenet-tiny", "vgg16-tiny", "resnet18-tiny",
+        "tiny-branch", "digits")
 
 
 def train(network: str | vmem.Network, policy: str, steps: int = 3, batch: int = 4,
@@ -101,8 +101,9 @@ def test_peaks_are_ordered_for_vgg16() -> None:
     assert peaks["vdnn-conv"] < 0.8 * peaks["none"]
 
 
-def test_sim_peak_equals_cpu_peak_for_every_policy() -> None:
-    network = pointwise_network()
+@pytest.mark.parametrize("profile", [None, "resnet18-tiny"])
+def test_sim_peak_equals_cpu_peak_for_every_policy(profile: str | None) -> None:
+    network = load_profile(profile).network if profile else pointwise_network()
     for policy in POLICIES:
         _, _, runtime = train(network, policy, steps=1)
         measured = peak_bytes(runtime.last_record)

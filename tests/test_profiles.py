@@ -13,8 +13,9 @@ from vmem.errors import ProfileError, UsageError
 from vmem.graph import DATA
 from vmem.profile import Profile, dump_profile, list_profiles, load_profile, parse_profile
 
-FULL = ("alexnet", "overfeat", "googlenet", "vgg16")
-SHIPPED = (*FULL, *(f"{n}-tiny" for n in FULL), "digits", "tiny-branch")
+WITH_TINY = ("alexnet", "overfeat", "googlenet", "vgg16", "resnet18")  # each has a -tiny
+FULL = (*WITH_TINY, "resnet50", "resnet152")
+SHIPPED = (*FULL, *(f"{n}-tiny" for n in WITH_TINY), "digits", "tiny-branch")
 
 # Published parameter counts (weights and biases), the references:
 PUBLISHED_PARAMS = {
@@ -30,6 +31,11 @@ PUBLISHED_PARAMS = {
     # Simonyan & Zisserman, ICLR 2015, Table 2: configuration D, "138M"; exactly
     # 138,357,544 in the authors' released Caffe model (and torchvision's vgg16).
     "vgg16": 138_357_544,
+    # He et al., CVPR 2016, as torchvision builds them (v1.5 bottlenecks); torchvision's
+    # model documentation gives these counts (BN weight and bias included).
+    "resnet18": 11_689_512,
+    "resnet50": 25_557_032,
+    "resnet152": 60_192_808,
 }
 
 # Fields that make up a layer's connectivity and geometry, kept equal in tiny variants.
@@ -68,7 +74,10 @@ def test_parameter_count_is_the_published_one(name: str) -> None:
 def test_full_profiles_use_the_papers_inputs_and_vdnn_batches() -> None:
     inputs = {"alexnet": (3, 227, 227), "overfeat": (3, 231, 231),
               "googlenet": (3, 224, 224), "vgg16": (3, 224, 224)}
+    inputs |= dict.fromkeys(("resnet18", "resnet50", "resnet152"), (3, 224, 224))
+    # the vDNN paper's batches; torchvision's reference training's 32 a GPU for ResNets
     batches = {"alexnet": 128, "overfeat": 128, "googlenet": 128, "vgg16": 64}
+    batches |= dict.fromkeys(("resnet18", "resnet50", "resnet152"), 32)
     for name in FULL:
         profile = load_profile(name)
         assert profile.network.input_shape == inputs[name]
@@ -84,7 +93,44 @@ def test_googlenet_has_nine_four_branch_inception_modules() -> None:
     assert not any(n.name.startswith(("loss1", "loss2")) for n in network.nodes)
 
 
-@pytest.mark.parametrize("name", FULL)
+@pytest.mark.parametrize(("name", "blocks", "layers"), [
+    ("resnet18", [2, 2, 2, 2], 69), ("resnet50", [3, 4, 6, 3], 175),
+    ("resnet152", [3, 8, 36, 3], 515)])
+def test_resnets_have_torchvisions_blocks_and_names(name: str, blocks: list[int],
+                                                    layers: int) -> None:
+    """Stages of torchvision's depths; a projection shortcut only in a stage's first
+    block where the shape changes; the stride on the 3x3 (v1.5); torchvision's
+    parameter names and shapes; 7x7 maps before the global pool. Layers, by hand:
+    the stem's 4 and the head's 3, and per block its convolutions, BNs and ReLUs
+    and one add, 2 more where it projects."""
+    network = load_profile(name).network
+    index = {n.name: n for n in network.nodes}
+    bottleneck = "layer1.0.conv3" in index
+    for stage, depth in enumerate(blocks, start=1):
+        assert f"layer{stage}.{depth - 1}.add" in index and f"layer{stage}.{depth}.add" not in index
+        projects = bottleneck or stage > 1
+        assert (f"layer{stage}.0.downsample.0" in index) == projects
+        assert not any(f"layer{stage}.{b}.downsample.0" in index for b in range(1, depth))
+        strided = f"layer{stage}.0.conv2" if bottleneck else f"layer{stage}.0.conv1"
+        assert index[strided].layer.stride == (2 if stage > 1 else 1)
+    per_block = 3 * 3 + 1 if bottleneck else 2 * 3 + 1
+    projections = 4 if bottleneck else 3
+    assert len(network.nodes) == 4 + per_block * sum(blocks) + 2 * projections + 3 == layers
+    params = network.param_shapes()
+    width = 512 * (4 if bottleneck else 1)
+    assert params["conv1"] == {"weight": (64, 3, 7, 7)}
+    assert params["bn1"] == {"weight": (64,), "bias": (64,)}
+    assert params["layer4.0.downsample.0"]["weight"] == (width, width // 2, 1, 1)
+    assert params["fc"] == {"weight": (1000, width), "bias": (1000,)}
+    assert network.shapes(1)["layer4.0.add"] == (1, width, 7, 7)
+    assert network.shapes(1)["avgpool"] == (1, width, 1, 1)
+
+
+def test_resnet152_is_written_in_at_most_200_lines() -> None:
+    assert len(load_profile("resnet152").path.read_text().splitlines()) <= 200
+
+
+@pytest.mark.parametrize("name", WITH_TINY)
 def test_tiny_variant_has_the_full_graph(name: str) -> None:
     full, tiny = load_profile(name), load_profile(f"{name}-tiny")
     assert structure(tiny) == structure(full)
