@@ -381,3 +381,23 @@ def test_bench_checks_its_arguments_before_asking_for_a_gpu(
     code, out, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, *fragments)
     assert "CUDA" not in err and out == ""
+
+
+def test_ctrl_c_while_modules_import_exits_130_quietly(tmp_path: Path) -> None:
+    """The installed `vmem` command, interrupted while it imports numpy (as Ctrl-C
+    in the first moments of a run would): exit 130 and nothing on stderr, as an
+    interrupt later in the run."""
+    import shutil
+
+    command = shutil.which("vmem", path=str(Path(sys.executable).parent))
+    assert command is not None, "the vmem console script is not installed"
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numpy':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n")
+    done = subprocess.run([command, "profiles"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert (done.returncode, done.stderr, done.stdout) == (130, "", "")
