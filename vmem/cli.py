@@ -147,13 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _console() -> Any:
-    """Rich output; 120 columns where stdout is no terminal (a pipe, a file), so
-    tables are not cut to the 80 columns rich assumes there."""
+def _console(stderr: bool = False) -> Any:
+    """Rich output; 120 columns where the stream is no terminal (a pipe, a file),
+    so tables are not cut to the 80 columns rich assumes there."""
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() else 120
-    return Console(no_color="NO_COLOR" in os.environ, width=width)
+    width = None if (sys.stderr if stderr else sys.stdout).isatty() else 120
+    return Console(no_color="NO_COLOR" in os.environ, width=width, stderr=stderr)
 
 
 def _size(text: str | None, flag: str) -> int | None:
@@ -195,46 +195,72 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 # -- vmem run, vmem compare and vmem report ------------------------------------------
 
 
+OUTPUT_FLAGS = ("--trace", "--plot", "--save-session")
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, str]:
+    """The output files asked for, by flag."""
+    given = {flag: getattr(args, flag.lstrip("-").replace("-", "_"), None)
+             for flag in OUTPUT_FLAGS}
+    return {flag: path for flag, path in given.items() if path is not None}
+
+
+def _to_stdout(args: argparse.Namespace) -> str | None:
+    """The flag whose output goes to standard output ('-'), if one does."""
+    from vmem.profiler.output import STDOUT
+
+    return next((flag for flag, path in _outputs(args).items() if path == STDOUT), None)
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse an output that cannot be written before a long job starts, and two
-    outputs to one file (the second would overwrite the first)."""
-    from vmem.profiler.output import check_writable
+    outputs to one file (the second would overwrite the first) or to standard
+    output."""
+    from vmem.profiler.output import STDOUT, check_writable
     from vmem.profiler.plot import check_plot_available
 
     written: dict[str, str] = {}
-    for flag in ("--trace", "--plot", "--save-session"):
-        path = getattr(args, flag.lstrip("-").replace("-", "_"), None)
-        if path is not None:
-            target = os.path.realpath(check_writable(path, flag))
-            if target in written:
-                raise UsageError(f"{flag}: '{path}' is also the {written[target]} file; give "
-                                 "each output its own file")
-            written[target] = flag
+    for flag, path in _outputs(args).items():
+        target = str(check_writable(path, flag, stdout=True))
+        if target in written:
+            what = "standard output" if target == STDOUT else "file"
+            raise UsageError(f"{flag}: '{path}' is also the {written[target]} {what}; give "
+                             "each output its own file")
+        written[target] = flag
+    stdout = _to_stdout(args)
+    if stdout is not None and args.json:
+        raise UsageError(f"--json: standard output already carries the {stdout} output "
+                         f"('-'); give {stdout} a file")
     if args.plot is not None:
+        if args.plot == STDOUT and sys.stdout.isatty():
+            raise UsageError("--plot: '-' would write a PNG to a terminal; give a file path, "
+                             "or pipe standard output")
         check_plot_available()
 
 
 def _emit(session: Any, args: argparse.Namespace) -> None:
     """Write the files asked for (the session first: from it, `vmem report`
-    prints everything again), then print the session (a table, or JSON)."""
+    prints everything again), then print the session (a table, or JSON; the
+    table goes to standard error where an output took standard output)."""
     from vmem.profiler.output import write_atomic
     from vmem.profiler.render import json_output, render
     from vmem.profiler.session import finite_json
 
     if getattr(args, "save_session", None) is not None:
-        session.save(args.save_session, "--save-session")
+        session.save(args.save_session, "--save-session", stdout=True)
     if args.trace is not None:
         from vmem.profiler.trace import chrome_trace
 
-        write_atomic(args.trace, json.dumps(chrome_trace(session), allow_nan=False), "--trace")
+        write_atomic(args.trace, json.dumps(chrome_trace(session), allow_nan=False), "--trace",
+                     stdout=True)
     if args.plot is not None:
         from vmem.profiler.plot import memory_plot_png
 
-        write_atomic(args.plot, memory_plot_png(session), "--plot")
+        write_atomic(args.plot, memory_plot_png(session), "--plot", stdout=True)
     if args.json:
         print(json.dumps(finite_json(json_output(session, args.layers)), allow_nan=False))
     else:
-        render(session, _console(), args.layers)
+        render(session, _console(stderr=_to_stdout(args) is not None), args.layers)
 
 
 def _trial_spec(args: argparse.Namespace, policy: str) -> Any:

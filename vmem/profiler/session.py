@@ -99,8 +99,11 @@ class Session:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), allow_nan=False, separators=(",", ":"))
 
-    def save(self, path: str | os.PathLike[str], flag: str = "--save-session") -> None:
-        write_atomic(path, self.dumps() + "\n", flag)
+    def save(self, path: str | os.PathLike[str], flag: str = "--save-session", *,
+             stdout: bool = False) -> None:
+        """Write the session whole (vmem.profiler.output); '-' is standard output
+        where `stdout` accepts it."""
+        write_atomic(path, self.dumps() + "\n", flag, stdout=stdout)
 
     @classmethod
     def from_json(cls, data: Any, source: str = "session") -> Session:
