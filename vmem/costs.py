@@ -19,10 +19,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from vmem.errors import UsageError
+from vmem.files import parse_json, parse_toml, read_text
 from vmem.layers.base import Algorithm, Layer, Shape, numel
+from vmem.schema import (
+    Bytes,
+    Count,
+    Millis,
+    Name,
+    NonEmpty,
+    Positive,
+    PositiveCount,
+    SchemaError,
+    build,
+)
 from vmem.units import parse_size
 
 if TYPE_CHECKING:
@@ -77,7 +89,7 @@ def load_gpu(name_or_path: str) -> GpuSpec:
     if name_or_path.endswith(".toml"):
         path = Path(name_or_path)
         try:
-            table = tomllib.loads(_read(path, where))
+            table = parse_toml(read_text(path, where), where)
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{where}: not valid TOML ({exc})") from None
         sections = [k for k, v in table.items() if isinstance(v, dict)]
@@ -102,15 +114,6 @@ def load_costs(name_or_path: str, itemsize: int = 4) -> CostModel:
     if name_or_path.endswith(".json"):
         return CalibratedCosts(calibration=load_calibration(name_or_path))
     return CostModel(load_gpu(name_or_path), itemsize)
-
-
-def _read(path: Path, where: str) -> str:
-    try:
-        return path.read_text()
-    except OSError as exc:
-        raise UsageError(f"{where}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{where}: not a text file") from None
 
 
 def _number(value: Any, least: float = 0.0, *, inclusive: bool = False) -> float | None:
@@ -211,14 +214,36 @@ class LayerTiming:
     """One layer as `vmem calibrate` ran it: per-sample input shapes (no batch),
     the algorithm it ran with, and the median kernel time of each phase."""
 
-    name: str
-    type: str
-    in_shapes: tuple[Shape, ...]
-    algorithm: str
-    workspace_bytes: int
-    chunk: int
-    forward_ms: float
-    backward_ms: float
+    name: Name
+    type: Name
+    in_shapes: tuple[tuple[PositiveCount, ...], ...]
+    algorithm: Name
+    workspace_bytes: Bytes
+    chunk: Count
+    forward_ms: Millis
+    backward_ms: Millis
+
+
+@dataclass(frozen=True)
+class CalibrationFile:
+    """The fields of a calibration file that the sim reads (vmem calibrate writes
+    more), with the types and ranges a file is checked against."""
+
+    device: dict[str, Any]  # the measured device's facts
+    memory_bytes: PositiveCount
+    profile: Name
+    batch: PositiveCount
+    dtype: Literal["float32"]  # the only dtype vmem trains in
+    tflops: Positive
+    bandwidth_gbps: Positive
+    d2h_gbps: Positive
+    h2d_gbps: Positive
+    launch_us: Positive
+    update_ms: Millis
+    param_bytes: Bytes
+    layers: Annotated[tuple[LayerTiming, ...], NonEmpty()]
+    update_traffic: PositiveCount = SGD_TRAFFIC  # files from before it was written: SGD's
+    created: str = "undated"
 
 
 @dataclass(frozen=True)
@@ -323,87 +348,35 @@ def _dims(shapes: Sequence[Shape]) -> str:
 # -- calibration files -----------------------------------------------------------------
 
 
-class _Fields:
-    """Typed reads from a JSON object, each failure one line naming the field."""
-
-    def __init__(self, data: dict[str, Any], where: str) -> None:
-        self.data, self.where = data, where
-
-    def fail(self, key: str, expected: str) -> UsageError:
-        got = self.data.get(key, "nothing")
-        return UsageError(f"{self.where}: field '{key}' must be {expected}, got {got!r:.60}")
-
-    def text(self, key: str) -> str:
-        value = self.data.get(key)
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, "a string")
-        return value
-
-    def positive(self, key: str) -> float:
-        value = _number(self.data.get(key))
-        if value is None:
-            raise self.fail(key, "a positive number")
-        return value
-
-    def time(self, key: str) -> float:
-        value = self.data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                math.isfinite(value) and value >= 0):
-            raise self.fail(key, "a time in ms (a number >= 0)")
-        return float(value)
-
-    def count(self, key: str, least: int = 0) -> int:
-        value = self.data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise self.fail(key, f"an integer >= {least}")
-        return value
-
-    def shapes(self, key: str) -> tuple[Shape, ...]:
-        value = self.data.get(key)
-        if not isinstance(value, list) or not all(
-                isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool)
-                                            and d > 0 for d in s) for s in value):
-            raise self.fail(key, "a list of shapes (lists of positive integers)")
-        return tuple(tuple(s) for s in value)
-
-
 def load_calibration(path_text: str) -> Calibration:
-    """Read and check a file written by `vmem calibrate`; every problem is one
-    UsageError line."""
+    """Read and check a file written by `vmem calibrate` (vmem.schema: every
+    field's type and range); every problem is one UsageError line."""
     where = f"--device sim:{path_text}"
     try:
-        data = json.loads(_read(Path(path_text), where))
-    except ValueError as exc:
+        data = parse_json(read_text(Path(path_text), where), where)
+    except json.JSONDecodeError as exc:
         raise UsageError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
         raise UsageError(f"{where}: not a vmem calibration file (no \"format\": "
                          f"\"{CALIBRATION_FORMAT}\"; write one with vmem calibrate)")
     if data.get("version") != CALIBRATION_VERSION:
-        raise UsageError(f"{where}: calibration format version {data.get('version')!r}; this "
-                         f"vmem reads version {CALIBRATION_VERSION} (calibrate again)")
-    top = _Fields(data, where)
-    device = data.get("device")
-    if not isinstance(device, dict):
-        raise top.fail("device", "an object (the device facts)")
-    rows = data.get("layers")
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise top.fail("layers", "a non-empty list of layer objects")
+        raise UsageError(f"{where}: calibration format version {data.get('version')!r:.40}; "
+                         f"this vmem reads version {CALIBRATION_VERSION} (calibrate again)")
+    try:
+        file = build(CalibrationFile, data)
+    except SchemaError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     layers: dict[str, LayerTiming] = {}
-    for i, row in enumerate(rows):
-        f = _Fields(row, f"{where}: layers[{i}]")
-        timing = LayerTiming(f.text("name"), f.text("type"), f.shapes("in_shapes"),
-                             f.text("algorithm"), f.count("workspace_bytes"), f.count("chunk"),
-                             f.time("forward_ms"), f.time("backward_ms"))
+    for i, timing in enumerate(file.layers):
+        if timing.name in layers:
+            raise UsageError(f"{where}: 'layers[{i}]': layer '{timing.name}' is given twice; "
+                             "a calibration times each layer once")
         layers[timing.name] = timing
-    name = Path(path_text).name
+    device = file.device
     described = str(device.get("device") or device.get("processor") or device.get("backend"))
-    gpu = GpuSpec(name, top.count("memory_bytes", 1), top.positive("tflops"),
-                  top.positive("bandwidth_gbps"), top.positive("d2h_gbps"),
-                  top.positive("h2d_gbps"), top.positive("launch_us"),
-                  f"calibrated on {described} ({data.get('profile')}, batch "
-                  f"{data.get('batch')}, {data.get('created', 'undated')})")
-    return Calibration(path_text, gpu, top.text("profile"), top.count("batch", 1),
-                       top.text("dtype"), layers, top.time("update_ms"),
-                       top.count("param_bytes"), device,
-                       top.count("update_traffic", 1) if "update_traffic" in data
-                       else SGD_TRAFFIC)
+    gpu = GpuSpec(Path(path_text).name, file.memory_bytes, file.tflops, file.bandwidth_gbps,
+                  file.d2h_gbps, file.h2d_gbps, file.launch_us,
+                  f"calibrated on {described:.80} ({file.profile:.80}, batch {file.batch}, "
+                  f"{file.created:.40})")
+    return Calibration(path_text, gpu, file.profile, file.batch, file.dtype, layers,
+                       file.update_ms, file.param_bytes, device, file.update_traffic)

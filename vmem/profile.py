@@ -30,6 +30,7 @@ from typing import Any
 
 from vmem.blocks import LayerSpec, Origin, expand_repeat, parse_blocks
 from vmem.errors import NetworkError, ProfileError, ShapeError, UsageError, VmemError
+from vmem.files import parse_toml, read_text
 from vmem.graph import DATA, Network, Node
 from vmem.layers import LAYER_TYPES, Layer
 from vmem.toml_text import describe, format_value, tables, top_key_line
@@ -84,15 +85,12 @@ def load_profile(name_or_path: str | Path) -> Profile:
                              f"(or give a path to a .toml file)")
         return parse_profile(entry.read_text(encoding="utf-8"), str(entry))
     path = Path(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         hint = (f" (the shipped profile is named '{path.stem}', without .toml)"
                 if path.stem in list_profiles() and not path.parent.parts else "")
-        raise ProfileError(f"no such profile file{hint}", path=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"cannot read the profile: {exc}", path=str(path)) from None
-    return parse_profile(text, str(path))
+        raise ProfileError(f"no such profile file{hint}", path=str(path))
+    return parse_profile(read_text(path, f"{path}: cannot read the profile", ProfileError),
+                         str(path))
 
 
 # ---------------------------------------------------------------- field types
@@ -162,9 +160,11 @@ def _type_hints(cls: type[Layer]) -> dict[str, Any]:
 # ---------------------------------------------------------------- parsing
 
 def parse_profile(text: str, path: str) -> Profile:
-    """Build a profile from TOML text; `path` names the file in errors."""
+    """Build a profile from TOML text; `path` names the file in errors. A leading
+    byte-order mark (as some Windows editors write) is dropped."""
+    text = text.removeprefix("\ufeff")
     try:
-        doc = tomllib.loads(text)
+        doc = parse_toml(text, path, ProfileError)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(exc, text, path) from None
     layer_lines = tables(text, ("layer",), array=True)

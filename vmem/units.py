@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 from vmem.errors import UsageError
 
@@ -38,8 +39,12 @@ def parse_size(text: str | int, flag: str = "size") -> int:
 
 
 def format_bytes(nbytes: float) -> str:
-    """1536 -> '1.50 KiB'; binary units, three significant figures."""
-    value = float(nbytes)
+    """1536 -> '1.50 KiB'; binary units, three significant figures. An integer
+    too large for a float (10**400) is written exactly, in powers of ten."""
+    try:
+        value = float(nbytes)
+    except OverflowError:
+        return f"{Decimal(int(nbytes)):.3e} B"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024 or unit == "GiB":
             return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"

@@ -4,16 +4,19 @@ Every backend emits the same events."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from vmem.schema import Bytes, Count, Millis
 
 
 @dataclass(frozen=True)
 class MemoryEvent:
-    t_ms: float
-    op: str  # "alloc" | "free"
-    nbytes: int
+    t_ms: Millis
+    op: Literal["alloc", "free"]
+    nbytes: Bytes
     kind: str  # a vmem.memory.MemoryKind value
     label: str
-    in_use: int  # device bytes in use right after this event
+    in_use: Bytes  # device bytes in use right after this event
     # The kernel this event belongs to: an allocation, the next kernel launched
     # on the compute stream (it is made for it); a free, the last one launched
     # (it follows it). Empty where no kernel was launched.
@@ -28,10 +31,10 @@ class Span:
     name: str  # layer name, or the optimizer's ("sgd", "adamw") for the update
     phase: str  # "forward" | "backward" | "update"
     stream: str  # "compute" | "memory"
-    start_ms: float
-    end_ms: float
+    start_ms: Millis
+    end_ms: Millis
     kind: str = "kernel"  # "kernel" | "copy_d2h" | "copy_h2d" | "wait"
-    nbytes: int = 0
+    nbytes: Bytes = 0
 
     @property
     def ms(self) -> float:
@@ -40,15 +43,15 @@ class Span:
 
 @dataclass(frozen=True)
 class StepRecord:
-    step: int
-    duration_ms: float
-    start_in_use: int  # device bytes in use when the step began (weights, optimizer state)
+    step: Count
+    duration_ms: Millis
+    start_in_use: Bytes  # device bytes in use when the step began (weights, optimizer state)
     memory: tuple[MemoryEvent, ...]
     spans: tuple[Span, ...]
     loss: float | None = None
     # start_in_use by kind (MemoryKind values), in the arena's order
-    start_by_kind: tuple[tuple[str, int], ...] = ()
+    start_by_kind: tuple[tuple[str, Bytes], ...] = ()
     # host (Python) time spent issuing the step's work, from its start until its last
     # work was issued, less the host's waits for the device (offloads, the upload):
     # near duration_ms, the device waited for the host (a launch-bound step)
-    host_ms: float | None = None
+    host_ms: Millis | None = None

@@ -6,17 +6,17 @@ rerunning anything."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import types
 from dataclasses import asdict, dataclass
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 from vmem.errors import VmemError
+from vmem.files import parse_json, read_text
 from vmem.profiler.events import StepRecord
 from vmem.profiler.output import write_atomic
+from vmem.schema import ByteAverage, Bytes, Count, Millis, Positive, SchemaError, build
 
 FORMAT = "vmem-session"
 VERSION = 1
@@ -32,28 +32,28 @@ class TrialResult:
     """One policy's trial, summarized (what `vmem run --json` prints)."""
 
     profile: str
-    batch: int
+    batch: Count  # 0 in the row of a policy that could not train without a batch given
     device: str
     policy: str
-    memory_limit_bytes: int | None
-    steps: int
+    memory_limit_bytes: Bytes | None
+    steps: Count
     allocation: str = "liveness"
     optimizer: str = "sgd"
-    peak_bytes: int | None = None
-    average_bytes: float | None = None
-    peak_by_kind: dict[str, int] | None = None  # device bytes by kind at the peak
-    average_by_kind: dict[str, float] | None = None  # time-averaged, by kind
-    step_ms: float | None = None
-    steps_ms: tuple[float, ...] = ()
-    host_ms: float | None = None  # median host time to issue a step (StepRecord.host_ms)
+    peak_bytes: Bytes | None = None
+    average_bytes: ByteAverage | None = None
+    peak_by_kind: dict[str, Bytes] | None = None  # device bytes by kind at the peak
+    average_by_kind: dict[str, ByteAverage] | None = None  # time-averaged, by kind
+    step_ms: Millis | None = None
+    steps_ms: tuple[Millis, ...] = ()
+    host_ms: Millis | None = None  # median host time to issue a step (StepRecord.host_ms)
     losses: tuple[float | None, ...] = ()  # None where no loss is computed (sim) or finite
-    offloaded_bytes: int | None = None
-    prefetched_bytes: int | None = None
-    stall_ms: float | None = None
-    pinned_bytes: int | None = None
-    slowdown: float | None = None
+    offloaded_bytes: Bytes | None = None
+    prefetched_bytes: Bytes | None = None
+    stall_ms: Millis | None = None
+    pinned_bytes: Bytes | None = None
+    slowdown: Positive | None = None
     oracle: str | None = None  # how the oracular step time was obtained
-    pool_reserved_bytes: int | None = None
+    pool_reserved_bytes: Bytes | None = None
     device_facts: dict[str, Any] | None = None
     error: str | None = None  # why this policy could not train, if it could not
 
@@ -73,12 +73,12 @@ class Trial:
 class SessionMeta:
     command: str  # "run" | "compare"
     profile: str
-    batch: int | None
+    batch: Count | None
     device: str  # the backend's name ("cpu", "cuda:0", "sim:titan-x")
     policies: tuple[str, ...]
     allocation: str
-    memory_limit_bytes: int | None
-    steps: int
+    memory_limit_bytes: Bytes | None
+    steps: Count
     device_facts: dict[str, Any]
     vmem_version: str
     created: str  # ISO 8601, UTC
@@ -115,8 +115,8 @@ class Session:
             raise SessionError(f"{source}: session format version {version!r}; this vmem "
                                f"reads version {VERSION}")
         try:
-            session = _build(cls, data, "")
-        except _Mismatch as exc:
+            session = build(cls, data)
+        except SchemaError as exc:
             raise SessionError(f"{source}: not a valid vmem session: {exc}") from None
         if session.meta.command not in COMMANDS:
             raise SessionError(f"{source}: not a valid vmem session: 'meta.command' is "
@@ -138,15 +138,11 @@ class Session:
 
 
 def load_session(path: str | os.PathLike[str]) -> Session:
-    """Read a session file; a SessionError names the file and what is wrong."""
+    """Read a session file (at most vmem.files.MAX_FILE_BYTES); a SessionError
+    names the file and what is wrong."""
+    text = read_text(path, f"{path}: cannot read the session", SessionError)
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SessionError(f"{path}: cannot read the session: {reason}") from None
-    try:
-        data = json.loads(text)
+        data = parse_json(text, f"{path}: not a vmem session", SessionError)
     except json.JSONDecodeError as exc:
         raise SessionError(f"{path}: not a vmem session: not JSON ({exc.msg} at line "
                            f"{exc.lineno}, column {exc.colno})") from None
@@ -154,10 +150,6 @@ def load_session(path: str | os.PathLike[str]) -> Session:
 
 
 # -- decoding with checks ------------------------------------------------------
-
-
-class _Mismatch(Exception):
-    pass
 
 
 def finite_json(value: Any) -> Any:
@@ -169,65 +161,3 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_json(v) for v in value]
     return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise _Mismatch(f"'{where or '.'}' should be an object")
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        path = f"{where}.{field.name}".lstrip(".")
-        if field.name in data:
-            kwargs[field.name] = _decode(data[field.name], hints[field.name], path)
-        elif (field.default is dataclasses.MISSING
-              and field.default_factory is dataclasses.MISSING):
-            raise _Mismatch(f"missing '{path}'")
-    return cls(**kwargs)
-
-
-def _decode(value: Any, hint: Any, where: str) -> Any:
-    origin = get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        options = get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _decode(value, option, where)
-            except _Mismatch:
-                continue
-        raise _Mismatch(f"'{where}' has an unexpected value {_short(value)}")
-    if origin is tuple:
-        args = get_args(hint)
-        if not isinstance(value, list):
-            raise _Mismatch(f"'{where}' should be a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise _Mismatch(f"'{where}' should have {len(args)} items")
-        return tuple(_decode(v, a, f"{where}[{i}]") for i, (v, a) in
-                     enumerate(zip(value, args, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch(f"'{where}' should be an object")
-        _, item = get_args(hint)
-        return {k: _decode(v, item, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool)}
-    if hint in ok and ok[hint](value):
-        return value
-    raise _Mismatch(f"'{where}' should be {getattr(hint, '__name__', hint)}, "
-                    f"got {_short(value)}")
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
