@@ -36,7 +36,7 @@ def read_text(path: str | os.PathLike[str], where: str, error: ErrorType = Usage
         with open(path, "rb") as file:
             info = os.fstat(file.fileno())
             if stat.S_ISDIR(info.st_mode):
-                raise refuse("it is a directory, not a file")
+                raise refuse("cannot read it (it is a directory)")
             if stat.S_ISREG(info.st_mode) and info.st_size > limit:
                 raise refuse(f"the file is {too_large}")
             chunks, size = [], 0
@@ -47,7 +47,7 @@ def read_text(path: str | os.PathLike[str], where: str, error: ErrorType = Usage
                 chunks.append(chunk)
                 size += len(chunk)
     except IsADirectoryError:
-        raise refuse("it is a directory, not a file") from None
+        raise refuse("cannot read it (it is a directory)") from None
     except OSError as exc:
         raise refuse(f"cannot read it ({exc.strerror or exc})") from None
     if size > limit:
