@@ -23,10 +23,12 @@ ErrorType = Callable[[str], VmemError]
 
 
 def read_text(path: str | os.PathLike[str], where: str, error: ErrorType = UsageError,
-              limit: int = MAX_FILE_BYTES) -> str:
+              limit: int | None = None) -> str:
     """The file's text (UTF-8, a leading byte-order mark dropped); a file larger
-    than `limit` is refused without reading it whole (a regular file by its size,
-    anything else, such as /dev/zero, after `limit` + 1 bytes)."""
+    than `limit` (MAX_FILE_BYTES) is refused without reading it whole: a regular
+    file by its size, anything else (/dev/zero, a pipe) after `limit` + 1 bytes."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+
     def refuse(reason: str) -> VmemError:
         return error(f"{where}: {reason}")
 
@@ -60,38 +62,43 @@ def read_text(path: str | os.PathLike[str], where: str, error: ErrorType = Usage
 
 def parse_json(text: str, where: str, error: ErrorType = UsageError) -> Any:
     """JSON text as Python data; json.JSONDecodeError passes through for the
-    caller to word."""
-    return _checked(json.loads, text, where, error)
+    caller to word. Depth is not checked here but where it matters, in
+    free-form values (vmem.schema): the checked fields of a file cannot nest."""
+    return _parsed(json.loads, text, where, error)
 
 
 def parse_toml(text: str, where: str, error: ErrorType = UsageError) -> dict[str, Any]:
-    """TOML text as a dict; tomllib.TOMLDecodeError passes through for the caller
-    to word (with its line)."""
-    return _checked(tomllib.loads, text, where, error)
+    """TOML text as a dict, nested at most MAX_DEPTH levels;
+    tomllib.TOMLDecodeError passes through for the caller to word (with its
+    line)."""
+    data = _parsed(tomllib.loads, text, where, error)
+    if nesting(data) > MAX_DEPTH:
+        raise error(_too_deep(where))
+    return data
 
 
-def _checked(parse: Callable[[str], Any], text: str, where: str, error: ErrorType) -> Any:
+def _too_deep(where: str) -> str:
+    return f"{where}: nested too deeply (at most {MAX_DEPTH} levels of lists and tables are read)"
+
+
+def _parsed(parse: Callable[[str], Any], text: str, where: str, error: ErrorType) -> Any:
     try:
-        data = parse(text)
+        return parse(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError):
         raise
     except RecursionError:
-        raise error(f"{where}: nested too deeply (at most {MAX_DEPTH} levels of lists and "
-                    "tables are read)") from None
+        raise error(_too_deep(where)) from None
     except ValueError as exc:  # int('9' * 5000): past Python's limit on integer digits
         if "digits" not in str(exc):
             raise error(f"{where}: cannot read a value ({exc})") from None
         raise error(f"{where}: a number has more than {sys.get_int_max_str_digits()} digits, "
                     "more than Python reads; numbers in vmem's files have a few dozen at "
                     "most") from None
-    if _depth(data) > MAX_DEPTH:
-        raise error(f"{where}: nested too deeply (at most {MAX_DEPTH} levels of lists and "
-                    "tables are read)")
-    return data
 
 
-def _depth(data: Any) -> int:
-    """Levels of nested lists and dicts (without recursion: the data may be deep)."""
+def nesting(data: Any) -> int:
+    """Levels of nested lists and dicts, counted up to MAX_DEPTH + 1 (without
+    recursion: the data may be deep)."""
     deepest, stack = 0, [(data, 0)]
     while stack:
         value, level = stack.pop()

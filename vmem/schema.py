@@ -12,12 +12,30 @@ import functools
 import json
 import math
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from vmem.files import MAX_DEPTH, nesting
+
 
 class SchemaError(Exception):
-    """A value that does not fit its field: the message names the field."""
+    """A value that does not fit its field: the message names the field by its
+    path from the top ('trials[0].result.peak_bytes')."""
+
+    def __init__(self, problem: str, *, missing: bool = False) -> None:
+        super().__init__(problem)
+        self.problem, self.missing = problem, missing
+        self.path: list[str | int] = []
+
+    def inside(self, key: str | int) -> SchemaError:
+        self.path.insert(0, key)
+        return self
+
+    def __str__(self) -> str:
+        where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in self.path)
+        where = where.lstrip(".") or "."
+        return f"missing '{where}'" if self.missing else f"'{where}' {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -65,52 +83,47 @@ Positive = Annotated[float, Range(0, low_open=True)]
 Name = Annotated[str, NonEmpty()]
 
 
-def build(cls: type, data: Any, where: str = "") -> Any:
+def build(cls: type, data: Any) -> Any:
     """`data` (a JSON object) as an instance of the dataclass `cls`; keys the
     class does not know are left out, fields with defaults may be missing."""
-    if not isinstance(data, dict):
-        raise SchemaError(f"'{where or '.'}' must be an object, got {_short(data)}")
-    kwargs = {}
-    for field, hint in _fields(cls):
-        path = f"{where}.{field.name}".lstrip(".")
-        if field.name in data:
-            kwargs[field.name] = decode(hint, data[field.name], path)
-        elif (field.default is dataclasses.MISSING
-              and field.default_factory is dataclasses.MISSING):
-            raise SchemaError(f"missing '{path}'")
-    return cls(**kwargs)
+    return _decoder(cls)(data)
+
+
+def decode(hint: Any, value: Any) -> Any:
+    """`value` checked against `hint` (tuples come from lists)."""
+    return _decoder(hint)(value)
+
+
+Decoder = Callable[[Any], Any]
 
 
 @functools.cache
-def _fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
-    hints = get_type_hints(cls, include_extras=True)
-    return tuple((f, hints[f.name]) for f in dataclasses.fields(cls) if f.init)
-
-
-def decode(hint: Any, value: Any, where: str) -> Any:
-    """`value` checked against `hint` (tuples come from lists)."""
+def _decoder(hint: Any) -> Decoder:
+    """A function that decodes and checks one value of `hint`, made once per hint
+    (a session holds a million values of a few dozen hints). A failure raises
+    SchemaError; each container on the way out adds its key to the error's path."""
     base, checks = _unannotated(hint)
     origin = get_origin(base)
     if base is Any:
-        return value
+        return _bounded
     if origin in (Union, types.UnionType):
-        return _decode_union(hint, base, value, where)
-    if origin is tuple or origin is dict:
-        decoded = _decode_container(base, origin, value, where)
+        decoder = _union_decoder(hint, base)
     elif dataclasses.is_dataclass(base):
-        return build(base, value, where)
+        decoder = _dataclass_decoder(base)
+    elif origin is dict:
+        decoder = _dict_decoder(hint, _decoder(get_args(base)[1]))
+    elif origin is tuple:
+        decoder = _tuple_decoder(hint, base)
     elif origin is Literal:
-        if value not in get_args(base) or isinstance(value, bool):
-            raise SchemaError(f"'{where}' must be {describe(hint)}, got {_short(value)}")
-        return value
+        accepted = get_args(base)
+
+        def decoder(value: Any) -> Any:
+            if isinstance(value, bool) or value not in accepted:
+                raise _mismatch(hint, value)
+            return value
     else:
-        decoded = _decode_scalar(base, value, where, hint)
-    for check in checks:
-        ok = (check.admits(decoded) if isinstance(check, Range)
-              else not isinstance(check, NonEmpty) or len(decoded) > 0)
-        if not ok:
-            raise SchemaError(f"'{where}' must be {describe(hint)}, got {_short(value)}")
-    return decoded
+        decoder = _scalar_decoder(hint, base)
+    return _checked(hint, decoder, checks) if checks else decoder
 
 
 def _unannotated(hint: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -120,49 +133,142 @@ def _unannotated(hint: Any) -> tuple[Any, tuple[Any, ...]]:
     return hint, ()
 
 
-def _decode_union(hint: Any, base: Any, value: Any, where: str) -> Any:
-    options = [o for o in get_args(base) if o is not type(None)]
-    if value is None:
-        if type(None) in get_args(base):
-            return None
-        raise SchemaError(f"'{where}' must be {describe(hint)}, got null")
-    # the option of the value's JSON kind: its own error, not the union's, says what is wrong
-    matching = [o for o in options if _kind(o) == _json_kind(value)]
-    if len(matching) == 1:
-        return decode(matching[0], value, where)
-    for option in matching:
-        try:
-            return decode(option, value, where)
-        except SchemaError:
-            continue
-    raise SchemaError(f"'{where}' must be {describe(hint)}, got {_short(value)}")
+def _bounded(value: Any) -> Any:
+    """Free-form data (device facts), as it is, but never nested deeper than the
+    renderers and JSON writers can follow."""
+    if isinstance(value, dict | list) and nesting(value) > MAX_DEPTH:
+        raise SchemaError(f"is nested too deeply (at most {MAX_DEPTH} levels of lists and "
+                          "objects are read)")
+    return value
 
 
-def _decode_container(base: Any, origin: Any, value: Any, where: str) -> Any:
+def _checked(hint: Any, decoder: Decoder, checks: tuple[Any, ...]) -> Decoder:
+    ranges = [c for c in checks if isinstance(c, Range)]
+    nonempty = any(isinstance(c, NonEmpty) for c in checks)
+    if len(ranges) == 1 and not nonempty:  # the common case, kept short: a million calls
+        admits = ranges[0].admits
+
+        def in_range(value: Any) -> Any:
+            decoded = decoder(value)
+            if not admits(decoded):
+                raise _mismatch(hint, value)
+            return decoded
+        return in_range
+
+    def checked(value: Any) -> Any:
+        decoded = decoder(value)
+        if (nonempty and not decoded) or not all(r.admits(decoded) for r in ranges):
+            raise _mismatch(hint, value)
+        return decoded
+    return checked
+
+
+def _scalar_decoder(hint: Any, base: Any) -> Decoder:
+    # type(...) is, not isinstance: JSON's true is no integer here
+    if base is int:
+        def decode_int(value: Any) -> Any:
+            if type(value) is not int:
+                raise _mismatch(hint, value)
+            return value
+        return decode_int
+    if base is float:
+        def decode_float(value: Any) -> Any:
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise _mismatch(hint, value)
+            return value
+        return decode_float
+    if base in (str, bool):
+        def decode_plain(value: Any) -> Any:
+            if type(value) is not base:
+                raise _mismatch(hint, value)
+            return value
+        return decode_plain
+    raise TypeError(f"vmem.schema cannot check values of {hint!r}")
+
+
+def _dataclass_decoder(cls: type) -> Decoder:
+    hints = get_type_hints(cls, include_extras=True)
+    fields = [(f.name, _decoder(hints[f.name]),
+               f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+              for f in dataclasses.fields(cls) if f.init]
+
+    def decode_dataclass(data: Any) -> Any:
+        if type(data) is not dict:
+            raise SchemaError(f"must be an object, got {_short(data)}")
+        kwargs = {}
+        for name, decoder, required in fields:
+            if name in data:
+                try:
+                    kwargs[name] = decoder(data[name])
+                except SchemaError as exc:
+                    raise exc.inside(name) from None
+            elif required:
+                raise SchemaError("", missing=True).inside(name)
+        return cls(**kwargs)
+    return decode_dataclass
+
+
+def _dict_decoder(hint: Any, item: Decoder) -> Decoder:
+    def decode_dict(value: Any) -> Any:
+        if type(value) is not dict:
+            raise _mismatch(hint, value)
+        decoded = {}
+        for key, v in value.items():
+            try:
+                decoded[key] = item(v)
+            except SchemaError as exc:
+                raise exc.inside(key) from None
+        return decoded
+    return decode_dict
+
+
+def _tuple_decoder(hint: Any, base: Any) -> Decoder:
     args = get_args(base)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SchemaError(f"'{where}' must be an object, got {_short(value)}")
-        return {k: decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if not isinstance(value, list):
-        raise SchemaError(f"'{where}' must be a list, got {_short(value)}")
-    if len(args) == 2 and args[1] is Ellipsis:
-        return tuple(decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if len(value) != len(args):
-        raise SchemaError(f"'{where}' must be a list of {len(args)} items, got {_short(value)}")
-    return tuple(decode(a, v, f"{where}[{i}]") for i, (v, a) in
-                 enumerate(zip(value, args, strict=True)))
+    repeated = len(args) == 2 and args[1] is Ellipsis
+    items = [_decoder(args[0])] if repeated else [_decoder(a) for a in args]
+
+    def decode_tuple(value: Any) -> Any:
+        if type(value) is not list:
+            raise _mismatch(hint, value)
+        if not repeated and len(value) != len(items):
+            raise SchemaError(f"must be a list of {len(items)} items, got {_short(value)}")
+        decoders = items * len(value) if repeated else items
+        decoded = []
+        for i, (decoder, v) in enumerate(zip(decoders, value, strict=True)):
+            try:
+                decoded.append(decoder(v))
+            except SchemaError as exc:
+                raise exc.inside(i) from None
+        return tuple(decoded)
+    return decode_tuple
 
 
-def _decode_scalar(base: Any, value: Any, where: str, hint: Any) -> Any:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if base is int and number and isinstance(value, int):
-        return value
-    if base is float and number and math.isfinite(value):
-        return value
-    if (base is str and isinstance(value, str)) or (base is bool and isinstance(value, bool)):
-        return value
-    raise SchemaError(f"'{where}' must be {describe(hint)}, got {_short(value)}")
+def _union_decoder(hint: Any, base: Any) -> Decoder:
+    options = [o for o in get_args(base) if o is not type(None)]
+    nullable = type(None) in get_args(base)
+    by_kind: dict[str, list[Decoder]] = {}
+    for option in options:
+        by_kind.setdefault(_kind(option), []).append(_decoder(option))
+
+    def decode_union(value: Any) -> Any:
+        if value is None:
+            if nullable:
+                return None
+            raise _mismatch(hint, value)
+        matching = by_kind.get(_json_kind(value), []) + by_kind.get("any", [])
+        if len(matching) == 1:  # its own error says best what is wrong
+            return matching[0](value)
+        for decoder in matching:
+            try:
+                return decoder(value)
+            except SchemaError:
+                continue
+        raise _mismatch(hint, value)
+    return decode_union
+
+
+def _mismatch(hint: Any, value: Any) -> SchemaError:
+    return SchemaError(f"must be {describe(hint)}, got {_short(value)}")
 
 
 def _kind(hint: Any) -> str:
