@@ -180,6 +180,11 @@ def test_alexnet_with_defaults_from_the_installed_command() -> None:
     (["run", "digits", "--memory-limit", "0.1"], ["--memory-limit", "less than one byte"]),
     (["run", "digits", "--memory-limit", "-1"], ["--memory-limit", "must be positive", "GiB"]),
     (["run", "digits", "--memory-limit", "1" + "0" * 400 + "B"], ["--memory-limit", "too large"]),
+    (["run", "digits", "--memory-limit", "４GiB"], ["--memory-limit", "'４GiB'", "ASCII digits"]),
+    (["run", "digits", "--host-memory-limit", "٤MiB"], ["--host-memory-limit", "ASCII"]),
+    (["run", "digits", "--batch", "４"], ["--batch", "'４'", "ASCII digits"]),
+    (["run", "digits", "--seed", "１"], ["--seed", "ASCII digits"]),
+    (["run", "digits", "--lr", "０.1"], ["--lr", "ASCII digits"]),
     (["compare", "digits", "--policies", "none,magic"], ["--policies", "'magic'", "vdnn-dyn"]),
     (["compare", "digits", "--policies", "none,vdnn-all,none"], ["--policies", "'none'", "twice"]),
 ])

@@ -340,11 +340,46 @@ def test_inputs_of_the_wrong_type(tmp_path: Path) -> None:
     assert "'inputs'" in message
 
 
-def test_invalid_value_rejected_by_the_layer(tmp_path: Path) -> None:
-    table = ('name = "conv1"' + MARK, 'type = "conv"', "out_channels = 4", "kernel = 0")
+@pytest.mark.parametrize(("table", "fragment"), [
+    (('name = "conv1"', 'type = "conv"', "out_channels = 4", "kernel = 0" + MARK), "kernel"),
+    (('name = "conv1"', 'type = "conv"', "out_channels = 4", "kernel = 3",
+      "stride = 0" + MARK), "stride"),
+    (('name = "conv1"', 'type = "conv"', "out_channels = 4", "groups = 3" + MARK, "kernel = 3"),
+     "groups 3"),
+    (('name = "conv1"', 'type = "conv"', "out_channels = 4", "kernel = 3", "pad = -1" + MARK),
+     "pad"),
+    (('name = "conv1"', "kernel = 3", 'type = "conv"', "out_channels = 0" + MARK), "out_channels"),
+    (('name = "conv1"', 'type = "maxpool"', "kernel = 2", "pad = 2" + MARK), "pad 2"),
+    (('name = "conv1"', 'type = "dropout"', "p = 1.0" + MARK), "p must be"),
+    (('name = "conv1"', 'type = "lrn"', "alpha = 1e-4", "k = 0.0" + MARK), "k > 0"),
+    (('name = "conv1"', 'type = "lrn"', "k = 1.0", "alpha = -1.0" + MARK), "alpha >= 0"),
+])
+def test_a_value_the_layer_rejects_names_the_keys_line(tmp_path: Path, table: tuple[str, ...],
+                                                       fragment: str) -> None:
     message, line = profile_error(tmp_path, with_layer(0, table))
     assert_names(message, line, "conv1")
-    assert "kernel" in message
+    assert fragment in message
+
+
+@pytest.mark.parametrize("name", ["conv\\n1", "a\\tb", "bell\\u0007", "line\\u2028sep"])
+def test_a_layer_name_is_printable_and_one_line(tmp_path: Path, name: str) -> None:
+    table = (f'name = "{name}"' + MARK, 'type = "relu"')
+    message, line = profile_error(tmp_path, with_layer(1, table))
+    assert "printable" in message and f"bad.toml:{line}" in message
+
+
+@pytest.mark.parametrize("key", ["name", "description"])
+def test_the_networks_name_and_description_are_one_line(tmp_path: Path, key: str) -> None:
+    text = BASE.replace('name = "t"\n', "") + f'{key} = "two\\nlines"' + MARK + "\n"
+    message, line = profile_error(tmp_path, text + layer_tables(*GOOD))
+    assert f"'{key}' must be printable" in message and f"bad.toml:{line}" in message
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + (BASE + layer_tables(*GOOD)).encode())
+    assert len(load_profile(path).network.nodes) == 4
+    assert len(parse_profile("\ufeff" + BASE + layer_tables(*GOOD), "bom.toml").network.nodes) == 4
 
 
 def test_reading_an_unknown_layer(tmp_path: Path) -> None:

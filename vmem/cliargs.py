@@ -18,8 +18,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+# Numbers are read in ASCII digits only: Python's int() and float() would take
+# "４" (full-width) or "٤" (Arabic-Indic) for 4, which a user rarely means.
+
+
 def _int_or(text: str, fallback: int) -> int:
-    """The integer `text` spells, else `fallback` (a value the caller refuses)."""
+    """The integer `text` spells in ASCII digits, else `fallback` (a value the
+    caller refuses)."""
+    if not text.isascii():
+        return fallback
     try:
         return int(text)
     except ValueError:
@@ -29,25 +36,27 @@ def _int_or(text: str, fallback: int) -> int:
 def positive_int(text: str) -> int:
     value = _int_or(text, 0)
     if not 1 <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_COUNT}, "
-                                         f"got '{text}'")
+        raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_COUNT} in "
+                                         f"ASCII digits, got '{text}'")
     return value
 
 
 def non_negative_int(text: str) -> int:
     value = _int_or(text, -1)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got '{text}'")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 in ASCII digits, got "
+                                         f"'{text}'")
     return value
 
 
 def positive_float(text: str) -> float:
     try:
-        value = float(text)
+        value = float(text) if text.isascii() else 0.0
     except ValueError:
         value = 0.0
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got '{text}'")
+        raise argparse.ArgumentTypeError(f"must be a positive finite number in ASCII digits, "
+                                         f"got '{text}'")
     return value
 
 

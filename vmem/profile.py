@@ -184,6 +184,10 @@ def parse_profile(text: str, path: str) -> Profile:
                       ("batch", int), ("cpu_batch", int)):
         if key in doc and _coerce(doc[key], hint) is _NO_MATCH:
             raise top_error(f"'{key}' must be {_expected(hint)}, got {describe(doc[key])}", key)
+    for key in ("name", "description"):
+        if key in doc and not doc[key].isprintable():
+            raise top_error(f"'{key}' must be printable characters on one line, got "
+                            f"{format_value(doc[key])}", key)
     for key in ("input", "batch", "cpu_batch"):
         if key in doc and _too_large(doc[key]):
             raise top_error(f"'{key}' must hold integers up to {MAX_INT}, got "
@@ -262,6 +266,8 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str, origin: Origin
     name = table.get("name")
     layer_name = name if isinstance(name, str) else (
         origin.lines.scanned_name() if origin.lines else None)
+    if layer_name is not None and not layer_name.isprintable():
+        layer_name = format_value(layer_name)[1:-1]  # escaped: the message stays one line
 
     def error(message: str, key: str | None = None) -> ProfileError:
         return ProfileError(message, path=path, line=origin.line(key), layer=layer_name,
@@ -271,6 +277,9 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str, origin: Origin
         raise error("a [[layer]] table needs a 'name'")
     if not isinstance(name, str) or not name:
         raise error(f"'name' must be a non-empty string, got {describe(name)}", "name")
+    if not name.isprintable():  # it opens every later message about the layer: one line
+        raise error(f"'name' must be printable characters on one line, got "
+                    f"{format_value(name)}", "name")
     known_types = ", ".join(sorted(LAYER_TYPES))
     if "type" not in table:
         raise error(f"a [[layer]] table needs a 'type'; known types: {known_types}")
@@ -314,8 +323,28 @@ def _parse_layer(table: dict[str, Any], previous: str, path: str, origin: Origin
     try:
         layer = cls(name=name, **values)
     except (VmemError, ValueError, TypeError) as exc:
-        raise error(_unprefixed(str(exc), name)) from None
+        message = _unprefixed(str(exc), name)
+        raise error(message, _rejected_key(cls, name, values, message)) from None
     return Node(layer, tuple(inputs))
+
+
+def _rejected_key(cls: type[Layer], name: str, values: dict[str, Any],
+                  message: str) -> str | None:
+    """The key whose value the layer rejected, for the error's line: of the keys
+    its message names, the one whose removal (back to its default) lets the layer
+    build, else the first named; None where the message names none."""
+    named = [k for k in values if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", message)]
+    fields = _layer_fields(cls)
+    for key in named:
+        field = fields[key]
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            continue
+        try:
+            cls(name=name, **{k: v for k, v in values.items() if k != key})
+        except (VmemError, ValueError, TypeError):
+            continue
+        return key
+    return named[0] if named else None
 
 
 def _too_large(value: Any) -> bool:

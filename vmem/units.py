@@ -13,8 +13,10 @@ _UNITS = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
-_SIZE = re.compile(r"^\s*([-+]?)(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-ACCEPTED_SIZES = "a number with a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (e.g. 4GiB, 512MB)"
+# ASCII digits only: "４GiB" (full-width) is refused, not read as 4 GiB
+_SIZE = re.compile(r"^\s*([-+]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$", re.ASCII)
+ACCEPTED_SIZES = ("a number in ASCII digits with a unit: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB "
+                  "(e.g. 4GiB, 512MB)")
 
 
 def parse_size(text: str | int, flag: str = "size") -> int:
