@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 
-from vmem.cli import ALLOCATIONS, main
+from vmem.cli import ALLOCATIONS
 from vmem.profiler import analysis
 from vmem.profiler.events import MemoryEvent, Span, StepRecord
 from vmem.profiler.facts import facts_lines
@@ -36,24 +37,6 @@ F, B = "forward", "backward"
 @pytest.fixture(autouse=True)
 def _plain_output(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # -- analysis of a hand-built step ----------------------------------------------------
