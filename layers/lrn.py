@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vmem.checks import is_finite_number
 from vmem.kernels import lrn as lrn_kernels
 from vmem.layers._checks import config_error, inputs, require_int
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
@@ -31,8 +32,8 @@ class LRN(Layer):
         require_int(self, "size", 1)
         for field in ("alpha", "beta", "k"):
             value = getattr(self, field)
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise config_error(self, f"{field} must be a number, got {value!r}")
+            if not is_finite_number(value):
+                raise config_error(self, f"{field} must be a finite number, got {value!r}")
         if self.k <= 0 or self.alpha < 0:
             raise config_error(self, f"needs k > 0 and alpha >= 0, got k={self.k}, "
                                      f"alpha={self.alpha}")

@@ -70,8 +70,8 @@ def _bad_states(good: dict[str, np.ndarray]) -> list[tuple[dict[str, object], st
         ({**weights, weight: good[weight][:1]}, f"'{weight}' has shape (1,"),
         ({**weights, weight: good[weight].astype(np.int32)}, "dtype int32"),
         ({**weights, velocity: good[velocity]}, "but no"),
-        ({**good, "steps": np.array(-1)}, "'steps' must be an integer >= 0"),
-        ({**good, "steps": np.array(2.5)}, "'steps' must be an integer >= 0"),
+        ({**good, "steps": np.array(-1)}, "'steps' must be an integer from 0 to 2**32 - 1"),
+        ({**good, "steps": np.array(2.5)}, "'steps' must be an integer from 0 to 2**32 - 1"),
         ({**weights, "conv1.weight.exp_avg": good[weight]}, "unknown 'conv1.weight.exp_avg'"),
     ]
 

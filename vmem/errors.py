@@ -87,3 +87,23 @@ class OutOfHostMemory(VmemError):
 
 class MemoryLimitTooSmall(VmemError):
     """A memory limit no policy can meet, refused before the first step."""
+
+
+class RuntimeClosed(UsageError):
+    """A call on a Runtime after `close()`: nothing it held is there any more."""
+
+
+class NonFiniteError(VmemError):
+    """A step whose loss or a gradient is NaN or infinite: its update is not applied,
+    so the weights stay those after the last good step. `step` is the step's number,
+    counting from 1 (the runtime's `steps` + 1); None for `evaluate`."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class UpdateInterrupted(VmemError):
+    """The optimizer's update stopped part way (an exception inside it, Ctrl-C): some
+    parameters hold the new values and some the old, so the runtime refuses to go on
+    until a state dict with the optimizer's state is loaded."""

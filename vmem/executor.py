@@ -36,7 +36,7 @@ import numpy as np
 
 from vmem.backends.base import Backend, Event
 from vmem.costs import CostModel
-from vmem.errors import OutOfDeviceMemory, UsageError
+from vmem.errors import NonFiniteError, OutOfDeviceMemory, UsageError
 from vmem.graph import DATA, Network, Node
 from vmem.kernels.softmax import softmax
 from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
@@ -97,17 +97,21 @@ class Executor:
         self.recompute_at = {name: max(self.lives[name].backward_users)
                              for name in self.recomputed}
         self.release_at, self.prefetch_at = move_schedule(network, plan, self.offloaded)
-        # Pinned once for the executor's life and reused every step; a host
-        # limit too small for the plan fails here, before the first step.
+        # The offloaded maps' host buffers are views into one pinned buffer, taken
+        # from the pool for a training step and given back after it: steps of any
+        # batch size reuse what an earlier step pinned, so pinned bytes stay bounded
+        # by the largest plan's need. A host limit too small for the plan fails
+        # here, before the first step.
         self.host_pool = host_pool
+        self._host_offsets: dict[str, int] = {}
+        for name in self.offloaded:
+            self._host_offsets[name] = sum(_aligned(self._tensor_bytes(n))
+                                           for n in self._host_offsets)
+        self.host_bytes = sum(_aligned(self._tensor_bytes(n)) for n in self.offloaded)
+        self._host_what = f"offloading {len(self.offloaded)} feature map(s)"
+        host_pool.check_room(self.host_bytes, self._host_what)
+        self._host_buffer: HostBuffer | None = None
         self._host: dict[str, HostBuffer] = {}
-        try:
-            for name in self.offloaded:
-                self._host[name] = host_pool.acquire(self._tensor_bytes(name),
-                                                     f"offloading '{name}'")
-        except BaseException:
-            self.close()
-            raise
         self._where: tuple[str | None, str | None] = (None, None)
         self._tensors: dict[str, Tensor] = {}
         self._grads: dict[str, Tensor] = {}
@@ -118,9 +122,25 @@ class Executor:
         self._ctx: Context | None = None  # the step's context, for recomputed forward passes
 
     def close(self) -> None:
-        for buffer in self._host.values():
-            self.host_pool.release(buffer)
+        self._give_back_host_buffers()
+
+    def _take_host_buffers(self) -> None:
+        """The pinned buffer the step's offloaded maps go to, one view per map."""
+        if not self.offloaded or self._host_buffer is not None:
+            return
+        buffer = self._host_buffer = self.host_pool.acquire(self.host_bytes, self._host_what)
+        for name, offset in self._host_offsets.items():
+            nbytes = self._tensor_bytes(name)
+            view = None if buffer.array is None else buffer.array[offset:offset + nbytes]
+            self._host[name] = HostBuffer(buffer.id, nbytes, view, buffer.pinned)
+
+    def _give_back_host_buffers(self) -> None:
+        """After the step: both streams are done with the buffer (the step has
+        synchronized, or been abandoned, which synchronizes)."""
         self._host.clear()
+        if self._host_buffer is not None:
+            self.host_pool.release(self._host_buffer)
+            self._host_buffer = None
 
     def _algorithm(self, node: Node) -> Algorithm:
         choice = self.plan.for_layer(node.name).algorithm
@@ -137,33 +157,44 @@ class Executor:
     # -- steps ---------------------------------------------------------------
 
     def train_step(self, x: Any, labels: Any, step: int, seed: int) -> StepResult:
+        """One step; `step` counts the steps trained before it. A NaN or infinite
+        loss or weight gradient raises NonFiniteError before the update, which is
+        then not applied: the parameters stay as they were."""
         recorder = StepRecorder(self.backend)
         try:
-            ctx = self._ctx = Context(train=True, seed=seed, labels=self._labels(labels))
-            loss_tensor = self._forward(x, ctx, recorder)
-            self._backward(recorder)
-            self._update(recorder)
+            # Overflow and NaN are checked for, once, before the update; the
+            # arithmetic that makes them must not warn on the way there.
+            with np.errstate(all="ignore"):
+                self._take_host_buffers()
+                ctx = self._ctx = Context(train=True, seed=seed, labels=self._labels(labels))
+                loss_tensor = self._forward(x, ctx, recorder)
+                self._backward(recorder)
+                with recorder.waiting():
+                    loss = self._checked_loss(loss_tensor, step + 1)
+                self._update(recorder)
             self._release_held()
             recorder.issued()
-            loss = self._read_scalar(loss_tensor)
             self._free(self._tensors.pop(self.network.loss.name).block)
             return StepResult(loss, recorder.finish(step, loss))
         except BaseException:
             self._abandon(recorder)
             raise
+        finally:
+            self._give_back_host_buffers()
 
     def evaluate(self, x: Any) -> np.ndarray | None:
         """Class probabilities for x as a host array (no loss, nothing kept for
         backward, nothing offloaded); None on a backend that runs no kernels."""
         recorder = StepRecorder(self.backend)
         try:
-            logits = self._forward(x, Context(train=False, seed=0), recorder,
-                                   stop_at=self.network.logits)
-            self._where = ("softmax", FORWARD)
-            block = self._allocate_loose(logits.block.nbytes, MemoryKind.FEATURE_MAPS,
-                                         "probabilities")
-            probabilities = self._launch(recorder, "softmax", FORWARD, 0.0, softmax,
-                                         self.backend.xp, _flat(logits.array, self.batch))
+            with np.errstate(all="ignore"):  # the caller checks what comes out
+                logits = self._forward(x, Context(train=False, seed=0), recorder,
+                                       stop_at=self.network.logits)
+                self._where = ("softmax", FORWARD)
+                block = self._allocate_loose(logits.block.nbytes, MemoryKind.FEATURE_MAPS,
+                                             "probabilities")
+                probabilities = self._launch(recorder, "softmax", FORWARD, 0.0, softmax,
+                                             self.backend.xp, _flat(logits.array, self.batch))
             host = None if probabilities is None else self.backend.to_host(probabilities)
             self._free(block)
             self._free(self._tensors.pop(self.network.logits).block)
@@ -313,9 +344,9 @@ class Executor:
         to free."""
         xp, lives = self.backend.xp, self.lives
         self._where = (DATA, FORWARD)
-        self._tensors[DATA] = Tensor(self._allocate(self._tensor_bytes(DATA),
-                                                    MemoryKind.FEATURE_MAPS, DATA),
-                                     self._upload(x, recorder))
+        data = self._tensors[DATA] = Tensor(self._allocate(self._tensor_bytes(DATA),
+                                                           MemoryKind.FEATURE_MAPS, DATA), None)
+        data.array = self._upload(x, recorder)  # a failed upload leaves the block to _abandon
         for i, node in enumerate(self.network.nodes):
             if stop_at is not None and node.layer.IS_LOSS:
                 break
@@ -454,7 +485,7 @@ class Executor:
             needs_dx = [s in targets for s in node.inputs]
             xs = [self._tensors[s].array if Keeps.INPUT in keeps else None for s in node.inputs]
             y = self._tensors[node.name].array if Keeps.OUTPUT in keeps else None
-            saved_block, saved = self._saved.pop(node.name)
+            saved_block, saved = self._saved[node.name]
             entry = self.params.layers[node.name]
             # last step's weight gradients (spent as the update's scratch) go before
             # this step's are made: the device holds one set, as the arena counts
@@ -465,6 +496,7 @@ class Executor:
                                   _backward_and_accumulate, node, xp,
                                   None if dy is None else dy.array, xs, y, entry.for_layer(), saved,
                                   algo, self._in_shapes(node), needs_dx, into)
+            del self._saved[node.name]  # after the launch: a failed one leaves it to _abandon
             dx_by_source, dparams = result if result is not None else ({}, {})
             entry.grads.update(dparams)
             for source, (block, accumulate) in targets.items():
@@ -486,7 +518,8 @@ class Executor:
         self._where = (optimizer.name, UPDATE)
         weights = sum(b.nbytes for b in self.params.blocks if b.kind == MemoryKind.WEIGHTS)
         cost = self.costs.update_ms(weights, update_traffic(optimizer)) if self.costs else 0.0
-        self._launch(recorder, optimizer.name, UPDATE, cost, self.params.update)
+        with self.params.updating() as number:
+            self._launch(recorder, optimizer.name, UPDATE, cost, self.params.update, number)
 
     # -- host boundary ----------------------------------------------------------
 
@@ -506,8 +539,25 @@ class Executor:
         them to the device itself, so checking them costs no device sync mid-step."""
         return labels if self.backend.runs_kernels else None
 
-    def _read_scalar(self, tensor: Tensor) -> float | None:
-        return None if tensor.array is None else float(self.backend.to_host(tensor.array))
+    def _checked_loss(self, loss: Tensor, number: int) -> float | None:
+        """The loss, read with one sum per weight gradient in a single copy to the
+        host (one synchronization): a NaN or infinity in a gradient makes its sum
+        non-finite, and float32 values summed in float64 cannot overflow. A
+        non-finite loss or gradient raises NonFiniteError naming step `number`."""
+        if loss.array is None:
+            return None
+        xp = self.backend.xp
+        names, grads = self.params.gradients()
+        sums = [g.sum(dtype=xp.float64) for g in grads]
+        values = self.backend.to_host(xp.stack([loss.array.astype(xp.float64), *sums]))
+        if np.isfinite(values).all():
+            return float(values[0])
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        what = f"loss ({values[0]})" if bad == 0 else f"gradient of '{names[bad - 1]}'"
+        raise NonFiniteError(
+            f"non-finite {what} at step {number}; the update was not applied, so the "
+            f"parameters are those after step {number - 1}; a lower learning rate or "
+            "smaller inputs may keep the numbers within float range", step=number)
 
 
 def _nothing() -> None:
@@ -516,6 +566,15 @@ def _nothing() -> None:
 
 def _flat(array: Any, batch: int) -> Any:
     return array.reshape(batch, -1)
+
+
+#: Each offloaded map's place in the step's pinned buffer starts at a multiple of
+#: this, for the copy engines and for any dtype's alignment.
+HOST_ALIGNMENT = 512
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // HOST_ALIGNMENT) * HOST_ALIGNMENT
 
 
 def _view(buffer: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:

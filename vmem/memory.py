@@ -95,48 +95,64 @@ class DeviceArena:
 
 @dataclass(frozen=True)
 class HostBuffer:
+    """Host memory handed out by the pool: `array` is `nbytes` long (uint8), a view of
+    a pinned buffer of `pinned` bytes (more where a larger free buffer served)."""
+
     id: int
     nbytes: int
     array: Any  # uint8 numpy array (pinned on cuda); None on a backend without data
+    pinned: int
 
 
 class PinnedHostPool:
     """Page-locked host buffers, pinned once and reused: pinning is slow (1.3 s
     for 2 GiB on an H100 machine), so a buffer released goes back to a free list
-    by size and the next request of that size takes it again.
+    and a later request it can hold takes it again (the smallest that can). A
+    request no free buffer can hold first unpins the free ones, all smaller than
+    it: what stays pinned is then bounded by the largest request made while the
+    others were handed out, never the sum of every size ever asked for.
     Invariant: `in_use <= reserved <= capacity`."""
 
     def __init__(self, allocate: Callable[[int], Any], capacity: int | None = None) -> None:
         self._allocate = allocate
         self.capacity = capacity
         self.reserved = 0  # bytes pinned
-        self.in_use = 0  # bytes handed out
+        self.in_use = 0  # bytes pinned behind the buffers handed out
         self.peak = 0
-        self._free: dict[int, list[HostBuffer]] = {}
+        self._free: list[HostBuffer] = []  # whole pinned buffers, not handed out
+        self._lent: dict[int, HostBuffer] = {}  # by id
         self._ids = itertools.count()
 
+    def check_room(self, nbytes: int, what: str) -> None:
+        """Refuse, before anything runs, a need the capacity could never hold."""
+        if self.capacity is not None and nbytes > self.capacity:
+            raise OutOfHostMemory(requested=nbytes, reserved=self.reserved,
+                                  capacity=self.capacity, what=what)
+
     def acquire(self, nbytes: int, what: str) -> HostBuffer:
-        free = self._free.get(nbytes)
-        if free:
-            buffer = free.pop()
+        fitting = [b for b in self._free if b.nbytes >= nbytes]
+        if fitting:
+            whole = min(fitting, key=lambda b: b.nbytes)
+            self._free.remove(whole)
         else:
+            self.trim()
             if self.capacity is not None and self.reserved + nbytes > self.capacity:
-                self.trim()  # buffers of other sizes may make room
-                if self.reserved + nbytes > self.capacity:
-                    raise OutOfHostMemory(requested=nbytes, reserved=self.reserved,
-                                          capacity=self.capacity, what=what)
-            buffer = HostBuffer(next(self._ids), nbytes, self._allocate(nbytes))
+                raise OutOfHostMemory(requested=nbytes, reserved=self.reserved,
+                                      capacity=self.capacity, what=what)
+            whole = HostBuffer(next(self._ids), nbytes, self._allocate(nbytes), nbytes)
             self.reserved += nbytes
-        self.in_use += nbytes
+        self._lent[whole.id] = whole
+        self.in_use += whole.nbytes
         self.peak = max(self.peak, self.in_use)
-        return buffer
+        array = None if whole.array is None else whole.array[:nbytes]
+        return HostBuffer(whole.id, nbytes, array, whole.nbytes)
 
     def release(self, buffer: HostBuffer) -> None:
-        self.in_use -= buffer.nbytes
-        self._free.setdefault(buffer.nbytes, []).append(buffer)
+        whole = self._lent.pop(buffer.id)
+        self.in_use -= whole.nbytes
+        self._free.append(whole)
 
     def trim(self) -> None:
         """Unpin every buffer not handed out."""
-        for buffers in self._free.values():
-            self.reserved -= sum(b.nbytes for b in buffers)
+        self.reserved -= sum(b.nbytes for b in self._free)
         self._free.clear()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
+from vmem.checks import finite_number
 from vmem.errors import UsageError
 from vmem.kernels.threads import for_ranges, on_threads, split
 
@@ -39,7 +40,7 @@ class SGD:
 
     def __post_init__(self) -> None:
         _check_lr(self.lr)
-        if not 0 <= self.momentum < 1:
+        if not 0 <= finite_number(self.momentum, "momentum") < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum}")
         _check_weight_decay(self.weight_decay)
 
@@ -94,9 +95,9 @@ class AdamW:
     def __post_init__(self) -> None:
         _check_lr(self.lr)
         for label, beta in (("beta1", self.beta1), ("beta2", self.beta2)):
-            if not 0 <= beta < 1:
+            if not 0 <= finite_number(beta, f"AdamW {label}") < 1:
                 raise UsageError(f"AdamW {label} must be in [0, 1), got {beta}")
-        if not self.eps > 0:
+        if not finite_number(self.eps, "AdamW eps") > 0:
             raise UsageError(f"AdamW eps must be positive, got {self.eps}")
         _check_weight_decay(self.weight_decay)
 
@@ -174,10 +175,10 @@ def update_traffic(optimizer: Optimizer) -> int:
 
 
 def _check_lr(lr: float) -> None:
-    if not lr > 0:
+    if not finite_number(lr, "learning rate") > 0:
         raise UsageError(f"learning rate must be positive, got {lr}")
 
 
 def _check_weight_decay(weight_decay: float) -> None:
-    if weight_decay < 0:
+    if finite_number(weight_decay, "weight decay") < 0:
         raise UsageError(f"weight decay must be >= 0, got {weight_decay}")

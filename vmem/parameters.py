@@ -4,13 +4,15 @@ with its arena block."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vmem.backends.base import Backend
+from vmem.checks import count_not_finite, not_finite
 from vmem.errors import UsageError
 from vmem.graph import Network
 from vmem.layers.base import numel
@@ -20,6 +22,9 @@ from vmem.optim import Optimizer
 #: The state dict key of the steps trained, saved with the optimizer's state (AdamW's
 #: bias correction and dropout's masks depend on it).
 STEPS = "steps"
+#: The most steps a runtime trains: dropout seeds each step with (seed << 32) + step,
+#: so a step count past 32 bits would replay another seed's masks.
+MAX_STEPS = 2**32 - 1
 
 
 @dataclass
@@ -37,10 +42,12 @@ class LayerParameters:
 class ParameterStore:
     def __init__(self, backend: Backend, network: Network, optimizer: Optimizer, dtype: np.dtype,
                  seed: int) -> None:
-        self.backend, self.optimizer = backend, optimizer
+        self.backend, self.optimizer, self.dtype = backend, optimizer, np.dtype(dtype)
         self.layers: dict[str, LayerParameters] = {}
         self.blocks: list[Block] = []
-        self.updates = 0  # updates made so far: AdamW's bias correction counts them
+        self.updates = 0  # updates made so far: the steps trained (AdamW's bias correction)
+        # Why the last update stopped part way (some parameters new, some old), or None
+        self.interrupted: str | None = None
         self.shapes: dict[str, tuple[int, ...]] = {}  # "layer.param[.state]" -> shape
         shapes = network.shapes(1)
         rng = np.random.default_rng(seed)
@@ -78,13 +85,38 @@ class ParameterStore:
             self.shapes[label] = tuple(host.shape)
         return self.backend.asarray(host) if self.backend.runs_kernels else None
 
-    def update(self) -> None:
-        xp = self.backend.xp
+    @contextlib.contextmanager
+    def updating(self) -> Iterator[int]:
+        """Around an update: gives its number (1 for the first) and counts it once
+        it is done. One that fails part way leaves some parameters updated and some
+        not, which no later step may build on: `interrupted` says so until a state
+        dict with the optimizer's state is loaded."""
+        if self.updates >= MAX_STEPS:
+            raise UsageError(f"a runtime trains at most {MAX_STEPS:,} steps (its dropout "
+                             "seeds would repeat after that)")
+        try:
+            yield self.updates + 1
+        except BaseException as exc:
+            self.interrupted = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise
         self.updates += 1
+
+    def update(self, step: int) -> None:
+        """The optimizer's in-place update of every parameter, as update number `step`."""
+        xp = self.backend.xp
         for entry in self.layers.values():
             for pname, value in entry.values.items():
                 self.optimizer.update(xp, value, entry.grads[pname], entry.state[pname],
-                                      decay=pname != "bias", step=self.updates)
+                                      decay=pname != "bias", step=step)
+
+    def gradients(self) -> tuple[list[str], list[Any]]:
+        """The weight gradients of the last backward pass, with their "layer.param" names."""
+        names, grads = [], []
+        for layer, entry in self.layers.items():
+            for pname, grad in entry.grads.items():
+                names.append(f"{layer}.{pname}")
+                grads.append(grad)
+        return names, grads
 
     def arrays(self, optimizer: bool) -> dict[str, Any]:
         """Device arrays by name: "layer.param" and the layers' state ("layer.running_mean"),
@@ -106,6 +138,10 @@ class ParameterStore:
         parameter must be there; the optimizer's buffers and STEPS all or none. All
         is checked before anything is written, so a refused state changes nothing.
         Returns the steps loaded with the optimizer's state, or None without it."""
+        if not isinstance(state, Mapping):
+            raise UsageError(f"state dict: expected a mapping of names to arrays (what "
+                             f"state_dict() gives or np.load reads back), got "
+                             f"{type(state).__name__}")
         weights = self.arrays(optimizer=False)
         everything = self.arrays(optimizer=True)
         given = set(state)
@@ -124,13 +160,18 @@ class ParameterStore:
         if lacking:
             raise UsageError(f"state dict: has some of the {self.optimizer.name} optimizer's "
                              f"state but no {_listed(lacking)}; give all of it or none")
+        if self.interrupted and not with_optimizer:
+            raise UsageError(f"state dict: after an interrupted update the optimizer's state "
+                             f"is partly updated too; load a state dict with the optimizer's "
+                             f"state (state_dict(optimizer=True)) and '{STEPS}'")
         chosen = everything if with_optimizer else weights
-        hosts = {key: _checked(key, state[key], self.shapes[key]) for key in chosen}
+        hosts = {key: _checked(key, state[key], self.shapes[key], self.dtype) for key in chosen}
         steps = _steps(state[STEPS]) if with_optimizer else None
         for key, host in hosts.items():
             write(chosen[key], host)
         if steps is not None:
             self.updates = steps
+            self.interrupted = None
         return steps
 
     def release(self) -> None:
@@ -158,9 +199,9 @@ class _Shaped:
 
 def _steps(value: Any) -> int:
     host = np.asarray(value)
-    if host.shape != () or host.dtype.kind not in "iu" or int(host) < 0:
-        raise UsageError(f"state dict: '{STEPS}' must be an integer >= 0 (the steps trained), "
-                         f"got {value!r:.40}")
+    if host.shape != () or host.dtype.kind not in "iu" or not 0 <= int(host) <= MAX_STEPS:
+        raise UsageError(f"state dict: '{STEPS}' must be an integer from 0 to 2**32 - 1 (the "
+                         f"steps trained), got {value!r:.40}")
     return int(host)
 
 
@@ -169,7 +210,7 @@ def _listed(keys: list[str]) -> str:
     return f"'{keys[0]}'{more}"
 
 
-def _checked(key: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _checked(key: str, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A state dict entry as a host array of the expected shape, or a UsageError."""
     host = np.asarray(value)
     if host.dtype.kind != "f":
@@ -178,6 +219,9 @@ def _checked(key: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
     if host.shape != shape:
         raise UsageError(f"state dict: '{key}' has shape {host.shape}; this network's is "
                          f"{shape}")
+    bad = count_not_finite(host, dtype)
+    if bad:
+        raise UsageError(f"state dict: '{key}': {not_finite(bad, dtype)}")
     return host
 
 

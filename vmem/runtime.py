@@ -14,9 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from vmem.backends import get_backend
+from vmem.backends import ACCEPTED_DEVICES, get_backend
+from vmem.checks import count_not_finite, not_finite, real_array
 from vmem.dryrun import PeakOracle
-from vmem.errors import OutOfDeviceMemory, UsageError, VmemError
+from vmem.errors import (
+    MemoryLimitTooSmall,
+    NonFiniteError,
+    OutOfDeviceMemory,
+    RuntimeClosed,
+    UpdateInterrupted,
+    UsageError,
+    VmemError,
+)
 from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
 from vmem.kernels.threads import resolve_threads, using_threads
@@ -63,13 +72,19 @@ class Runtime:
         weights and counted in every peak. `threads`: how many threads the NumPy
         kernels of a step split their work over (None: VMEM_THREADS, else the cores
         available); results are the same bits for every count."""
+        self._closed = False
         self.threads = resolve_threads(threads)
         self.network = resolve_network(network)
-        if dtype not in DTYPES:
-            raise UsageError(f"dtype: unknown '{dtype}'; accepted: {', '.join(DTYPES)}")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise UsageError(f"dtype: unknown {dtype!r}; accepted: {', '.join(DTYPES)}")
         self.dtype = np.dtype(dtype)
         self.policy = policy
-        self.seed = seed
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise UsageError(f"seed: must be an integer >= 0, got {seed!r:.40}")
+        self.seed = int(seed)
+        if not isinstance(device, str):
+            raise UsageError(f"device: expected a string, one of {ACCEPTED_DEVICES}; got "
+                             f"{device!r:.40}")
         self.memory_limit = None if memory_limit is None else parse_size(memory_limit,
                                                                          "--memory-limit")
         host_limit = None if host_memory_limit is None else parse_size(host_memory_limit,
@@ -80,9 +95,9 @@ class Runtime:
             raise UsageError(f"optimizer: expected vmem.SGD or vmem.AdamW, got "
                              f"{type(optimizer).__name__}")
         self.optimizer = optimizer or SGD()
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
-                                  or batch < 1):
-            raise UsageError(f"batch: must be a positive integer, got {batch!r}")
+        if batch is not None:
+            _check_batch(batch)
+        self._batch_hint = batch or 1  # the batch a memory limit must let train
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
         try:
             self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation,
@@ -92,7 +107,7 @@ class Runtime:
                 check_network(self.network)
             # before the parameters take their place: a limit no policy can meet
             # is refused by name, not as an allocation that fails on the way
-            check_trainable(self.network, batch or 1, self.dtype.itemsize, self.budget())
+            check_trainable(self.network, self._batch_hint, self.dtype.itemsize, self.budget())
             self.params = ParameterStore(self.backend, self.network, self.optimizer,
                                          self.dtype, seed)
         except BaseException:
@@ -100,16 +115,24 @@ class Runtime:
             raise
         self.host_pool = PinnedHostPool(self.backend.pinned_empty, host_limit)
         self._executors: dict[int, Executor] = {}
-        self.steps = 0
+        self._evaluation_batch: int | None = None  # the largest batch that fits, once known
         self.last_record: StepRecord | None = None
         self.num_classes = numel(self.network.shapes(1)[self.network.logits][1:])
 
     # -- the loop ----------------------------------------------------------------
 
+    @property
+    def steps(self) -> int:
+        """Steps trained: updates applied (a refused step is not counted)."""
+        return self.params.updates
+
     def train_step(self, x: Any, y: Any) -> float:
         """One training step on a batch (forward, loss, backward, the optimizer's
-        update); returns the batch's mean loss."""
-        batch = self._check_inputs(x)
+        update); returns the batch's mean loss. A NaN or infinite loss or gradient
+        raises NonFiniteError and the update is not applied."""
+        self._check_usable("train_step")
+        x = self._checked_inputs(x)
+        batch = x.shape[0]
         labels = self._check_labels(y, batch)
         executor = self.executor(batch)
         try:
@@ -118,19 +141,74 @@ class Runtime:
                                              seed=(self.seed << 32) + self.steps)
         except OutOfDeviceMemory as exc:
             raise exc.with_hint(self._fitting_policies(batch)) from None
-        self.steps += 1
+        except NonFiniteError as exc:
+            self._blame_inputs(x, exc)
+            raise
         self.last_record = result.record
         return float(result.loss) if result.loss is not None else float("nan")
 
     def evaluate(self, x: Any) -> np.ndarray:
-        """Class probabilities, shape (N, classes), as a NumPy array."""
-        executor = self.executor(self._check_inputs(x))
+        """Class probabilities, shape (N, classes), as a NumPy array; in batches of
+        the largest size that fits the memory limit where all N do not. NaN or
+        infinite probabilities raise NonFiniteError."""
+        self._check_usable("evaluate")
+        x = self._checked_inputs(x)
+        total = x.shape[0]
+        size = self._evaluation_size(total)
         with using_threads(self.threads):
-            return executor.evaluate(x)
+            parts = [self.executor(len(part)).evaluate(part)
+                     for part in (x[i:i + size] for i in range(0, total, size))]
+        if parts[0] is None:  # a backend without data
+            return None  # type: ignore[return-value]
+        probabilities = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        bad = count_not_finite(probabilities, probabilities.dtype)
+        if bad:
+            error = NonFiniteError(f"non-finite probabilities in evaluate: {bad:,} of "
+                                   f"{probabilities.size:,} are NaN or infinite; the "
+                                   "parameters or inputs overflow float range")
+            self._blame_inputs(x, error)
+            raise error
+        return probabilities
+
+    def _blame_inputs(self, x: Any, error: NonFiniteError) -> None:
+        """Where inputs on the host hold NaN or infinities, raise that instead of
+        `error`: looked for only once a step has gone non-finite, so a good step
+        pays nothing for it."""
+        if not isinstance(x, np.ndarray):
+            return
+        bad = count_not_finite(x, self.dtype)
+        if bad:
+            was = f"; step {error.step} was not applied" if error.step is not None else ""
+            raise NonFiniteError(f"inputs: {not_finite(bad, self.dtype)}{was}",
+                                 step=error.step) from None
+
+    def _evaluation_size(self, total: int) -> int:
+        """The largest batch up to `total` whose plan fits the memory limit: a
+        training step's peak bounds evaluation's (nothing kept, nothing saved),
+        and batch 1 trains, or the runtime would have been refused."""
+        if total in self._executors or self._fits(total):
+            return total
+        low = self._evaluation_batch or 1  # fits
+        if low >= total or not self._fits(low):
+            low = 1
+        high = total  # does not fit
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if self._fits(middle) else (low, middle)
+        self._evaluation_batch = low
+        return low
+
+    def _fits(self, batch: int) -> bool:
+        try:
+            plan = self.plan(batch)
+        except MemoryLimitTooSmall:
+            return False
+        return self.budget().fits(plan)
 
     def executor(self, batch: int) -> Executor:
         """The executor for this batch size (a plan depends on the batch). A memory
         limit that no policy can meet is refused here, before the first step."""
+        self._check_open("executor")
         if batch not in self._executors:
             self._executors[batch] = Executor(self.backend, self.network, self.plan(batch),
                                               self.params, self.dtype, self.host_pool,
@@ -138,16 +216,21 @@ class Runtime:
         return self._executors[batch]
 
     def budget(self) -> Budget:
+        """What a policy may spend on this runtime's device: its capacity and dry runs."""
+        self._check_open("budget")
         return make_budget(self.network, self.backend.arena.capacity, self._peak,
                            self.backend.costs, self.backend.untracked_slack)
 
     def plan(self, batch: int, policy: str | None = None) -> Plan:
         """The plan a policy makes for this batch under this runtime's budget."""
+        self._check_open("plan")
+        _check_batch(batch)
         return plan_with(self.network, policy or self.policy, batch, self.dtype.itemsize,
                          self.budget())
 
     def peak_bytes(self, plan: Plan) -> int:
         """Exact device peak of a step under a plan, from a dry run."""
+        self._check_open("peak_bytes")
         return self._peak(plan)
 
     def _fitting_policies(self, batch: int) -> str:
@@ -170,10 +253,24 @@ class Runtime:
     def set_memory_limit(self, memory_limit: int | str | None) -> None:
         """Change the emulated device capacity between steps (None: no limit but
         the device's own memory); a limit above the device's memory is refused."""
+        self._check_open("set_memory_limit")
         limit = None if memory_limit is None else parse_size(memory_limit, "memory_limit")
         self.backend.check_memory_limit(limit)
-        self.memory_limit = limit
+        in_use = self.arena.in_use
+        if limit is not None and limit < in_use:
+            raise MemoryLimitTooSmall(
+                f"memory_limit: {format_bytes(limit)} is less than the {format_bytes(in_use)} "
+                f"({in_use:,} bytes) this runtime holds (its parameters, gradients and "
+                "optimizer state); accepted: a larger size, or None for no limit")
+        previous = self.arena.capacity
         self.backend.set_capacity(limit)
+        try:  # the batch the runtime was made for must still train
+            check_trainable(self.network, self._batch_hint, self.dtype.itemsize, self.budget())
+        except BaseException:
+            self.backend.set_capacity(previous)
+            raise
+        self.memory_limit = limit
+        self._evaluation_batch = None
         for executor in self._executors.values():  # plans depend on the budget
             executor.close()
         self._executors.clear()
@@ -181,6 +278,7 @@ class Runtime:
     @property
     def parameters(self) -> dict[str, dict[str, Any]]:
         """Device arrays by layer and name ("weight", "bias"); updated in place."""
+        self._check_usable("parameters")
         return {name: dict(entry.values) for name, entry in self.params.layers.items()
                 if entry.values}
 
@@ -190,8 +288,8 @@ class Runtime:
         the optimizer's buffers ("layer.name.velocity", "layer.name.exp_avg", ...)
         and "steps", the steps trained: a runtime with the same seed that loads it
         trains on exactly as this one would. `np.savez(path, **state)` saves it."""
-        # np.array copies: on cpu, to_host gives the live array itself
-        state = {key: np.array(self.backend.to_host(value))
+        self._check_usable("state_dict")
+        state = {key: self.backend.to_host(value)
                  for key, value in self.params.arrays(optimizer).items()}
         if optimizer:
             state[STEPS] = np.array(self.steps, dtype=np.int64)
@@ -199,26 +297,34 @@ class Runtime:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load what `state_dict` gives (or `np.load` reads back): every parameter
-        and layer state, and the optimizer's buffers with "steps" where the state holds them. Shapes
-        must be this network's; a refused state dict changes nothing."""
+        and layer state, and the optimizer's buffers with "steps" where the state holds
+        them. Shapes must be this network's, values finite; a refused state dict
+        changes nothing. After an interrupted update, one with the optimizer's state is
+        the way to go on."""
+        self._check_open("load_state_dict")
         if not self.backend.runs_kernels:
             raise UsageError(f"load_state_dict: the {self.backend.name} backend holds no "
                              "parameter values to load into")
-        steps = self.params.load(state, self.backend.write_from_host)
-        if steps is not None:
-            self.steps = steps
+        self.params.load(state, self.backend.write_from_host)
 
     @property
     def arena(self):  # noqa: ANN201 - DeviceArena, re-exported for users
         return self.backend.arena
 
     def close(self) -> None:
-        for executor in self._executors.values():
-            executor.close()
-        self._executors.clear()
-        self.host_pool.trim()
-        self.params.release()
-        self.backend.close()
+        """Release everything the runtime holds; a closed runtime refuses every call.
+        Closing twice does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for executor in self._executors.values():
+                executor.close()
+            self._executors.clear()
+            self.host_pool.trim()
+            self.params.release()
+        finally:
+            self.backend.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -228,25 +334,53 @@ class Runtime:
 
     # -- checks ------------------------------------------------------------------
 
-    def _check_inputs(self, x: Any) -> int:
+    def _check_open(self, call: str) -> None:
+        if self._closed:
+            raise RuntimeClosed(f"{call}: this runtime is closed and holds nothing any more; "
+                                "make a new vmem.Runtime")
+
+    def _check_usable(self, call: str) -> None:
+        """Open, and with every parameter from one update (none half-made)."""
+        self._check_open(call)
+        if self.params.interrupted is not None:
+            raise UpdateInterrupted(
+                f"{call}: the optimizer's update of step {self.steps + 1} was interrupted "
+                f"({self.params.interrupted}), leaving the parameters partly updated; to go "
+                "on, load a state dict saved with state_dict(optimizer=True) "
+                "(runtime.load_state_dict(state)), or make a new vmem.Runtime")
+
+    def _checked_inputs(self, x: Any) -> Any:
+        """The inputs, checked for shape and dtype before anything is allocated; a
+        NumPy array converted to the runtime's dtype where the backend computes."""
+        x = real_array(x, "inputs", f"a real numeric or boolean array convertible to "
+                                    f"{self.dtype}")
         expected = self.network.shapes(1)[DATA][1:]
-        shape = tuple(getattr(x, "shape", ()))
+        shape = tuple(x.shape)
         if len(shape) != 1 + len(expected) or shape[1:] != expected or shape[0] < 1:
             raise UsageError(f"inputs have shape {shape}; {self.network.name} expects "
                              f"(N, {', '.join(map(str, expected))}) with N >= 1")
-        return shape[0]
+        if not isinstance(x, np.ndarray) or not self.backend.runs_kernels:
+            return x  # a device array, or shapes alone for a backend without data
+        with np.errstate(all="ignore"):  # beyond float32's range: infinite, found if it matters
+            return np.asarray(x, dtype=self.dtype)
 
     def _check_labels(self, y: Any, batch: int) -> Any:
-        labels = y if hasattr(y, "dtype") else np.asarray(y)
-        shape = tuple(getattr(labels, "shape", ()))
+        accepted = f"integer class ids in [0, {self.num_classes})"
+        labels = real_array(y, "labels", accepted)
+        if labels.dtype.kind not in "iu":
+            raise UsageError(f"labels: dtype {labels.dtype} is not accepted; accepted: "
+                             f"{accepted}")
+        shape = tuple(labels.shape)
         if shape != (batch,):
             raise UsageError(f"labels have shape {shape}; expected ({batch},), one class "
                              "index per input")
-        kind = getattr(getattr(labels, "dtype", None), "kind", "")
-        if not kind or kind not in "iu":
-            raise UsageError(f"labels must be integers, got dtype {labels.dtype}")
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.num_classes:
             raise UsageError(f"labels must lie in [0, {self.num_classes}), got values "
                              f"from {low} to {high}")
         return labels
+
+
+def _check_batch(batch: Any) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"batch: must be a positive integer, got {batch!r:.40}")

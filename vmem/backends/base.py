@@ -143,7 +143,10 @@ class Backend(ABC):
         return self.xp.asarray(host)
 
     def to_host(self, array: Any) -> np.ndarray:
-        return np.asarray(array)
+        """A host copy of a device array, never a view of it: what the caller keeps
+        does not change as training goes on (on cpu the device array is a NumPy
+        array too)."""
+        return np.array(array, copy=True)
 
     def write_from_host(self, array: Any, host: np.ndarray) -> None:
         """Overwrite device array `array` with host array `host` (same shape), in

@@ -356,8 +356,9 @@ class CudaBackend(Backend):
             return True  # unknown: wait rather than let the caller overwrite it
 
     def to_host(self, array: Any) -> np.ndarray:
+        """A new host array (get() copies; so does a host array given here)."""
         if not isinstance(array, self._cupy.ndarray):
-            return np.asarray(array)
+            return np.array(array, copy=True)
         # ndarray.get packs a non-contiguous array inside `with stream:`, whose exit
         # makes the thread's stream-stack base (the null stream) current instead of
         # the compute stream (cupy/_core/core.pyx `get`, cupy/cuda/stream.pyx

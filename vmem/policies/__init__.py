@@ -36,11 +36,10 @@ POLICIES: dict[str, Policy] = {
 
 
 def check_policy(name: str) -> Policy:
-    try:
-        return POLICIES[name]
-    except KeyError:
-        raise UsageError(f"--policy: unknown policy '{name}'; known: "
-                         f"{', '.join(POLICIES)}") from None
+    if not isinstance(name, str) or name not in POLICIES:
+        raise UsageError(f"--policy: unknown policy {name!r:.40}; known: "
+                         f"{', '.join(POLICIES)}")
+    return POLICIES[name]
 
 
 def make_plan(name: str, network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
