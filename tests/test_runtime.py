@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import vmem
-from vmem.errors import MemoryLimitTooSmall, NonFiniteError, RuntimeClosed, UsageError
+from vmem import MemoryLimitTooSmall, NonFiniteError, RuntimeClosed, UsageError
 from vmem.trial import synthetic_batch
 
 NETWORK = "digits"  # 1x8x8 inputs, 10 classes: small enough for many runtimes
@@ -446,7 +446,7 @@ def test_an_interrupted_update_is_never_trained_on_silently(
         monkeypatch.undo()
         assert rt.steps == 1
         for call in ("train_step", "evaluate", "state_dict", "parameters"):
-            with pytest.raises(vmem.VmemError, match=f"^{call}: the optimizer's update of "
+            with pytest.raises(vmem.UpdateInterrupted, match=f"^{call}: the optimizer's update of "
                                                      "step 2 was interrupted") as refused:
                 CLOSED_CALLS[call](rt)
             assert "load_state_dict" in str(refused.value)

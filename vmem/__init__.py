@@ -15,6 +15,9 @@ _EXPORTS = {
     "DeviceUnavailable": "vmem.errors", "NetworkError": "vmem.errors",
     "OutOfDeviceMemory": "vmem.errors", "ProfileError": "vmem.errors",
     "ShapeError": "vmem.errors", "UsageError": "vmem.errors", "VmemError": "vmem.errors",
+    "MemoryLimitTooSmall": "vmem.errors", "NonFiniteError": "vmem.errors",
+    "OutOfHostMemory": "vmem.errors", "RuntimeClosed": "vmem.errors",
+    "UpdateInterrupted": "vmem.errors",
     "Network": "vmem.graph", "Node": "vmem.graph",
     "SGD": "vmem.optim", "AdamW": "vmem.optim",
     "Runtime": "vmem.runtime",
@@ -23,10 +26,15 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from vmem.errors import (
         DeviceUnavailable,
+        MemoryLimitTooSmall,
         NetworkError,
+        NonFiniteError,
         OutOfDeviceMemory,
+        OutOfHostMemory,
         ProfileError,
+        RuntimeClosed,
         ShapeError,
+        UpdateInterrupted,
         UsageError,
         VmemError,
     )
@@ -48,5 +56,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["SGD", "AdamW", "DeviceUnavailable", "Network", "NetworkError", "Node",
-           "OutOfDeviceMemory", "ProfileError", "Runtime", "ShapeError", "UsageError", "VmemError"]
+__all__ = ["SGD", "AdamW", "DeviceUnavailable", "MemoryLimitTooSmall", "Network", "NetworkError",
+           "Node", "NonFiniteError", "OutOfDeviceMemory", "OutOfHostMemory", "ProfileError",
+           "Runtime", "RuntimeClosed", "ShapeError", "UpdateInterrupted", "UsageError",
+           "VmemError"]
