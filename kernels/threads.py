@@ -18,6 +18,7 @@ order on the calling thread.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -165,7 +166,11 @@ def run_tasks(xp: Any, tasks: Sequence[Task]) -> None:
                     errors.append(exc)
 
     helpers = min(threads, len(tasks)) - 1
-    futures = [_SETTING.pool(helpers).submit(drain) for _ in range(helpers)]
+    # Each helper runs in a copy of the caller's context, so settings held in context
+    # variables (np.errstate: a step's overflow is checked for, never warned about)
+    # hold in the tasks too; one copy each, as a context is entered by one thread.
+    futures = [_SETTING.pool(helpers).submit(contextvars.copy_context().run, drain)
+               for _ in range(helpers)]
     drain()
     for future in futures:
         future.result()

@@ -338,3 +338,22 @@ def test_ranges_cover_every_item_once_within_the_budget():
     with using_threads(1):
         assert ranges(np, 100) == [(0, 100)]
     assert ranges(object(), 100) == [(0, 100)]  # not NumPy: one range, one thread
+
+
+def test_tasks_on_helper_threads_keep_the_callers_floating_point_settings() -> None:
+    """np.errstate lives in a context variable: tasks that run on the pool's threads
+    see the caller's, so a step that silences overflow is silent on every thread."""
+    big = np.full(4, 3e38, dtype=np.float32)
+    seen: list[str] = []
+
+    def task() -> None:
+        seen.append(np.geterr()["over"])
+        _ = big * np.float32(10)
+
+    with using_threads(3), np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            run_tasks(np, [task] * 6)
+    with using_threads(3), np.errstate(all="ignore"):
+        seen.clear()
+        run_tasks(np, [task] * 6)
+    assert seen == ["ignore"] * 6
