@@ -480,3 +480,34 @@ def test_a_smaller_batch_reuses_the_pinned_memory_of_a_larger_one() -> None:
         assert losses_of(rt, 1, n=64) == losses_of(fresh, 1, n=64)
         assert losses_of(rt, 2, n=63) == losses_of(fresh, 2, n=63)
         assert rt.host_pool.reserved <= 768 * 1024
+
+
+# -- layer state (BatchNorm's running statistics) is not moved by a failed step ------------
+
+
+@pytest.mark.parametrize("fault", ["backward", "non-finite"])
+def test_a_failed_step_leaves_batchnorm_running_statistics_as_they_were(
+        monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    """The forward pass moves the running statistics in place; a step that fails after
+    it (a fault in the backward pass, a non-finite loss) puts them back, so the next
+    steps train as a fresh runtime's."""
+    from test_batchnorm import bn_network
+
+    network = bn_network()
+    x, y = synthetic_batch(network.input_shape, 6, 4, seed=1)
+    with vmem.Runtime(network, device="cpu", seed=3) as rt, \
+            vmem.Runtime(network, device="cpu", seed=3) as fresh:
+        expected = [fresh.train_step(x, y) for _ in range(3)]
+        assert rt.train_step(x, y) == expected[0]
+        before = rt.state_dict(optimizer=True)
+        if fault == "backward":
+            cls = _layer_class("maxpool")
+            monkeypatch.setattr(cls, "backward", failing_on(1, Injected, cls.backward))
+            with pytest.raises(Injected):
+                rt.train_step(x, y)
+            monkeypatch.undo()
+        else:
+            with pytest.raises(NonFiniteError):
+                rt.train_step(np.full_like(x, np.nan), y)
+        assert_same_state(before, rt.state_dict(optimizer=True))
+        assert [rt.train_step(x, y) for _ in range(2)] == expected[1:]

@@ -350,9 +350,8 @@ def test_tasks_on_helper_threads_keep_the_callers_floating_point_settings() -> N
         seen.append(np.geterr()["over"])
         _ = big * np.float32(10)
 
-    with using_threads(3), np.errstate(over="raise"):
-        with pytest.raises(FloatingPointError):
-            run_tasks(np, [task] * 6)
+    with using_threads(3), np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        run_tasks(np, [task] * 6)
     with using_threads(3), np.errstate(all="ignore"):
         seen.clear()
         run_tasks(np, [task] * 6)

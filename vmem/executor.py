@@ -161,6 +161,8 @@ class Executor:
         loss or weight gradient raises NonFiniteError before the update, which is
         then not applied: the parameters stay as they were."""
         recorder = StepRecorder(self.backend)
+        updates = self.params.updates
+        kept = self._keep_layer_state()
         try:
             # Overflow and NaN are checked for, once, before the update; the
             # arithmetic that makes them must not warn on the way there.
@@ -178,9 +180,42 @@ class Executor:
             return StepResult(loss, recorder.finish(step, loss))
         except BaseException:
             self._abandon(recorder)
+            if self.params.updates == updates:  # a step not applied changes no state
+                self._restore_layer_state(kept)
             raise
         finally:
             self._give_back_host_buffers()
+
+    def _keep_layer_state(self) -> list[Any] | None:
+        """Copies of the layers' state (BatchNorm's running statistics, which the
+        forward pass moves in place) before a step, on the device: a few vectors,
+        bounded by the network's channels, outside the arena like a kernel's
+        temporaries. None where there is none."""
+        buffers = self.params.layer_state()
+        if not buffers or not self.backend.runs_kernels:
+            return None
+        kept: list[Any] = []
+        xp = self.backend.xp
+        self.backend.launch(self.backend.compute,
+                            lambda: kept.extend(xp.copy(b) for b in buffers))
+        return kept
+
+    def _restore_layer_state(self, kept: list[Any] | None) -> None:
+        """Put back what `_keep_layer_state` copied; if that fails too, the runtime
+        refuses to go on until a state dict is loaded."""
+        if kept is None:
+            return
+        buffers = self.params.layer_state()
+
+        def put_back() -> None:
+            for buffer, old in zip(buffers, kept, strict=True):
+                buffer[...] = old
+
+        try:
+            self.backend.launch(self.backend.compute, put_back)
+            self.backend.synchronize()
+        except BaseException as exc:
+            self.params.interrupted = f"restoring the layers' state: {type(exc).__name__}"
 
     def evaluate(self, x: Any) -> np.ndarray | None:
         """Class probabilities for x as a host array (no loss, nothing kept for

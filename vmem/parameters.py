@@ -109,6 +109,10 @@ class ParameterStore:
                 self.optimizer.update(xp, value, entry.grads[pname], entry.state[pname],
                                       decay=pname != "bias", step=step)
 
+    def layer_state(self) -> list[Any]:
+        """The layers' state arrays (BatchNorm's running statistics), in a fixed order."""
+        return [buffer for entry in self.layers.values() for buffer in entry.buffers.values()]
+
     def gradients(self) -> tuple[list[str], list[Any]]:
         """The weight gradients of the last backward pass, with their "layer.param" names."""
         names, grads = [], []
