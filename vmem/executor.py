@@ -583,8 +583,14 @@ class Executor:
             return None
         xp = self.backend.xp
         names, grads = self.params.gradients()
-        sums = [g.sum(dtype=xp.float64) for g in grads]
-        values = self.backend.to_host(xp.stack([loss.array.astype(xp.float64), *sums]))
+        checks: list[Any] = []  # on the compute stream, after the backward pass
+
+        def reduce() -> None:
+            sums = [g.sum(dtype=xp.float64) for g in grads]
+            checks.append(xp.stack([loss.array.astype(xp.float64), *sums]))
+
+        self.backend.launch(self.backend.compute, reduce)
+        values = self.backend.to_host(checks[0])
         if np.isfinite(values).all():
             return float(values[0])
         bad = int(np.flatnonzero(~np.isfinite(values))[0])

@@ -428,3 +428,28 @@ def test_memory_limit_below_peak_fails_cleanly_then_a_larger_one_trains(cp: Any)
         assert rt.backend.pool_reserved_bytes() <= larger
     assert all(math.isfinite(loss) for loss in losses)
     assert pool.get_limit() == limit_before
+
+
+def test_a_non_finite_step_is_refused_and_not_applied_on_cuda() -> None:
+    """The loss and one float64 sum per weight gradient come back in one copy: a step
+    that overflows raises NonFiniteError, and the state is that before it."""
+    x, y = _batch("digits", 16)
+    with vmem.Runtime("digits", device="cuda", seed=2) as rt:
+        rt.train_step(x, y)
+        before = rt.state_dict(optimizer=True)
+        with pytest.raises(vmem.NonFiniteError) as refused:
+            rt.train_step(np.full_like(x, 3e38), y)
+        assert refused.value.step == 2 and rt.steps == 1
+        after = rt.state_dict(optimizer=True)
+        for key, value in before.items():
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+        assert math.isfinite(rt.train_step(x, y))
+
+
+def test_pinned_memory_is_bounded_by_the_largest_plan_on_cuda() -> None:
+    with vmem.Runtime("digits", device="cuda", policy="vdnn-all", seed=2) as rt:
+        rt.train_step(*_batch("digits", 64))
+        largest = rt.host_pool.reserved
+        for n in (1, 17, 63, 64, 32):
+            rt.train_step(*_batch("digits", n))
+        assert rt.host_pool.reserved == largest and rt.host_pool.in_use == 0
