@@ -377,7 +377,6 @@ class Executor:
         """Run nodes in order; return the loss tensor, or, stopping before the loss,
         the `stop_at` tensor (the logits). Both stay in `_tensors` for the caller
         to free."""
-        xp, lives = self.backend.xp, self.lives
         self._where = (DATA, FORWARD)
         data = self._tensors[DATA] = Tensor(self._allocate(self._tensor_bytes(DATA),
                                                            MemoryKind.FEATURE_MAPS, DATA), None)
@@ -385,43 +384,50 @@ class Executor:
         for i, node in enumerate(self.network.nodes):
             if stop_at is not None and node.layer.IS_LOSS:
                 break
-            layer, algo = node.layer, self.algorithms[node.name]
-            self._where = (node.name, FORWARD)
-            in_shapes = self._in_shapes(node)
-            sources = tuple(dict.fromkeys(node.inputs))
-            inplace = lives[node.inputs[0]].inplace_into == i
-            out_block = (self._tensors[node.inputs[0]].block if inplace else
-                         self._allocate_loose(self._tensor_bytes(node.name),
-                                              MemoryKind.FEATURE_MAPS, node.name))
-            saved_bytes = layer.saved_bytes(in_shapes, self.dtype.itemsize) if ctx.train else 0
-            saved_block = self._allocate_loose(saved_bytes, MemoryKind.SAVED, f"{node.name}.saved")
-            workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
-                                             f"{node.name}.workspace")
-            # Offload on the memory stream while this layer computes: the input
-            # is read-only now, and this is its last forward consumer.
-            self._leaving.update({name: self._offload(recorder, name) for name in sources
-                                  if ctx.train and name in self.offloaded
-                                  and lives[name].last_forward_use == i})
-            xs = [self._tensors[s].array for s in node.inputs]
-            result = self._launch(recorder, node.name, FORWARD, self._layer_ms(node, FORWARD),
-                                  layer.forward, xp, xs, self.params.layers[node.name].for_layer(),
-                                  algo, replace(ctx, inplace=True) if inplace else ctx)
-            self._free(workspace)
-            y, saved = result if result is not None else (None, ())
-            self._tensors[node.name] = Tensor(self._settle(out_block), y)
-            if ctx.train:
-                self._saved[node.name] = (self._settle(saved_block), saved)
-            for source in sources:
-                life = lives[source]
-                if life.inplace_into == i:
-                    del self._tensors[source]  # its block now holds this node's output
-                elif life.last_forward_use == i and ctx.train and source in self.recomputed:
-                    self._free(self._tensors.pop(source).block)  # computed again later
-                elif life.last_forward_use == i and not (ctx.train and life.backward_users):
-                    self._retire(self._tensors.pop(source).block)
-            self._release_offloaded(recorder, i)
+            self._forward_layer(recorder, i, ctx)
         self._release_offloaded(recorder, len(self.network.nodes))  # the plan is checked; a guard
         return self._tensors[stop_at or self.network.loss.name]
+
+    def _forward_layer(self, recorder: StepRecorder, i: int, ctx: Context) -> None:
+        """Layer i's forward pass. Its arrays are locals of this call, so none of them
+        is still referenced after the blocks they lived in are freed (a device frees
+        the memory only when the last reference goes)."""
+        xp, lives, node = self.backend.xp, self.lives, self.network.nodes[i]
+        layer, algo = node.layer, self.algorithms[node.name]
+        self._where = (node.name, FORWARD)
+        in_shapes = self._in_shapes(node)
+        sources = tuple(dict.fromkeys(node.inputs))
+        inplace = lives[node.inputs[0]].inplace_into == i
+        out_block = (self._tensors[node.inputs[0]].block if inplace else
+                     self._allocate_loose(self._tensor_bytes(node.name),
+                                          MemoryKind.FEATURE_MAPS, node.name))
+        saved_bytes = layer.saved_bytes(in_shapes, self.dtype.itemsize) if ctx.train else 0
+        saved_block = self._allocate_loose(saved_bytes, MemoryKind.SAVED, f"{node.name}.saved")
+        workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
+                                         f"{node.name}.workspace")
+        # Offload on the memory stream while this layer computes: the input
+        # is read-only now, and this is its last forward consumer.
+        self._leaving.update({name: self._offload(recorder, name) for name in sources
+                              if ctx.train and name in self.offloaded
+                              and lives[name].last_forward_use == i})
+        xs = [self._tensors[s].array for s in node.inputs]
+        result = self._launch(recorder, node.name, FORWARD, self._layer_ms(node, FORWARD),
+                              layer.forward, xp, xs, self.params.layers[node.name].for_layer(),
+                              algo, replace(ctx, inplace=True) if inplace else ctx)
+        self._free(workspace)
+        y, saved = result if result is not None else (None, ())
+        self._tensors[node.name] = Tensor(self._settle(out_block), y)
+        if ctx.train:
+            self._saved[node.name] = (self._settle(saved_block), saved)
+        for source in sources:
+            life = lives[source]
+            if life.inplace_into == i:
+                del self._tensors[source]  # its block now holds this node's output
+            elif life.last_forward_use == i and ctx.train and source in self.recomputed:
+                self._free(self._tensors.pop(source).block)  # computed again later
+            elif life.last_forward_use == i and not (ctx.train and life.backward_users):
+                self._retire(self._tensors.pop(source).block)
+        self._release_offloaded(recorder, i)
 
     def _release_offloaded(self, recorder: StepRecorder, i: int) -> None:
         """Free the device blocks of the maps whose offload copy must be done by
@@ -488,65 +494,70 @@ class Executor:
         self._where = user
 
     def _backward(self, recorder: StepRecorder) -> None:
-        xp, lives, nodes = self.backend.xp, self.lives, self.network.nodes
-        for i in reversed(range(len(nodes))):
-            node = nodes[i]
-            layer, algo = node.layer, self.algorithms[node.name]
-            keeps = type(layer).KEEPS
-            self._where = (node.name, BACKWARD)
-            dy = None if layer.IS_LOSS else self._grads.pop(node.name)
-            if dy is not None:
-                self._loose.append(dy.block)
-            self._prefetch_for(recorder, i)
-            for name in sorted(n for n, at in self.recompute_at.items() if at == i):
-                self._recompute(recorder, name)
-            workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
-                                             f"{node.name}.workspace")
-            # One gradient buffer per distinct input; a second contribution to a
-            # gradient map already made is a temporary, added in, then freed.
-            targets: dict[str, tuple[Block, bool]] = {}
-            for source in dict.fromkeys(node.inputs):
-                if source == DATA:
-                    continue
-                if lives[source].inplace_into == i and dy is not None:
-                    targets[source] = (dy.block, False)  # written over the output gradient
-                    continue
-                accumulate = source in self._grads
-                block = self._allocate_loose(self._tensor_bytes(source), MemoryKind.GRADIENT_MAPS,
-                                             f"d{source}" + (".partial" if accumulate else ""))
-                targets[source] = (block, accumulate)
-            reads = self._backward_reads(node)
-            self._await(recorder, reads)
-            needs_dx = [s in targets for s in node.inputs]
-            xs = [self._tensors[s].array if Keeps.INPUT in keeps else None for s in node.inputs]
-            y = self._tensors[node.name].array if Keeps.OUTPUT in keeps else None
-            saved_block, saved = self._saved[node.name]
-            entry = self.params.layers[node.name]
-            # last step's weight gradients (spent as the update's scratch) go before
-            # this step's are made: the device holds one set, as the arena counts
-            entry.grads.update(dict.fromkeys(entry.grads))
-            into = {s: self._grads[s].array for s, (_, accumulate) in targets.items()
-                    if accumulate}
-            result = self._launch(recorder, node.name, BACKWARD, self._layer_ms(node, BACKWARD),
-                                  _backward_and_accumulate, node, xp,
-                                  None if dy is None else dy.array, xs, y, entry.for_layer(), saved,
-                                  algo, self._in_shapes(node), needs_dx, into)
-            del self._saved[node.name]  # after the launch: a failed one leaves it to _abandon
-            dx_by_source, dparams = result if result is not None else ({}, {})
-            entry.grads.update(dparams)
-            for source, (block, accumulate) in targets.items():
-                if accumulate:
-                    self._free(block)  # its contribution is added in
-                else:
-                    self._grads[source] = Tensor(self._settle(block), dx_by_source.get(source))
-            self._free(workspace)
-            if dy is not None and all(dy.block != b for b, _ in targets.values()):
-                self._retire(dy.block)
-            self._free(saved_block)
-            for name in dict.fromkeys((*node.inputs, node.name)):
-                if lives[name].last_backward_use == i and name in self._tensors:
-                    self._retire(self._tensors.pop(name).block)
+        for i in reversed(range(len(self.network.nodes))):
+            self._backward_layer(recorder, i)
         self._grads.clear()  # nothing is left: gradients of data are never made
+
+    def _backward_layer(self, recorder: StepRecorder, i: int) -> None:
+        """Layer i's backward pass, its arrays locals of this call (as in
+        `_forward_layer`): none outlives its block into layer i-1's prefetches and
+        recomputations."""
+        xp, lives, node = self.backend.xp, self.lives, self.network.nodes[i]
+        layer, algo = node.layer, self.algorithms[node.name]
+        keeps = type(layer).KEEPS
+        self._where = (node.name, BACKWARD)
+        dy = None if layer.IS_LOSS else self._grads.pop(node.name)
+        if dy is not None:
+            self._loose.append(dy.block)
+        self._prefetch_for(recorder, i)
+        for name in sorted(n for n, at in self.recompute_at.items() if at == i):
+            self._recompute(recorder, name)
+        workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
+                                         f"{node.name}.workspace")
+        # One gradient buffer per distinct input; a second contribution to a
+        # gradient map already made is a temporary, added in, then freed.
+        targets: dict[str, tuple[Block, bool]] = {}
+        for source in dict.fromkeys(node.inputs):
+            if source == DATA:
+                continue
+            if lives[source].inplace_into == i and dy is not None:
+                targets[source] = (dy.block, False)  # written over the output gradient
+                continue
+            accumulate = source in self._grads
+            block = self._allocate_loose(self._tensor_bytes(source), MemoryKind.GRADIENT_MAPS,
+                                         f"d{source}" + (".partial" if accumulate else ""))
+            targets[source] = (block, accumulate)
+        reads = self._backward_reads(node)
+        self._await(recorder, reads)
+        needs_dx = [s in targets for s in node.inputs]
+        xs = [self._tensors[s].array if Keeps.INPUT in keeps else None for s in node.inputs]
+        y = self._tensors[node.name].array if Keeps.OUTPUT in keeps else None
+        saved_block, saved = self._saved[node.name]
+        entry = self.params.layers[node.name]
+        # last step's weight gradients (spent as the update's scratch) go before
+        # this step's are made: the device holds one set, as the arena counts
+        entry.grads.update(dict.fromkeys(entry.grads))
+        into = {s: self._grads[s].array for s, (_, accumulate) in targets.items()
+                if accumulate}
+        result = self._launch(recorder, node.name, BACKWARD, self._layer_ms(node, BACKWARD),
+                              _backward_and_accumulate, node, xp,
+                              None if dy is None else dy.array, xs, y, entry.for_layer(), saved,
+                              algo, self._in_shapes(node), needs_dx, into)
+        del self._saved[node.name]  # after the launch: a failed one leaves it to _abandon
+        dx_by_source, dparams = result if result is not None else ({}, {})
+        entry.grads.update(dparams)
+        for source, (block, accumulate) in targets.items():
+            if accumulate:
+                self._free(block)  # its contribution is added in
+            else:
+                self._grads[source] = Tensor(self._settle(block), dx_by_source.get(source))
+        self._free(workspace)
+        if dy is not None and all(dy.block != b for b, _ in targets.values()):
+            self._retire(dy.block)
+        self._free(saved_block)
+        for name in dict.fromkeys((*node.inputs, node.name)):
+            if lives[name].last_backward_use == i and name in self._tensors:
+                self._retire(self._tensors.pop(name).block)
 
     def _update(self, recorder: StepRecorder) -> None:
         optimizer = self.params.optimizer
