@@ -167,7 +167,7 @@ def test_budget_recomputes_where_that_beats_every_offload() -> None:
     googlenet = load_profile("googlenet").network
     costs = load_costs("h100-pcie5")
     oracle = PeakOracle(googlenet, np.dtype("float32"), SGD(), costs=costs)
-    limits = make_budget(googlenet, 4 * 2**30, oracle, costs)
+    limits = make_budget(googlenet, 4 * 2**30, oracle)
     plan = budget_module.budget(googlenet, 256, 4, limits)
     assert recomputed_tensors(googlenet, plan, 4) and oracle(plan) <= 4 * 2**30
     fastest = build_plan("none", googlenet, 256, 4, offload_nothing)

@@ -41,7 +41,12 @@ if TYPE_CHECKING:
     from vmem.graph import Network
 
 GPU_KEYS = ("memory", "tflops", "bandwidth_gbps", "d2h_gbps", "h2d_gbps", "launch_us")
-GPU_FILE_KEYS = f"{', '.join(GPU_KEYS)} (launch_us optional), description"
+GPU_FILE_KEYS = f"{', '.join(GPU_KEYS)} (launch_us optional), description, match"
+#: The cost model the cpu backend plans with, and an uncalibrated CUDA device that no
+#: preset's `match` names: the roofline of the GPU vmem's reference figures come from.
+#: A plan made on the cpu is then the plan `sim:h100-pcie5` predicts and an H100 runs,
+#: so a cpu run checks, with real arithmetic, the plan a GPU would carry out.
+DEFAULT_COST_MODEL = "h100-pcie5"
 CALIBRATION_FORMAT = "vmem-calibration"
 CALIBRATION_VERSION = 1
 #: `vmem.optim.update_traffic(SGD())`: what a calibration that does not name its
@@ -61,6 +66,8 @@ class GpuSpec:
     d2h_gbps        pinned device-to-host copy bandwidth (10^9 B/s)
     h2d_gbps        pinned host-to-device copy bandwidth (10^9 B/s)
     launch_us       fixed cost of one kernel launch or copy (microseconds; 0 models none)
+    match           names of CUDA devices this preset models: an uncalibrated `cuda`
+                    device plans with the preset whose match is in its name
     """
 
     name: str
@@ -71,12 +78,23 @@ class GpuSpec:
     h2d_gbps: float
     launch_us: float = 5.0
     description: str = ""
+    match: tuple[str, ...] = ()
 
 
 def gpu_presets() -> dict[str, GpuSpec]:
     text = resources.files("vmem").joinpath("gpus.toml").read_text()
     return {name: _spec(name, table, "vmem/gpus.toml") for name, table in
             tomllib.loads(text).items()}
+
+
+def preset_for_device(device_name: str) -> GpuSpec | None:
+    """The preset that models a CUDA device of this name (as the driver reports it,
+    "NVIDIA H100 PCIe"): the one with a `match` entry in the name, ignoring case; the
+    longest entry wins, so "H100 SXM" beats "H100". None where no preset matches."""
+    name = device_name.casefold()
+    found = [(len(pattern), spec) for spec in gpu_presets().values() for pattern in spec.match
+             if pattern.casefold() in name]
+    return max(found, key=lambda item: item[0])[1] if found else None
 
 
 def load_gpu(name_or_path: str) -> GpuSpec:
@@ -144,7 +162,7 @@ def _toml(value: Any) -> str:
 
 def _spec(name: str, table: dict, where: str) -> GpuSpec:
     missing = [k for k in GPU_KEYS if k not in table and k != "launch_us"]
-    unknown = sorted(set(table) - set(GPU_KEYS) - {"description"})
+    unknown = sorted(set(table) - set(GPU_KEYS) - {"description", "match"})
     if missing or unknown:
         problem = (f"missing {', '.join(missing)}" if missing else
                    f"unknown key(s) {', '.join(unknown)}")
@@ -161,10 +179,14 @@ def _spec(name: str, table: dict, where: str) -> GpuSpec:
     description = table.get("description", "")
     if not isinstance(description, str):
         problems.append(f"description must be a string, got {_toml(description)}")
+    match = table.get("match", [])
+    if not isinstance(match, list) or not all(isinstance(m, str) and m.strip() for m in match):
+        problems.append("match must be a list of device names such as [\"H100 PCIe\"], "
+                        f"got {_toml(match)}")
     if problems:
         raise UsageError(f"GPU file {where}: {'; '.join(problems)}")
     return GpuSpec(name, parse_size(str(memory), f"GPU file {where}: memory"),
-                   description=description, **numbers)
+                   description=description, match=tuple(m.strip() for m in match), **numbers)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmem.backends.sim import SimBackend
-from vmem.costs import CostModel, load_costs
+from vmem.costs import CostModel
 from vmem.executor import LIVENESS, Executor
 from vmem.graph import Network
 from vmem.memory import PinnedHostPool
@@ -17,11 +17,6 @@ from vmem.optim import Optimizer
 from vmem.parameters import ParameterStore
 from vmem.plan import Plan
 from vmem.profiler.events import StepRecord
-
-# Where a device has no cost model of its own (cpu, cuda without a calibration),
-# plans are weighed on this GPU's roofline: what counts is how layer times and
-# copy times compare, and this is the GPU vmem's reference figures come from.
-WEIGHING_GPU = "h100-pcie5"
 
 
 @dataclass(frozen=True)
@@ -43,15 +38,15 @@ def dry_run(network: Network, plan: Plan, dtype: np.dtype, optimizer: Optimizer,
 
 
 class PeakOracle:
-    """Dry runs of one network and dtype on a cost model (by default the
-    weighing GPU's roofline), remembered per plan: a plan's exact peak, and its
-    modeled step."""
+    """Dry runs of one network and dtype on a cost model (the device's, which its
+    plans come from; None: peaks only, no time passes), remembered per plan: a
+    plan's exact peak, and its modeled step."""
 
     def __init__(self, network: Network, dtype: np.dtype, optimizer: Optimizer,
-                 allocation: str = LIVENESS, costs: CostModel | None = None) -> None:
+                 allocation: str = LIVENESS, *, costs: CostModel | None) -> None:
         self.network, self.dtype, self.optimizer = network, np.dtype(dtype), optimizer
         self.allocation = allocation
-        self.costs = costs or load_costs(WEIGHING_GPU, self.dtype.itemsize)
+        self.costs = costs
         self._runs: dict[Plan, DryRun] = {}
 
     def run(self, plan: Plan) -> DryRun:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmem.backends.base import bound_capacity
-from vmem.costs import CostModel, load_costs
+from vmem.costs import load_costs
 from vmem.dryrun import PeakOracle
 from vmem.executor import LIVENESS
 from vmem.graph import Network, Node
@@ -20,12 +20,13 @@ from vmem.policies.vdnn import check_trainable
 from vmem.profile import Profile
 
 
-def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
-                costs: CostModel | None, slack: int = 0) -> Budget:
-    """A capacity, the exact peak and a modeled step of any plan, modeled layer
-    times where a cost model is known, and the slack plans leave where they can."""
-    if costs is None:
-        return Budget(capacity, peak.run, slack=slack)
+def make_budget(network: Network, capacity: int | None, peak: PeakOracle) -> Budget:
+    """A capacity, the exact peak and a modeled step of any plan, and modeled layer
+    times: all from the one cost model of `peak`'s dry runs (the device's), so a
+    policy weighs its choices as the device's model says."""
+    costs = peak.costs
+    if costs is None:  # a peaks-only oracle: nothing to weigh time by
+        return Budget(capacity, peak.run)
 
     def layer_ms(node: Node, algorithm: Algorithm, batch: int) -> float:
         shapes = network.shapes(batch)
@@ -33,7 +34,7 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
         return sum(costs.layer_ms(node.layer, in_shapes, out, algorithm, phase)
                    for phase in ("forward", "backward"))
 
-    return Budget(capacity, peak.run, layer_ms, slack)
+    return Budget(capacity, peak.run, layer_ms)
 
 
 def plan_with(network: Network, policy: str, batch: int, itemsize: int,
@@ -58,10 +59,12 @@ def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None
                    limit: int | None, dtype: str = "float32",
                    allocation: str = LIVENESS, optimizer: str = "sgd") -> DevicePlan:
     """The plan `policy` makes for a profile on a device, bounded as a run on that
-    device is: by `limit`, else by a sim GPU's memory; a limit above the
-    device's own memory is refused (`vmem.backends.base.bound_capacity`). The
-    optimizer (a name in `vmem.optim.OPTIMIZERS`) holds its state beside the weights."""
-    costs, slack = None, 0
+    device is: by `limit`, else by the device's memory (a sim GPU's, a CUDA
+    device's); a limit above the device's own memory is refused
+    (`vmem.backends.base.bound_capacity`). The optimizer (a name in
+    `vmem.optim.OPTIMIZERS`) holds its state beside the weights.
+    Every device plans with its own cost model (`Backend.costs`), so the plan a sim
+    GPU predicts is the plan that GPU makes."""
     spec = device.strip()
     itemsize = np.dtype(dtype).itemsize
     if spec.startswith("sim:"):
@@ -75,15 +78,14 @@ def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None
         # validates the device and the limit against its memory; cheap, holds nothing
         backend = get_backend(spec, limit)
         name, on_cpu = backend.name, backend.name == "cpu"
-        slack = backend.untracked_slack
+        costs, capacity = backend.costs, backend.arena.capacity
         backend.close()
-        capacity = limit
     bound = "--memory-limit" if limit is not None else f"{name}'s memory"
     batch = batch or (profile.cpu_batch if on_cpu else profile.batch)
     peak = PeakOracle(profile.network, np.dtype(dtype), make_optimizer(optimizer), allocation,
-                      costs)
+                      costs=costs)
     plan = plan_with(profile.network, policy, batch, itemsize,
-                     make_budget(profile.network, capacity, peak, costs, slack))
+                     make_budget(profile.network, capacity, peak))
     return DevicePlan(plan, peak(plan), capacity, bound)
 
 

@@ -101,7 +101,7 @@ class Runtime:
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
         try:
             self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation,
-                                    self.backend.costs)
+                                    costs=self.backend.costs)
             check_network = getattr(self.backend.costs, "check_network", None)
             if check_network is not None:  # a calibration made for another network
                 check_network(self.network)
@@ -218,8 +218,7 @@ class Runtime:
     def budget(self) -> Budget:
         """What a policy may spend on this runtime's device: its capacity and dry runs."""
         self._check_open("budget")
-        return make_budget(self.network, self.backend.arena.capacity, self._peak,
-                           self.backend.costs, self.backend.untracked_slack)
+        return make_budget(self.network, self.backend.arena.capacity, self._peak)
 
     def plan(self, batch: int, policy: str | None = None) -> Plan:
         """The plan a policy makes for this batch under this runtime's budget."""

@@ -119,6 +119,7 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
             stall_ms=statistics.median(analysis.stall_ms(r) for r in timed),
             pinned_bytes=runtime.host_pool.reserved,
             pool_reserved_bytes=runtime.backend.pool_reserved_bytes(),
+            pool_peak_bytes=runtime.backend.pool_peak_bytes(),
             device_facts=runtime.backend.facts())
     return result, records
 

@@ -18,7 +18,7 @@ from networks import pointwise_network, recomputing
 
 import vmem
 from vmem.backends import get_backend
-from vmem.backends.cuda import CudaBackend
+from vmem.backends.cuda import UNTRACKED_SLACK_BYTES, CudaBackend, pool_limit_for
 from vmem.errors import DeviceUnavailable, OutOfDeviceMemory
 from vmem.profile import load_profile
 
@@ -213,9 +213,11 @@ def test_set_capacity_limits_the_pool_and_puts_it_back(backend: CudaBackend, cp:
     pool = cp.get_default_memory_pool()
     before = pool.get_limit()
     backend.set_capacity(96 * MiB)
-    assert backend.arena.capacity == 96 * MiB and pool.get_limit() == 96 * MiB
-    backend.set_capacity(None)
-    assert backend.arena.capacity is None and pool.get_limit() == before
+    assert backend.arena.capacity == 96 * MiB
+    assert pool.get_limit() == 96 * MiB + UNTRACKED_SLACK_BYTES
+    backend.set_capacity(None)  # the device's memory bounds the arena, as a sim GPU's
+    assert backend.arena.capacity == backend.facts()["total_memory_bytes"]
+    assert pool.get_limit() == before
 
 
 def test_pool_overflow_inside_launch_is_out_of_device_memory(cp: Any) -> None:
@@ -223,11 +225,12 @@ def test_pool_overflow_inside_launch_is_out_of_device_memory(cp: Any) -> None:
     limit_before = pool.get_limit()
     b = CudaBackend(0, capacity=64 * MiB)
     try:
-        assert pool.get_limit() == 64 * MiB
+        assert pool.get_limit() == pool_limit_for(64 * MiB)
         with pytest.raises(OutOfDeviceMemory, match="CuPy pool"):
-            b.launch(b.compute, lambda: cp.empty(128 * MiB, dtype=cp.uint8))
+            b.launch(b.compute, lambda: cp.empty(pool_limit_for(64 * MiB) + 64 * MiB,
+                                                 dtype=cp.uint8))
         b.synchronize()
-        assert b.pool_reserved_bytes() <= 64 * MiB
+        assert b.pool_reserved_bytes() <= pool_limit_for(64 * MiB)
         kept: dict[str, Any] = {}
         b.launch(b.compute, lambda: kept.setdefault("x", cp.zeros(16 * MiB, dtype=cp.uint8)))
         b.synchronize()
@@ -330,6 +333,7 @@ def test_budget_moves_give_the_numbers_of_none_and_leak_nothing_on_cuda() -> Non
             rt.train_step(x, y)
             assert rt.arena.in_use == in_use
         assert rt.arena.peak <= rt.memory_limit
+        assert rt.backend.pool_peak_bytes() <= pool_limit_for(rt.memory_limit)
     assert losses == pytest.approx(none_losses, rel=POLICY_RTOL)
 
 
@@ -409,23 +413,23 @@ def test_memory_limit_below_peak_fails_cleanly_then_a_larger_one_trains(cp: Any)
     limit = peak * 19 // 20
     rt = vmem.Runtime(network, device="cuda", policy="none", memory_limit=limit, seed=0)
     try:
-        assert pool.get_limit() == limit
+        assert pool.get_limit() == pool_limit_for(limit)
         before = rt.arena.in_use
         with pytest.raises(vmem.OutOfDeviceMemory):
             rt.train_step(x, y)
         assert rt.arena.in_use == before
-        assert rt.backend.pool_reserved_bytes() <= limit
+        assert rt.backend.pool_peak_bytes() <= pool_limit_for(limit)
     finally:
         rt.close()
     assert pool.get_limit() == limit_before
 
-    # Room for the arena's peak plus CuPy's own: temporaries, 512-byte rounding.
-    larger = 4 * peak + 64 * MiB
-    with vmem.Runtime(network, device="cuda", policy="none", memory_limit=larger,
+    # A limit of exactly the arena's peak trains: CuPy's own bytes (temporaries,
+    # 512-byte rounding) go in the pool's headroom above it.
+    with vmem.Runtime(network, device="cuda", policy="none", memory_limit=peak,
                       seed=0) as rt:
         losses = [rt.train_step(x, y) for _ in range(3)]
-        assert rt.arena.peak <= larger
-        assert rt.backend.pool_reserved_bytes() <= larger
+        assert rt.arena.peak == peak
+        assert rt.backend.pool_peak_bytes() <= pool_limit_for(peak)
     assert all(math.isfinite(loss) for loss in losses)
     assert pool.get_limit() == limit_before
 

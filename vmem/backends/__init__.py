@@ -29,7 +29,7 @@ def resolve_device(spec: str) -> str:
 def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool = True
                 ) -> Backend:
     """Make the backend a --device value names; `capacity` bounds its arena, and
-    so, on sim and unless `bounded` is False, does the modeled GPU's memory. A
+    so, on sim and cuda unless `bounded` is False, does the device's memory. A
     capacity above the device's own memory (a sim GPU's, a CUDA device's total)
     cannot be honoured and is refused with a UsageError."""
     spec = resolve_device(spec)
@@ -47,7 +47,7 @@ def get_backend(spec: str = "auto", capacity: int | None = None, bounded: bool =
     if match:
         from vmem.backends.cuda import CudaBackend
 
-        backend = CudaBackend(int(match.group(1) or 0), capacity)
+        backend = CudaBackend(int(match.group(1) or 0), capacity, bounded)
         try:
             backend.check_memory_limit(capacity)
         except BaseException:

@@ -65,12 +65,12 @@ class Backend(ABC):
     arena: DeviceArena
     compute: Stream = COMPUTE
     memory: Stream = MEMORY
-    #: the cost model a backend without kernels advances its clocks by
+    #: the cost model the device's plans come from (a policy weighs layer and copy
+    #: times on it), which a backend without kernels also advances its clocks by: a
+    #: sim GPU's roofline or calibration, the preset matching a CUDA device's name, the
+    #: default model on cpu (`vmem.costs.DEFAULT_COST_MODEL`); None only on a dry run's
+    #: sim, where no time passes
     costs: CostModel | None = None
-    #: device bytes a plan should leave unused where it can: what the arena does not
-    #: count (the array library's kernel temporaries, its pool's fragmentation); 0
-    #: where the arena is the whole story
-    untracked_slack: int = 0
 
     @property
     def runs_kernels(self) -> bool:
@@ -159,6 +159,12 @@ class Backend(ABC):
 
     def pool_reserved_bytes(self) -> int | None:
         """Bytes the array library's own pool holds, where there is one."""
+        return None
+
+    def pool_peak_bytes(self) -> int | None:
+        """The most bytes the array library's pool has held since the backend was
+        made, where there is one: what the device really held, beside the arena's
+        peak of what vmem declares."""
         return None
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release

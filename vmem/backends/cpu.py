@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from vmem.backends.base import Backend, Event, Mark, Stream
+from vmem.costs import DEFAULT_COST_MODEL, load_costs
 from vmem.memory import DeviceArena
 
 
@@ -80,6 +81,8 @@ class CpuBackend(Backend):
         self.name = "cpu"
         self.xp = np
         self.arena = DeviceArena(capacity)
+        # Plans on the cpu are a GPU's (see DEFAULT_COST_MODEL); its clock is perf_counter.
+        self.costs = load_costs(DEFAULT_COST_MODEL)
         self._memory_worker = _Worker("memory")
 
     def _is_compute(self, stream: Stream) -> bool:
@@ -150,7 +153,8 @@ class CpuBackend(Backend):
         import platform
 
         return {"backend": self.name, "processor": platform.processor() or platform.machine(),
-                "cores": os.cpu_count()}
+                "cores": os.cpu_count(),
+                "cost_model": f"{DEFAULT_COST_MODEL} (the roofline cpu plans are weighed on)"}
 
     def device_memory_bytes(self) -> None:
         return None  # host memory: any limit emulates a device of that size

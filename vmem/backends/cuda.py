@@ -14,10 +14,17 @@ Mechanism below the contract:
   synchronize with.
 - One backend drives one device from the thread that made it (CuPy's current
   stream and device are per thread).
-- The arena bounds what vmem declares; the CuPy pool's limit is set to the same
-  capacity so the bytes CuPy really holds (kernel temporaries, 512-byte
-  rounding) are bounded too. A pool failure inside `launch` is reported as
-  `OutOfDeviceMemory`, never as a bare CuPy error.
+- The arena enforces the capacity (a --memory-limit, else the device's memory)
+  on what vmem declares, exactly. Under a memory limit the CuPy pool's limit is
+  the capacity plus UNTRACKED_SLACK_BYTES (`pool_limit_for`): room for what CuPy
+  holds beyond the arena (kernel temporaries, 512-byte rounding, blocks its
+  best-fit pool cannot give back split), so the bytes CuPy really holds are
+  bounded too, and a plan that fits the arena does not fail in the pool. The
+  pool's peak reserved bytes are reported beside the arena's peak. A pool
+  failure inside `launch` is reported as `OutOfDeviceMemory`, never as a bare
+  CuPy error.
+- Plans come from the cost model of the preset whose `match` names this device
+  (vmem/gpus.toml), else from vmem's default model (`vmem.costs.DEFAULT_COST_MODEL`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 
 from vmem.backends import ACCEPTED_DEVICES
 from vmem.backends.base import Backend, Event, Mark, Stream
+from vmem.costs import DEFAULT_COST_MODEL, CostModel, load_gpu, preset_for_device
 from vmem.errors import DeviceUnavailable, OutOfDeviceMemory
 from vmem.kernels.cuda_module import families_on
 from vmem.memory import DeviceArena
@@ -42,11 +50,31 @@ DEVICE_FULL_WHAT = "CuPy pool (the device itself is full)"
 
 _probe_result: tuple[bool, str] | None = None
 
-#: What plans leave free where they can, beside the arena, for CuPy's temporaries
-#: (the largest bounded scratch is 64 MiB: max pooling's and LRN's sample groups)
-#: and pool fragmentation. An estimate, not yet measured on a GPU: gpu-check's
-#: "CuPy pool reserved" beside the arena's peak is the figure to set it from.
+#: What CuPy may hold beyond the arena under a memory limit: its kernel temporaries
+#: (the largest bounded scratch is 64 MiB: max pooling's and LRN's sample groups),
+#: 512-byte rounding of every allocation and pool fragmentation. The pool's limit is
+#: the arena's capacity plus this. An estimate, not yet measured on a GPU: gpu-check's
+#: "CuPy pool peak" beside the arena's peak is the figure to set it from.
 UNTRACKED_SLACK_BYTES = 256 * 2**20
+
+
+def pool_limit_for(capacity: int) -> int:
+    """The CuPy pool's limit for an arena capacity: the capacity plus the bounded
+    headroom UNTRACKED_SLACK_BYTES. So under `--memory-limit L` the arena holds at
+    most L bytes and CuPy reserves at most L + UNTRACKED_SLACK_BYTES (and never more
+    than the device has)."""
+    return capacity + UNTRACKED_SLACK_BYTES
+
+
+def costs_for_device(device_name: str) -> tuple[CostModel, str]:
+    """The cost model an uncalibrated CUDA device plans with, and a line saying which
+    it is and why: the preset matching its name, else the default model."""
+    preset = preset_for_device(device_name)
+    if preset is not None:
+        return CostModel(preset), f"{preset.name} (the preset matching '{device_name}')"
+    return CostModel(load_gpu(DEFAULT_COST_MODEL)), (
+        f"{DEFAULT_COST_MODEL} (no preset of vmem/gpus.toml matches '{device_name}'; "
+        "the default model)")
 
 #: cublasMath_t's CUBLAS_TF32_TENSOR_OP_MATH (cublas_api.h), which CuPy does not export.
 CUBLAS_TF32_TENSOR_OP_MATH = 3
@@ -157,9 +185,10 @@ class CudaMark(Mark):
 
 
 class CudaBackend(Backend):
-    untracked_slack = UNTRACKED_SLACK_BYTES
-
-    def __init__(self, index: int = 0, capacity: int | None = None) -> None:
+    def __init__(self, index: int = 0, capacity: int | None = None,
+                 bounded: bool = True) -> None:
+        """`capacity`: the memory limit (None: the device's memory bounds the arena,
+        as a sim GPU's does, unless `bounded` is False)."""
         usable, reason = _probe()
         if not usable:
             raise DeviceUnavailable(f"--device cuda: {reason}; "
@@ -176,6 +205,7 @@ class CudaBackend(Backend):
         self.name = f"cuda:{index}"
         self.index = index
         self.xp = cupy
+        self.bounded = bounded
         self.arena = DeviceArena(capacity)
         self._cupy = cupy
         self._oom_error: type[BaseException] = cupy.cuda.memory.OutOfMemoryError
@@ -190,7 +220,12 @@ class CudaBackend(Backend):
             self._previous_math_mode, self._tf32 = use_tf32_math_mode()
             self._pool = cupy.get_default_memory_pool()
             self._previous_limit = int(self._pool.get_limit())
-            self._apply_pool_limit(capacity)
+            # Cached blocks from earlier work in this process are not this backend's:
+            # the pool's peak starts from what is really in use.
+            self._pool.free_all_blocks()
+            self._pool_peak = int(self._pool.total_bytes())
+            self.set_capacity(capacity)
+            self.costs, self._cost_model = costs_for_device(self._device_name())
             # Streams belong to the current device: create them after use().
             self._streams = {self.compute: cupy.cuda.Stream(non_blocking=True),
                              self.memory: cupy.cuda.Stream(non_blocking=True)}
@@ -208,24 +243,35 @@ class CudaBackend(Backend):
     # -- capacity ----------------------------------------------------------------
 
     def set_capacity(self, capacity: int | None) -> None:
-        """Change the emulated capacity: the arena's and the CuPy pool's limit."""
-        self.arena.capacity = capacity
-        self._apply_pool_limit(capacity)
+        """Change the emulated capacity: the arena's (None: the device's memory, where
+        bounded) and the CuPy pool's limit (`pool_limit_for`; None: the limit found)."""
+        self.arena.capacity = (capacity if capacity is not None or not self.bounded
+                               else self._total_memory() or None)
+        self._apply_pool_limit(None if capacity is None else pool_limit_for(capacity))
 
-    def _apply_pool_limit(self, capacity: int | None) -> None:
-        """Limit the pool to `capacity` bytes, or put back the limit found at start
-        (CUPY_GPU_MEMORY_LIMIT, another user's, or none) when `capacity` is None."""
+    def _apply_pool_limit(self, limit: int | None) -> None:
+        """Limit the pool to `limit` bytes, or put back the limit found at start
+        (CUPY_GPU_MEMORY_LIMIT, another user's, or none) when `limit` is None."""
         with self._device:
-            if capacity is None:
+            if limit is None:
                 if self._limit_changed:
                     self._pool.set_limit(size=self._previous_limit)
                     self._limit_changed = False
                 return
             # Cached blocks from earlier work in this process count against the
             # limit: start from what is really in use.
-            self._pool.free_all_blocks()
-            self._pool.set_limit(size=int(capacity))
+            self._release_cached()
+            self._pool.set_limit(size=int(limit))
             self._limit_changed = True
+
+    def _note_pool(self) -> None:
+        self._pool_peak = max(self._pool_peak, int(self._pool.total_bytes()))
+
+    def _release_cached(self) -> None:
+        """Give the pool's cached free blocks back to the driver, noting its peak
+        first: its reserved bytes grow only in malloc and shrink only here."""
+        self._note_pool()
+        self._pool.free_all_blocks()
 
     # -- streams -----------------------------------------------------------------
 
@@ -256,17 +302,24 @@ class CudaBackend(Backend):
         collecting garbage too. The pool counts its cached free blocks (of every
         stream) against the limit; CuPy 14's own `_try_malloc` (cupy/cuda/memory.pyx)
         already releases them and collects garbage before raising at the limit, so
-        there the retries only repeat that, on the failure path."""
+        there the retries only repeat that, on the failure path. The pool's peak is
+        noted before each try (a try at the limit may release cached blocks) and
+        after the one that succeeds."""
+        self._note_pool()
         try:
-            return self._pool.malloc(nbytes)
+            return self._noted(self._pool.malloc(nbytes))
         except self._oom_error:
-            self._pool.free_all_blocks()
+            self._release_cached()
         try:
-            return self._pool.malloc(nbytes)
+            return self._noted(self._pool.malloc(nbytes))
         except self._oom_error:
             gc.collect()  # arrays held only by reference cycles (tracebacks)
-            self._pool.free_all_blocks()
-        return self._pool.malloc(nbytes)
+            self._release_cached()
+        return self._noted(self._pool.malloc(nbytes))
+
+    def _noted(self, memory: Any) -> Any:
+        self._note_pool()
+        return memory
 
     @contextlib.contextmanager
     def _translate_oom(self) -> Iterator[None]:
@@ -285,8 +338,8 @@ class CudaBackend(Backend):
         if not isinstance(pool_total, int) or pool_total < 0:
             pool_total = self.pool_reserved_bytes() or 0
         limit = int(getattr(exc, "_limit", 0) or 0)
-        if self.arena.capacity is not None:
-            capacity, what = self.arena.capacity, POOL_WHAT
+        if self._limit_changed and self.arena.capacity is not None:
+            capacity, what = pool_limit_for(self.arena.capacity), POOL_WHAT
         else:
             capacity, what = limit or self._total_memory(), DEVICE_FULL_WHAT
         hint = (f"the arena accounts for {format_bytes(self.arena.in_use)}; give a larger "
@@ -444,6 +497,18 @@ class CudaBackend(Backend):
         with self._device:
             return int(self._pool.total_bytes())
 
+    def pool_peak_bytes(self) -> int | None:
+        with self._device:
+            self._note_pool()
+            return self._pool_peak
+
+    def _device_name(self) -> str:
+        try:
+            name = self._cupy.cuda.runtime.getDeviceProperties(self.index)["name"]
+        except Exception:
+            return ""
+        return name.decode() if isinstance(name, bytes) else str(name)
+
     def facts(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"backend": self.name}
         runtime = self._cupy.cuda.runtime
@@ -466,9 +531,11 @@ class CudaBackend(Backend):
         facts["tf32"] = tf32_requested()
         facts["tf32_gemms"] = self._tf32
         facts["cuda_kernels"] = families_on(self._cupy)
+        facts["cost_model"] = self._cost_model
         try:
             facts["pool_limit_bytes"] = int(self._pool.get_limit())
             facts["pool_reserved_bytes"] = self.pool_reserved_bytes()
+            facts["pool_peak_bytes"] = self.pool_peak_bytes()
         except Exception as exc:
             facts["pool_limit_bytes"] = f"unavailable: {_one_line(exc)}"
         facts.update(self._nvml_facts())
@@ -527,7 +594,7 @@ class CudaBackend(Backend):
             with contextlib.suppress(Exception):
                 self._previous_stream.use()
             with contextlib.suppress(Exception), self._device:
-                self._pool.free_all_blocks()
+                self._release_cached()
                 # CuPy's own staging buffers (asarray), not vmem's host pool
                 self._cupy.get_default_pinned_memory_pool().free_all_blocks()
             self._restore_limit()

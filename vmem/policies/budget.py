@@ -29,10 +29,6 @@ planner spends the memory budget instead:
    copy starts earlier, a change at a time, kept where it fits and shortens
    the step.
 
-On a device whose arena does not count everything it holds (cuda: CuPy's
-temporaries), all of it is planned within the capacity less the device's slack,
-where anything fits there.
-
 Everything is decided from dry runs (exact peaks, modeled steps), so the
 planner is a pure function of the network, the batch and the budget.
 """
@@ -50,7 +46,6 @@ from vmem.policies.vdnn import (
     Budget,
     build_plan,
     check_trainable,
-    memory_optimal,
     offload_kept_inputs,
     offload_nothing,
     vdnn_dyn,
@@ -68,11 +63,6 @@ Action = tuple[str, str]
 
 def budget(network: Network, batch: int, itemsize: int, limits: Budget) -> Plan:
     check_trainable(network, batch, itemsize, limits)
-    if limits.slack and limits.capacity is not None:
-        # plan within the capacity less the slack where anything fits there
-        roomy = replace(limits, capacity=max(limits.capacity - limits.slack, 0), slack=0)
-        if roomy.fits(memory_optimal(network, batch, itemsize)):
-            return budget(network, batch, itemsize, roomy)
     fastest = build_plan(NAME, network, batch, itemsize, offload_nothing)
     if limits.fits(fastest):
         return fastest

@@ -18,16 +18,14 @@ Offload = Callable[[Node], bool]
 @dataclass(frozen=True)
 class Budget:
     """What a policy may spend: a device capacity (None: unlimited), a dry run
-    of any plan (its exact peak, and its step on a cost model's clock: the
-    device's, else vmem's weighing GPU's), optionally a modeled time of a layer
-    under an algorithm at a batch size (forward plus backward, ms; where the
-    device has a cost model), and the bytes of the capacity a plan should leave
-    unused where it can (`Backend.untracked_slack`)."""
+    of any plan (its exact peak, and its step on the device's cost model's
+    clock) and the modeled time of a layer under an algorithm at a batch size
+    (forward plus backward, ms, on the same model; None only where no model is
+    given, as in a peaks-only budget)."""
 
     capacity: int | None = None
     dry_run: Callable[[Plan], DryRun] | None = None
     layer_ms: Callable[[Node, Algorithm, int], float] | None = None
-    slack: int = 0
 
     def peak(self, plan: Plan) -> int:
         assert self.dry_run is not None, "a budget with a capacity needs dry runs"

@@ -108,7 +108,7 @@ def _render_run(session: Session, console: Console) -> None:
     summary.add_row("compute stalled for copies", _ms(result.stall_ms))
     summary.add_row("pinned host memory", _bytes(result.pinned_bytes))
     if result.pool_reserved_bytes is not None:
-        summary.add_row("CuPy pool reserved", _bytes(result.pool_reserved_bytes))
+        summary.add_row("CuPy pool reserved (peak / at the end)", _pool(result))
     used = (result.device_facts or {}).get("memory_used_bytes")
     if isinstance(used, int):
         summary.add_row("used on the card (NVML)", _bytes(used))
@@ -154,8 +154,15 @@ def _render_compare(session: Session, console: Console) -> None:
             used = (row.device_facts or {}).get("memory_used_bytes")
             nvml = f" · used on the card (NVML) {_bytes(used)}" if isinstance(used, int) else ""
             console.print(f"{row.policy}: arena peak {_bytes(row.peak_bytes)} · CuPy pool "
-                          f"reserved {_bytes(row.pool_reserved_bytes)}{nvml}", highlight=False,
+                          f"reserved (peak / at the end) {_pool(row)}{nvml}", highlight=False,
                           soft_wrap=True)
+
+
+def _pool(row: TrialResult) -> str:
+    """The CuPy pool's peak and final reserved bytes, and its limit where one is set."""
+    limit = (row.device_facts or {}).get("pool_limit_bytes")
+    bound = f" (limit {_bytes(limit)})" if isinstance(limit, int) and limit > 0 else ""
+    return f"{_bytes(row.pool_peak_bytes)} / {_bytes(row.pool_reserved_bytes)}{bound}"
 
 
 def _compare_cells(row: TrialResult, label: str | None = None) -> list[str]:

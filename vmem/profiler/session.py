@@ -53,7 +53,8 @@ class TrialResult:
     pinned_bytes: Bytes | None = None
     slowdown: Positive | None = None
     oracle: str | None = None  # how the oracular step time was obtained
-    pool_reserved_bytes: Bytes | None = None
+    pool_reserved_bytes: Bytes | None = None  # the array library's pool, at the end
+    pool_peak_bytes: Bytes | None = None  # the pool's peak, beside the arena's (peak_bytes)
     device_facts: dict[str, Any] | None = None
     error: str | None = None  # why this policy could not train, if it could not
 
