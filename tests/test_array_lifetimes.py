@@ -104,7 +104,7 @@ def lifetimes(monkeypatch: pytest.MonkeyPatch) -> Lifetimes:
 
 
 CASES = [("vgg16-tiny", "none"), ("vgg16-tiny", "vdnn-all, recomputing"),
-         ("googlenet-tiny", "vdnn-all, recomputing")]
+         ("googlenet-tiny", "vdnn-all, recomputing"), ("resnet18-tiny", "vdnn-all, recomputing")]
 
 
 def plan_for(network: Network, which: str) -> Plan:
@@ -116,7 +116,8 @@ def plan_for(network: Network, which: str) -> Plan:
 @pytest.mark.parametrize(("profile", "which"), CASES)
 def test_no_array_outlives_its_block(lifetimes: Lifetimes, profile: str, which: str) -> None:
     """Forward, offloads, prefetches, recomputations, backward, update and evaluate,
-    on a chain (VGG) and on branches that join (GoogLeNet's inception modules)."""
+    on a chain (VGG), on branches that join (GoogLeNet's inception modules) and on
+    residual additions with batch normalization (ResNet)."""
     network = load_profile(profile).network
     backend = get_backend("cpu")
     params = ParameterStore(backend, network, SGD(), np.dtype("float32"), seed=3)
