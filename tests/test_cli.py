@@ -164,6 +164,10 @@ def test_alexnet_with_defaults_from_the_installed_command() -> None:
     (["run", "digits", "--memory-limit", "４GiB"], ["--memory-limit", "'４GiB'", "ASCII digits"]),
     (["run", "digits", "--host-memory-limit", "٤MiB"], ["--host-memory-limit", "ASCII"]),
     (["run", "digits", "--batch", "４"], ["--batch", "'４'", "ASCII digits"]),
+    # control characters in a value are written as escapes: the line stays one line
+    (["run", "digits", "--batch", "\x1e"], ["--batch", "'\\x1e'"]),
+    (["run", "digits", "--device", "a\nb"], ["--device", "'a\\nb'"]),
+    (["run", "digits", "--policy", "x\u2028y"], ["--policy", "'x\\u2028y'"]),
     (["run", "digits", "--seed", "１"], ["--seed", "ASCII digits"]),
     (["run", "digits", "--lr", "０.1"], ["--lr", "ASCII digits"]),
     (["compare", "digits", "--policies", "none,magic"], ["--policies", "'magic'", "vdnn-dyn"]),

@@ -21,6 +21,7 @@ from vmem.cliargs import (
     OneLineParser,
     add_threads_option,
     non_negative_int,
+    one_line,
     positive_float,
     positive_int,
 )
@@ -126,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # argparse would name only "vmem"; name the command they were given to
-        print(f"vmem {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
-              f"(see vmem {args.command} --help)", file=sys.stderr)
+        print(one_line(f"vmem {args.command}: error: unrecognized arguments: "
+                       f"{' '.join(unknown)} (see vmem {args.command} --help)"),
+              file=sys.stderr)
         return EXIT_USAGE
     args.argv = argv
     commands = {"profiles": cmd_profiles, "run": cmd_run, "compare": cmd_compare,
@@ -136,12 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except VmemError as exc:
-        print(f"vmem {args.command}: error: {exc}", file=sys.stderr)
+        print(one_line(f"vmem {args.command}: error: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except MemoryError as exc:  # a batch too big for this machine's own memory
         detail = f" ({exc})" if str(exc) else ""
-        print(f"vmem {args.command}: error: out of host memory{detail}; try a smaller --batch",
-              file=sys.stderr)
+        print(one_line(f"vmem {args.command}: error: out of host memory{detail}; try a "
+                       "smaller --batch"), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -13,9 +13,16 @@ EXIT_USAGE = 2
 MAX_COUNT = 2**31 - 1
 
 
+def one_line(message: str) -> str:
+    """`message` with what would break or garble its line (a newline, a tab, any
+    control or separator character a user typed into a value) written as an
+    escape (\\n, \\x1e), so an error stays one line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not usage + message
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
 
 
 # Numbers are read in ASCII digits only: Python's int() and float() would take

@@ -169,8 +169,12 @@ def _write_into(target: Path, payload: bytes, flag: str) -> None:
 def _write_stdout(payload: bytes, flag: str) -> None:
     try:
         sys.stdout.flush()
-        sys.stdout.buffer.write(payload)
-        sys.stdout.buffer.flush()
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is None:  # a text-only stream (an embedding program's): the text
+            sys.stdout.write(payload.decode("utf-8", errors="surrogateescape"))
+        else:
+            binary.write(payload)
+            binary.flush()
     except OSError as exc:
         raise UsageError(f"{flag}: cannot write standard output: {exc.strerror or exc}") from None
 
