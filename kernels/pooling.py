@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmem.kernels.cuda_module import kernel_module
-from vmem.kernels.threads import for_ranges
+from vmem.kernels.threads import for_ranges, on_threads
 from vmem.kernels.windows import offsets_2d, pool_output_size
 
 Array = Any
@@ -96,13 +96,18 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
         y = xp.empty(dys.shape, dtype=x.dtype)
         _window_maxima(xp, xs, y, k, stride, pad)
         pending = xp.ones(y.shape, dtype=bool)  # windows whose maximum is not yet found
+        hits = xp.empty(y.shape, dtype=bool)  # one offset's hits, in a view of this
         for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
-            hit = xs[:, :, irow, icol] == y[:, :, orow, ocol]
+            hit = xp.equal(xs[:, :, irow, icol], y[:, :, orow, ocol],
+                           out=hits[:, :, :orow.stop - orow.start, :ocol.stop - ocol.start])
             still = pending[:, :, orow, ocol]
             hit &= still
             still ^= hit  # hit is a subset of still: clears the windows found here
             view = dxs[:, :, irow, icol]
-            view += xp.where(hit, dys[:, :, orow, ocol], 0)
+            if on_threads(xp):  # adding only where hit: dx never holds -0, so the same bits
+                xp.add(view, dys[:, :, orow, ocol], out=view, where=hit)
+            else:
+                view += xp.where(hit, dys[:, :, orow, ocol], 0)
 
     for_ranges(xp, n, route, per_sample, MAX_POOL_SCRATCH_BYTES)
     return dx

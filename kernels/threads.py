@@ -142,8 +142,9 @@ def on_threads(xp: Any) -> bool:
 def run_tasks(xp: Any, tasks: Sequence[Task]) -> None:
     """Run every task once. On NumPy with more than one thread, the threads (the
     calling one among them) take tasks in order as they come free; otherwise they run
-    in order here. Returns when every task has finished, even after one failed; then
-    the first failure is raised."""
+    in order here. After a failure no further task starts; the first failure is
+    raised once no task is running, so nothing writes into the outputs after this
+    returns."""
     threads = current_threads() if on_threads(xp) else 1
     if threads == 1 or len(tasks) <= 1:
         for task in tasks:
@@ -169,8 +170,8 @@ def run_tasks(xp: Any, tasks: Sequence[Task]) -> None:
     # Each helper runs in a copy of the caller's context, so settings held in context
     # variables (np.errstate: a step's overflow is checked for, never warned about)
     # hold in the tasks too; one copy each, as a context is entered by one thread.
-    futures = [_SETTING.pool(helpers).submit(contextvars.copy_context().run, drain)
-               for _ in range(helpers)]
+    pool = _SETTING.pool(helpers)
+    futures = [pool.submit(contextvars.copy_context().run, drain) for _ in range(helpers)]
     drain()
     for future in futures:
         future.result()

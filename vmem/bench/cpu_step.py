@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -138,16 +138,12 @@ def run_vmem(case: Case, steps: int, threads: int | None) -> dict[str, Any]:
     from vmem.optim import SGD
     from vmem.runtime import Runtime
 
-    times = []
     with Runtime(case.profile, device="cpu", optimizer=SGD(lr=LR), seed=0, batch=case.batch,
                  threads=threads) as rt:
         x, y, _ = _inputs(rt.network, case.batch)
-        for _ in range(steps):
-            start = time.perf_counter()
-            rt.train_step(x, y)
-            times.append((time.perf_counter() - start) * 1e3)
+        times = _timed(steps, lambda: rt.train_step(x, y))
         info = {"threads": rt.threads, "params": rt.network.num_params()}
-    return {"step_ms": times, **info, **_blas()}
+    return {**times, **info, **_blas()}
 
 
 def run_torch(case: Case, steps: int, threads: int | None) -> dict[str, Any]:
@@ -163,15 +159,25 @@ def run_torch(case: Case, steps: int, threads: int | None) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         model(tx, ty).backward()
         opt.step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"step_ms": times, "threads": torch.get_num_threads(), "params": params,
+
+    return {**_timed(steps, step), "threads": torch.get_num_threads(), "params": params,
             "torch": torch.__version__}
+
+
+def _timed(steps: int, step: Callable[[], Any]) -> dict[str, list[float]]:
+    """Wall-clock and CPU milliseconds (this process, all its threads) of each step."""
+    wall, cpu = [], []
+    for _ in range(steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        wall.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return {"step_ms": wall, "cpu_ms": cpu}
 
 
 def _blas() -> dict[str, Any]:
@@ -233,6 +239,7 @@ def bench_cpu_step(cases: Sequence[Case], *, rounds: int = 3, steps: int = 3,
     rows, details = [], []
     for case in cases:
         samples: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
+        cpu: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
         meta: dict[str, dict[str, Any]] = {}
         for r in range(rounds):
             order = IMPLEMENTATIONS if r % 2 == 0 else IMPLEMENTATIONS[::-1]
@@ -240,21 +247,25 @@ def bench_cpu_step(cases: Sequence[Case], *, rounds: int = 3, steps: int = 3,
                 result = _spawn(impl, case, steps + 1,
                                 threads if impl == "vmem" else torch_threads)
                 samples[impl] += result.pop("step_ms")[1:]  # the first step warms up
+                cpu[impl] += result.pop("cpu_ms")[1:]
                 meta[impl] = result
         vm, th = samples["vmem"], samples["torch"]
         rows.append([case.profile, case.batch, min(vm), statistics.median(vm), min(th),
                      statistics.median(th), min(vm) / min(th),
-                     statistics.median(vm) / statistics.median(th)])
+                     statistics.median(vm) / statistics.median(th),
+                     statistics.median(cpu["vmem"]) / statistics.median(cpu["torch"])])
         if meta["vmem"]["params"] != meta["torch"]["params"]:
             details.append(f"WARNING {case.profile}: vmem has {meta['vmem']['params']:,} "
                            f"parameters, the PyTorch network {meta['torch']['params']:,}.")
         details.append(f"{case.profile} batch {case.batch}: vmem threads "
                        f"{meta['vmem']['threads']}, BLAS {', '.join(meta['vmem'].get('blas', []))}"
                        f"; PyTorch {meta['torch']['torch']} threads {meta['torch']['threads']}; "
-                       f"{meta['vmem']['params']:,} parameters in both.")
+                       f"{meta['vmem']['params']:,} parameters in both; CPU ms per step "
+                       f"(median) vmem {statistics.median(cpu['vmem']):,.0f}, PyTorch "
+                       f"{statistics.median(cpu['torch']):,.0f}.")
     load_after = os.getloadavg()
     headers = ["profile", "batch", "vmem min ms", "vmem median ms", "torch min ms",
-               "torch median ms", "ratio (min)", "ratio (median)"]
+               "torch median ms", "ratio (min)", "ratio (median)", "CPU-time ratio"]
     openblas = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                 if k in os.environ}
     lines = [
@@ -267,7 +278,9 @@ def bench_cpu_step(cases: Sequence[Case], *, rounds: int = 3, steps: int = 3,
         f"OpenBLAS environment: {openblas or 'none set'}.",
         f"{rounds} rounds per network, each one vmem and one PyTorch process (order "
         f"alternating), {steps} timed steps per process after a warm-up step; SGD with "
-        f"momentum 0.9, weight decay 5e-4, lr {LR}; float32.", "",
+        f"momentum 0.9, weight decay 5e-4, lr {LR}; float32. Ratios are vmem / PyTorch "
+        f"wall-clock step times; the CPU-time ratio compares the median CPU time of a step "
+        f"(every thread of the process), which other load on the machine inflates less.", "",
         markdown_table(headers, rows), "", *details]
     return "\n".join(lines) + "\n"
 
