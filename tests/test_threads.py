@@ -356,3 +356,25 @@ def test_tasks_on_helper_threads_keep_the_callers_floating_point_settings() -> N
         seen.clear()
         run_tasks(np, [task] * 6)
     assert seen == ["ignore"] * 6
+
+
+# ---------------------------------------------------------------- the benchmark's peer
+
+
+@pytest.mark.parametrize("profile", ["alexnet-tiny", "googlenet-tiny", "resnet18-tiny"])
+def test_the_benchmarks_pytorch_network_has_vmems_parameters_and_trains(profile):
+    """`vmem bench cpu-step` builds the profile in PyTorch layer for layer: the same
+    parameter count, and a step's loss near ln(classes) at initialization."""
+    torch = pytest.importorskip("torch")
+    from vmem.bench.cpu_step import torch_module
+    from vmem.profile import load_profile
+
+    network = load_profile(profile).network
+    model = torch_module(torch, network)
+    assert sum(p.numel() for p in model.parameters()) == network.num_params()
+    classes = network.shapes(1)[network.logits][1]
+    x = torch.from_numpy(RNG.standard_normal((2, *network.input_shape)).astype(np.float32))
+    loss = model(x, torch.tensor([0, classes - 1]))
+    loss.backward()
+    value = loss.item()
+    assert math.isfinite(value) and 0 < value < 4 * math.log(classes)

@@ -81,10 +81,15 @@ def torch_module(torch: Any, network: Any) -> Any:
         if kind == "avgpool":
             return nn.AvgPool2d(layer.kernel, layer.step, layer.pad, ceil_mode=layer.ceil_mode,
                                 count_include_pad=True)
+        if kind == "global_avgpool":
+            return nn.AdaptiveAvgPool2d(1)
         if kind == "linear":
             features = int(np.prod(in_shape[1:]))
             return nn.Sequential(nn.Flatten(), nn.Linear(features, layer.out_features,
                                                          bias=layer.bias))
+        if kind == "batchnorm":
+            norm = nn.BatchNorm2d if len(in_shape) == 4 else nn.BatchNorm1d
+            return norm(in_shape[1], eps=float(layer.eps), momentum=float(layer.momentum))
         if kind == "dropout":
             return nn.Dropout(float(layer.p))
         if kind == "flatten":
