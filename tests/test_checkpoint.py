@@ -98,3 +98,17 @@ def test_sim_has_no_values_to_load() -> None:
     with (vmem.Runtime(NETWORK, device="sim:titan-x") as runtime,
           pytest.raises(vmem.UsageError, match="sim:titan-x backend holds no parameter")):
         runtime.load_state_dict({})
+
+
+def test_a_state_dict_is_a_copy_that_later_steps_leave_alone() -> None:
+    """On cpu the device arrays are host arrays, updated in place by each step: the
+    state dict must not be them."""
+    with vmem.Runtime(NETWORK, device="cpu", optimizer=vmem.SGD(lr=0.01)) as runtime:
+        x, y = batch(runtime)
+        before = runtime.state_dict(optimizer=True)
+        kept = {key: value.copy() for key, value in before.items()}
+        runtime.train_step(x, y)
+        after = runtime.state_dict()
+    assert any(not np.array_equal(after[key], kept[key]) for key in after)
+    for key, value in before.items():
+        np.testing.assert_array_equal(value, kept[key], err_msg=key)
