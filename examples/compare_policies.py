@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import vmem
 from vmem.policies import POLICIES
 from vmem.profiler import analysis
-from vmem.trial import synthetic_batch
+from vmem.trial import synthetic_data
 from vmem.units import format_bytes
 
 
@@ -45,8 +45,8 @@ def train(profile: str | vmem.Network, policy: str, device: str, batch: int, ste
     try:
         with vmem.Runtime(profile, device=device, policy=policy, memory_limit=memory_limit,
                           oracular=oracular, batch=batch, seed=0) as runtime:
-            x, y = synthetic_batch(runtime.network.input_shape, runtime.num_classes, batch,
-                                   seed=0, data=runtime.backend.runs_kernels)
+            x, y = synthetic_data(runtime.network, batch, seed=0,
+                                  data=runtime.backend.runs_kernels)
             losses, records = [], []
             for _ in range(steps):
                 losses.append(runtime.train_step(x, y))

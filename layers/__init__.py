@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-from vmem.layers.activation import ReLU
+from vmem.layers.activation import GELU, ReLU
 from vmem.layers.add import Add
-from vmem.layers.base import DIRECT, Algorithm, Context, Keeps, Layer, Shape
+from vmem.layers.attention import Attention
+from vmem.layers.base import DIRECT, Algorithm, Context, Keeps, Layer, Shape, SharedParam
 from vmem.layers.batchnorm import BatchNorm
 from vmem.layers.concat import Concat
 from vmem.layers.conv import Conv
 from vmem.layers.dropout import Dropout
+from vmem.layers.embedding import Embedding, PositionEmbedding
 from vmem.layers.flatten import Flatten
+from vmem.layers.layernorm import LayerNorm
 from vmem.layers.linear import Linear
 from vmem.layers.lrn import LRN
 from vmem.layers.pool import AvgPool, GlobalAvgPool, MaxPool
@@ -19,11 +22,13 @@ from vmem.layers.softmax import SoftmaxLoss
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.TYPE: cls
     for cls in (Conv, MaxPool, AvgPool, GlobalAvgPool, ReLU, LRN, BatchNorm, Linear, Dropout,
-                SoftmaxLoss, Concat, Add, Flatten)
+                SoftmaxLoss, Concat, Add, Flatten, Embedding, PositionEmbedding, LayerNorm, GELU,
+                Attention)
 }
 
 __all__ = [
-    "DIRECT", "LAYER_TYPES", "LRN", "Add", "Algorithm", "AvgPool", "BatchNorm", "Concat",
-    "Context", "Conv", "Dropout", "Flatten", "GlobalAvgPool", "Keeps", "Layer", "Linear",
-    "MaxPool", "ReLU", "Shape", "SoftmaxLoss",
+    "DIRECT", "GELU", "LAYER_TYPES", "LRN", "Add", "Algorithm", "Attention", "AvgPool",
+    "BatchNorm", "Concat", "Context", "Conv", "Dropout", "Embedding", "Flatten",
+    "GlobalAvgPool", "Keeps", "Layer", "LayerNorm", "Linear", "MaxPool", "PositionEmbedding",
+    "ReLU", "Shape", "SharedParam", "SoftmaxLoss",
 ]

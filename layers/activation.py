@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -63,3 +64,73 @@ class ReLU(Layer):
         if not needs_dx[0]:
             return [None], {}
         return [relu_backward_into(xp, dy, y)], {}
+
+
+#: GELU's tanh approximation (Hendrycks & Gimpel 2016), GPT-2's and
+#: torch.nn.functional.gelu(approximate="tanh")'s: sqrt(2/pi) and the cubic's weight.
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+
+
+def _gelu_tanh(xp: Any, x: Array) -> Array:
+    """t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), a new array."""
+    t = x * x
+    t *= x
+    t *= GELU_CUBIC
+    t += x
+    t *= GELU_SCALE
+    return xp.tanh(t, out=t)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GELU(Layer):
+    """GELU in its tanh approximation, as GPT-2 computes it (not the exact erf form):
+    y = x/2 (1 + t), t = tanh(sqrt(2/pi) (x + 0.044715 x^3)). Keeps its input;
+    the backward pass computes t again, in one input-sized buffer of scratch."""
+
+    TYPE: ClassVar[str] = "gelu"
+    KEEPS: ClassVar[Keeps] = Keeps.INPUT
+
+    def output_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        (shape,) = inputs(self, in_shapes)
+        return shape
+
+    def flops(self, in_shapes: Sequence[Shape]) -> int:
+        """About 8 per element, the tanh counted as one."""
+        return 8 * numel(self.output_shape(in_shapes))
+
+    def algorithms(self, in_shapes: Sequence[Shape], itemsize: int) -> tuple[Algorithm, ...]:
+        return (Algorithm("direct", numel(self.output_shape(in_shapes)) * itemsize),)
+
+    def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
+                algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
+        (x,) = xs
+        y = _gelu_tanh(xp, x)  # the output's own buffer
+        y += 1
+        y *= x
+        y *= 0.5
+        return y, ()
+
+    def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
+                 params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
+                 in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
+                 ) -> tuple[list[Array | None], dict[str, Array]]:
+        """dy/dx = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        = (1 + t)/2 * (1 + (1 - t) x sqrt(2/pi) (1 + 3 * 0.044715 x^2))."""
+        if not needs_dx[0]:
+            return [None], {}
+        (x,) = xs
+        t = _gelu_tanh(xp, x)  # the scratch
+        dx = x * x
+        dx *= 3 * GELU_CUBIC
+        dx += 1
+        dx *= GELU_SCALE
+        dx *= x
+        xp.subtract(1, t, out=t)  # 1 - t
+        dx *= t
+        dx += 1
+        xp.subtract(2, t, out=t)  # 1 + t
+        dx *= t
+        dx *= 0.5
+        dx *= dy
+        return [dx], {}

@@ -8,7 +8,15 @@ array module `xp` and arrays; they never know where a tensor lived a moment ago,
 and they work in whatever floating dtype they are given (float32 in training,
 float64 in the gradient tests).
 
-Shapes include the batch: NCHW for feature maps, (N, F) after a flatten.
+Shapes include the batch: NCHW for feature maps, (N, F) after a flatten, (N, T)
+integer token ids and (N, T, C) activations for token sequences.
+
+A layer may use another layer's parameter as one of its own (a language model's
+head reads the token embedding's weight: weight tying). It declares it in
+`shared_params`, not in `param_shapes`: the parameter is held and counted once, by
+its owner; `forward` and `backward` find it in `params` under the local name, and
+`backward` returns its gradient under that name too: the runtime sums the
+gradients of every use.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ import numpy as np
 
 Shape = tuple[int, ...]
 Array = Any  # a numpy.ndarray or a cupy.ndarray
+
+#: Token ids on the device: 4 bytes a token (any vocabulary up to 2**31 fits).
+TOKEN_DTYPE = np.dtype(np.int32)
 
 
 class Keeps(enum.Flag):
@@ -46,6 +57,16 @@ class Algorithm:
 
 
 DIRECT = Algorithm("direct")
+
+
+@dataclass(frozen=True)
+class SharedParam:
+    """A parameter a layer uses but does not own: `owner`'s parameter `param`, which
+    must have `shape` (the shape this layer needs it in)."""
+
+    owner: str
+    param: str
+    shape: Shape
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,8 @@ class Layer(ABC):
     ARITY: ClassVar[int | None] = 1
     # A loss ends the graph: its output is a scalar and its backward starts the pass.
     IS_LOSS: ClassVar[bool] = False
+    # Reads token ids (integers of TOKEN_DTYPE), not floating values (embedding).
+    TAKES_TOKENS: ClassVar[bool] = False
 
     name: str
 
@@ -119,6 +142,10 @@ class Layer(ABC):
 
     def init_state(self, in_shapes: Sequence[Shape]) -> dict[str, np.ndarray]:
         """Initial state as float32 NumPy arrays."""
+        return {}
+
+    def shared_params(self, in_shapes: Sequence[Shape]) -> dict[str, SharedParam]:
+        """Parameters of other layers this layer uses, by local name (none by default)."""
         return {}
 
     def flops(self, in_shapes: Sequence[Shape]) -> int:

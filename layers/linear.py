@@ -10,62 +10,103 @@ import numpy as np
 
 from vmem.kernels.gemm import matmul
 from vmem.layers._checks import config_error, inputs, require_int
-from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, he_normal, numel
+from vmem.layers.base import (
+    Algorithm,
+    Array,
+    Context,
+    Keeps,
+    Layer,
+    Shape,
+    SharedParam,
+    he_normal,
+    numel,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Linear(Layer):
-    """y = x @ weight.T + bias for x of shape (N, ...), read as (N, prod(rest)) by a
-    reshape (no copy when x is contiguous). weight is (out_features, in_features).
-    Keeps its input; dx comes back in the input's original shape."""
+    """y = x @ weight.T + bias, weight (out_features, in_features).
+
+    On a token sequence (N, T, C) it maps the last dimension: y is (N, T,
+    out_features) and in_features is C. On anything else, (N, F) or an image map
+    (N, C, H, W), it reads x as (N, prod(rest)) by a reshape (no copy when x is
+    contiguous): y is (N, out_features). Keeps its input; dx comes back in the
+    input's shape.
+
+    `tied_to` names a layer whose weight this one uses as its own (GPT-2's head
+    reads the token embedding's (vocab, C) weight): the weight is then that
+    layer's parameter, held and counted once, and this layer owns only its bias."""
 
     TYPE: ClassVar[str] = "linear"
     KEEPS: ClassVar[Keeps] = Keeps.INPUT
 
     out_features: int
     bias: bool = True
+    tied_to: str = ""
 
     def __post_init__(self) -> None:
         require_int(self, "out_features", 1)
         if not isinstance(self.bias, bool):
             raise config_error(self, f"bias must be true or false, got {self.bias!r}")
+        if not isinstance(self.tied_to, str):
+            raise config_error(self, f"tied_to must be a layer name, got {self.tied_to!r}")
+
+    def _rows(self, in_shapes: Sequence[Shape]) -> tuple[Shape, int]:
+        """The leading dimensions each row of x is indexed by, and in_features."""
+        (shape,) = inputs(self, in_shapes, min_rank=2)
+        if len(shape) == 3:
+            return shape[:2], shape[2]
+        return shape[:1], numel(shape[1:])
 
     def output_shape(self, in_shapes: Sequence[Shape]) -> Shape:
-        (shape,) = inputs(self, in_shapes, min_rank=2)
-        return (shape[0], self.out_features)
+        lead, _ = self._rows(in_shapes)
+        return (*lead, self.out_features)
+
+    def weight_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        return (self.out_features, self._rows(in_shapes)[1])
 
     def param_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
-        self.output_shape(in_shapes)
-        shapes = {"weight": (self.out_features, numel(in_shapes[0][1:]))}
+        shapes = {} if self.tied_to else {"weight": self.weight_shape(in_shapes)}
         if self.bias:
             shapes["bias"] = (self.out_features,)
         return shapes
 
+    def shared_params(self, in_shapes: Sequence[Shape]) -> dict[str, SharedParam]:
+        if not self.tied_to:
+            return {}
+        return {"weight": SharedParam(self.tied_to, "weight", self.weight_shape(in_shapes))}
+
     def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:
         """He normal weights, std = sqrt(2 / in_features); zero bias."""
+        if self.tied_to:
+            return ({"bias": np.zeros((self.out_features,), np.float32)} if self.bias else {})
         return he_normal(self.param_shapes(in_shapes), rng)
 
     def flops(self, in_shapes: Sequence[Shape]) -> int:
-        n, out = self.output_shape(in_shapes)
-        return 2 * n * numel(in_shapes[0][1:]) * out + (n * out if self.bias else 0)
+        lead, features = self._rows(in_shapes)
+        rows = numel(lead)
+        return 2 * rows * features * self.out_features + (rows * self.out_features
+                                                          if self.bias else 0)
 
     def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
                 algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
         (x,) = xs
-        y = matmul(xp, x.reshape(x.shape[0], -1), params["weight"].T)
+        lead, features = self._rows([tuple(x.shape)])
+        y = matmul(xp, x.reshape(-1, features), params["weight"].T)
         if self.bias:
             y += params["bias"]
-        return y, ()
+        return y.reshape(*lead, self.out_features), ()
 
     def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
                  params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
                  in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
                  ) -> tuple[list[Array | None], dict[str, Array]]:
         (x,) = xs
-        x2 = x.reshape(x.shape[0], -1)
-        grads = {"weight": matmul(xp, dy.T, x2)}
+        features = self._rows([tuple(x.shape)])[1]
+        rows, dy_rows = x.reshape(-1, features), dy.reshape(-1, self.out_features)
+        grads = {"weight": matmul(xp, dy_rows.T, rows)}
         if self.bias:
-            grads["bias"] = dy.sum(axis=0)
-        dx = matmul(xp, dy, params["weight"]).reshape(x.shape) if needs_dx[0] else None
+            grads["bias"] = dy_rows.sum(axis=0)
+        dx = matmul(xp, dy_rows, params["weight"]).reshape(x.shape) if needs_dx[0] else None
         return [dx], grads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -15,24 +16,41 @@ from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape
 
 @dataclass(frozen=True, kw_only=True)
 class SoftmaxLoss(Layer):
-    """Mean cross-entropy of softmax(logits) against ctx.labels, for logits (N, C) or
-    (N, C, 1, 1) and integer labels (N,) in [0, C). The output is a 0-d array.
+    """Mean cross-entropy of softmax(logits) against ctx.labels: for logits (N, C) or
+    (N, C, 1, 1), integer labels (N,) in [0, C); for a language model's logits
+    (N, T, V), the next-token ids (N, T) in [0, V) and the mean over all N T tokens.
+    Each row of C (or V) logits is one distribution, computed by
+    `vmem.kernels.softmax.cross_entropy` (its log-softmax, on CUDA the online
+    kernels). The output is a 0-d array.
 
     The backward pass has no access to the labels (the contract passes none), so in
     training forward saves the finished gradient of the mean loss,
-    (softmax(logits) - onehot(labels)) / N, an (N, C) array of the logits' dtype:
-    the same bytes as the probabilities. Evaluation saves nothing; probabilities for
-    evaluation come from `vmem.kernels.softmax.softmax`."""
+    (softmax(logits) - onehot(labels)) / rows, an array of the logits' size and
+    dtype: the same bytes as the probabilities. Evaluation saves nothing;
+    probabilities for evaluation come from `vmem.kernels.softmax.softmax`."""
 
     TYPE: ClassVar[str] = "softmax_loss"
     KEEPS: ClassVar[Keeps] = Keeps.NOTHING
     IS_LOSS: ClassVar[bool] = True
 
-    def _logits_shape(self, in_shapes: Sequence[Shape]) -> tuple[int, int]:
+    def label_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        """(N,) for a classifier's logits, (N, T) for a language model's."""
         (shape,) = inputs(self, in_shapes, min_rank=2)
+        if len(shape) == 3:
+            return shape[:2]
         if len(shape) != 2 and not (len(shape) == 4 and shape[2:] == (1, 1)):
-            raise shape_error(self, f"needs logits (N, C) or (N, C, 1, 1), got shape {shape}")
-        return shape[0], shape[1]
+            raise shape_error(self, f"needs logits (N, C), (N, C, 1, 1) or (N, T, V), got "
+                                    f"shape {shape}")
+        return shape[:1]
+
+    def classes(self, in_shapes: Sequence[Shape]) -> int:
+        """The length of each distribution: C classes, or V tokens."""
+        rank = len(self.label_shape(in_shapes))
+        return int(in_shapes[0][rank])
+
+    def _logits_shape(self, in_shapes: Sequence[Shape]) -> tuple[int, int]:
+        """(rows, classes): the distributions the loss averages over."""
+        return math.prod(self.label_shape(in_shapes)), self.classes(in_shapes)
 
     def output_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         self._logits_shape(in_shapes)
@@ -50,15 +68,16 @@ class SoftmaxLoss(Layer):
     def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
                 algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
         (x,) = xs
-        n, c = self._logits_shape([tuple(x.shape)])
+        in_shapes = [tuple(x.shape)]
+        n, c = self._logits_shape(in_shapes)
         if ctx.labels is None:
             raise ValueError(f"layer '{self.name}' (softmax_loss): needs labels in ctx.labels")
         # Checked before the copy to the device: host labels cost no device sync here,
         # in the middle of a step; labels already on the device cost one (the caller's
         # choice).
         given = ctx.labels if hasattr(ctx.labels, "dtype") else np.asarray(ctx.labels)
-        self._check_labels(given, n, c)
-        labels = xp.asarray(given)
+        self._check_labels(given, self.label_shape(in_shapes), c)
+        labels = xp.asarray(given).reshape(n)
         loss, probs = cross_entropy(xp, x.reshape(n, c), labels)
         if not ctx.train:
             return loss, ()
@@ -67,9 +86,9 @@ class SoftmaxLoss(Layer):
         grad /= n
         return loss, (grad,)
 
-    def _check_labels(self, labels: Array, n: int, c: int) -> None:
-        if tuple(labels.shape) != (n,) or labels.dtype.kind not in "iu":
-            raise shape_error(self, f"needs integer labels of shape ({n},), got "
+    def _check_labels(self, labels: Array, shape: Shape, c: int) -> None:
+        if tuple(labels.shape) != tuple(shape) or labels.dtype.kind not in "iu":
+            raise shape_error(self, f"needs integer labels of shape {tuple(shape)}, got "
                                     f"{labels.dtype} labels of shape {tuple(labels.shape)}")
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= c:

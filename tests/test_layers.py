@@ -12,22 +12,27 @@ import pytest
 from vmem.errors import ShapeError
 from vmem.layers import (
     DIRECT,
+    GELU,
     LAYER_TYPES,
     LRN,
     Add,
     Algorithm,
+    Attention,
     AvgPool,
     BatchNorm,
     Concat,
     Context,
     Conv,
     Dropout,
+    Embedding,
     Flatten,
     GlobalAvgPool,
     Keeps,
     Layer,
+    LayerNorm,
     Linear,
     MaxPool,
+    PositionEmbedding,
     ReLU,
     SoftmaxLoss,
 )
@@ -49,20 +54,25 @@ def distinct_input(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 def make_params(layer: Layer, in_shapes: Sequence[tuple[int, ...]], seed: int = 1
                 ) -> dict[str, np.ndarray]:
-    """float64 parameters of the declared shapes, biases non-zero, and the layer's
-    state as it starts."""
+    """float64 parameters of the declared shapes, biases (and layernorm weights)
+    non-zero and not one, a shared parameter drawn as its owner might hold it, and
+    the layer's state as it starts."""
     rng = np.random.default_rng(seed)
     params = layer.init_params(in_shapes, rng)
     state = {k: v.astype(np.float64) for k, v in layer.init_state(in_shapes).items()}
-    return {k: (v.astype(np.float64) if k == "weight" else rng.standard_normal(v.shape))
-            for k, v in params.items()} | state
+    params = {k: (v.astype(np.float64) if k == "weight" and layer.TYPE != "layernorm"
+                  else rng.standard_normal(v.shape)) for k, v in params.items()}
+    for local, shared in layer.shared_params(in_shapes).items():
+        params[local] = rng.standard_normal(shared.shape) * 0.5
+    return params | state
 
 
 def make_ctx(layer: Layer, in_shapes: Sequence[tuple[int, ...]], train: bool = True
              ) -> Context:
     if layer.IS_LOSS:
-        n, c = in_shapes[0][:2]
-        return Context(train=train, seed=3, labels=np.random.default_rng(9).integers(0, c, n))
+        labels = np.random.default_rng(9).integers(0, layer.classes(in_shapes),
+                                                   layer.label_shape(in_shapes))
+        return Context(train=train, seed=3, labels=labels)
     return Context(train=train, seed=3)
 
 
@@ -153,9 +163,20 @@ CASES: dict[str, tuple[Layer, list[tuple[int, ...]]]] = {
     "lrn_rank2": (LRN(name="n", size=3, alpha=2.0, beta=0.5, k=1.5), [(3, 5)]),
     "linear_2d": (Linear(name="fc", out_features=4), [(3, 5)]),
     "linear_4d_nobias": (Linear(name="fc", out_features=3, bias=False), [(2, 3, 2, 2)]),
+    "linear_sequence": (Linear(name="fc", out_features=4), [(2, 3, 5)]),
+    "linear_tied_head": (Linear(name="head", out_features=6, bias=False, tied_to="wte"),
+                         [(2, 3, 4)]),
     "dropout_train": (Dropout(name="drop", p=0.3), [(3, 4, 2, 2)]),
+    "dropout_sequence": (Dropout(name="drop", p=0.1), [(2, 5, 3)]),
     "softmax_loss": (SoftmaxLoss(name="loss"), [(4, 5)]),
     "softmax_loss_4d": (SoftmaxLoss(name="loss"), [(3, 6, 1, 1)]),
+    "softmax_loss_tokens": (SoftmaxLoss(name="loss"), [(2, 3, 7)]),
+    "layernorm": (LayerNorm(name="ln"), [(2, 3, 5)]),
+    "layernorm_2d_eps": (LayerNorm(name="ln", eps=0.5), [(3, 4)]),
+    "gelu": (GELU(name="gelu"), [(2, 3, 4)]),
+    "attention_2_heads": (Attention(name="attn", heads=2), [(2, 4, 12)]),
+    "attention_1_head": (Attention(name="attn", heads=1), [(1, 5, 9)]),
+    "position_embedding": (PositionEmbedding(name="wpe"), [(2, 3, 4)]),
     "concat_3": (Concat(name="cat"), [(2, 1, 3, 3), (2, 3, 3, 3), (2, 2, 3, 3)]),
     "concat_last_axis": (Concat(name="cat", axis=-1), [(2, 3, 2), (2, 3, 4)]),
     "add_2": (Add(name="sum"), [(2, 3, 4, 4), (2, 3, 4, 4)]),
@@ -175,8 +196,10 @@ def case_inputs(in_shapes: Sequence[tuple[int, ...]], dtype: Any = np.float64
 def test_every_type_is_registered_and_covered():
     assert set(LAYER_TYPES) == {"conv", "maxpool", "avgpool", "global_avgpool", "relu", "lrn",
                                 "batchnorm", "linear", "dropout", "softmax_loss", "concat",
-                                "add", "flatten"}
-    assert {layer.TYPE for layer, _ in CASES.values()} == set(LAYER_TYPES)
+                                "add", "flatten", "embedding", "position_embedding",
+                                "layernorm", "gelu", "attention"}
+    # the embedding, whose input is token ids, has tests of its own
+    assert {layer.TYPE for layer, _ in CASES.values()} == set(LAYER_TYPES) - {"embedding"}
     for type_name, cls in LAYER_TYPES.items():
         assert type_name == cls.TYPE
 
@@ -195,8 +218,9 @@ def test_shapes_bytes_dtype_and_purity(case, dtype):
     xs = case_inputs(in_shapes, dtype)
     originals = [x.copy() for x in xs]
     params = {k: v.astype(dtype) for k, v in make_params(layer, in_shapes).items()}
+    shared = {k: use.shape for k, use in layer.shared_params(in_shapes).items()}
     assert ({k: v.shape for k, v in params.items()}
-            == layer.param_shapes(in_shapes) | layer.state_shapes(in_shapes))
+            == layer.param_shapes(in_shapes) | layer.state_shapes(in_shapes) | shared)
     itemsize = np.dtype(dtype).itemsize
     for algo in layer.algorithms(in_shapes, itemsize):
         y, saved = layer.forward(np, xs, params, algo, make_ctx(layer, in_shapes))
@@ -623,8 +647,13 @@ SHAPE_ERRORS = [
     (Concat(name="cat"), [(1, 2, 3, 3), (1, 2, 3)], "ranks"),
     (Concat(name="cat", axis=4), [(1, 2, 3, 3), (1, 2, 3, 3)], "axis 4"),
     (Add(name="res"), [(1, 2, 3, 3), (1, 2, 3, 4)], r"\(1, 2, 3, 3\), \(1, 2, 3, 4\)"),
-    (SoftmaxLoss(name="loss"), [(2, 3, 4)], r"\(2, 3, 4\)"),
+    (SoftmaxLoss(name="loss"), [(2, 3, 4, 5)], r"\(2, 3, 4, 5\)"),
     (Flatten(name="flat"), [(6,)], "rank >= 2"),
+    (Embedding(name="wte", vocab=8, features=4), [(2, 3, 4)], r"token ids \(N, T\).*\(2, 3, 4\)"),
+    (PositionEmbedding(name="wpe"), [(2, 3)], r"\(N, T, C\).*\(2, 3\)"),
+    (Attention(name="attn", heads=2), [(2, 3, 8)], r"\(N, T, 3C\).*\(2, 3, 8\)"),
+    (Attention(name="attn", heads=4), [(2, 3, 18)], "C = 6 does not split into 4 heads"),
+    (LayerNorm(name="ln"), [(5,)], r"rank >= 2.*\(5,\)"),
 ]
 
 
@@ -647,6 +676,11 @@ def test_shape_errors_name_layer_and_shapes(layer, in_shapes, pattern):
     (Concat, {"axis": 0}),
     (Linear, {"out_features": 0}),
     (LRN, {"size": 0}),
+    (Embedding, {"vocab": 0, "features": 4}),
+    (Embedding, {"vocab": 8, "features": 2.0}),
+    (Attention, {"heads": 0}),
+    (LayerNorm, {"eps": 0.0}),
+    (Linear, {"out_features": 4, "tied_to": 3}),
 ])
 def test_bad_configuration_raises_value_error(cls, config):
     with pytest.raises(ValueError, match=rf"^layer 'x' \({cls.TYPE}\): "):

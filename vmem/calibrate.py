@@ -138,10 +138,10 @@ def measure(network: Network, device: str, batch: int, steps: int, seed: int = 0
             threads: int | None = None) -> tuple[dict[str, Any], list[StepRecord]]:
     """The calibration, and the records of the steps it was measured from."""
     from vmem.runtime import Runtime
-    from vmem.trial import staged_for_upload, synthetic_batch
+    from vmem.trial import staged_for_upload, synthetic_data
 
     with Runtime(network, device=device, policy="none", seed=seed, threads=threads) as runtime:
-        x, y = synthetic_batch(network.input_shape, runtime.num_classes, batch, seed)
+        x, y = synthetic_data(network, batch, seed)
         x = staged_for_upload(runtime.backend, x)
         records = []
         for _ in range(steps):

@@ -97,6 +97,7 @@ class Executor:
         self.recompute_at = {name: max(self.lives[name].backward_users)
                              for name in self.recomputed}
         self.release_at, self.prefetch_at = move_schedule(network, plan, self.offloaded)
+        self.grad_adds = _gradient_adds(network, params)
         # The offloaded maps' host buffers are views into one pinned buffer, taken
         # from the pool for a training step and given back after it: steps of any
         # batch size reuse what an earlier step pinned, so pinned bytes stay bounded
@@ -218,7 +219,8 @@ class Executor:
             self.params.interrupted = f"restoring the layers' state: {type(exc).__name__}"
 
     def evaluate(self, x: Any) -> np.ndarray | None:
-        """Class probabilities for x as a host array (no loss, nothing kept for
+        """Class probabilities for x as a host array, (N, classes) or, for a language
+        model, (N, T, vocab): each next token's distribution (no loss, nothing kept for
         backward, nothing offloaded); None on a backend that runs no kernels."""
         recorder = StepRecorder(self.backend)
         try:
@@ -228,8 +230,9 @@ class Executor:
                 self._where = ("softmax", FORWARD)
                 block = self._allocate_loose(logits.block.nbytes, MemoryKind.FEATURE_MAPS,
                                              "probabilities")
+                rows = (*self.network.label_shape(self.batch), self.network.classes)
                 probabilities = self._launch(recorder, "softmax", FORWARD, 0.0, softmax,
-                                             self.backend.xp, _flat(logits.array, self.batch))
+                                             self.backend.xp, _reshaped(logits.array, rows))
             host = None if probabilities is None else self.backend.to_host(probabilities)
             self._free(block)
             self._free(self._tensors.pop(self.network.logits).block)
@@ -296,7 +299,10 @@ class Executor:
             self.backend.arena.free(self._held.pop())
 
     def _tensor_bytes(self, name: str) -> int:
-        return numel(self.shapes[name]) * self.dtype.itemsize
+        return numel(self.shapes[name]) * self._dtype_of(name).itemsize
+
+    def _dtype_of(self, name: str) -> np.dtype:
+        return self.network.dtype_of(name, self.dtype)
 
     # -- work on the streams -------------------------------------------------------
 
@@ -331,7 +337,7 @@ class Executor:
         backend, tensor, buffer = self.backend, self._tensors[name], self._host[name]
         backend.wait(backend.memory, backend.record(backend.compute))
         host = None if buffer.array is None else _view(buffer.array, self.shapes[name],
-                                                       self.dtype)
+                                                       self._dtype_of(name))
         cost = self.costs.copy_ms(buffer.nbytes, to_host=True) if self.costs else 0.0
         start = backend.mark(backend.memory)
         backend.copy_to_host(backend.memory, tensor.array, host, cost)
@@ -348,7 +354,7 @@ class Executor:
         block = self._allocate(buffer.nbytes, MemoryKind.FEATURE_MAPS, name)
         backend.wait(backend.memory, backend.record(backend.compute))
         host = None if buffer.array is None else _view(buffer.array, self.shapes[name],
-                                                       self.dtype)
+                                                       self._dtype_of(name))
         cost = self.costs.copy_ms(buffer.nbytes, to_host=False) if self.costs else 0.0
         start = backend.mark(backend.memory)
         array = backend.copy_to_device(backend.memory, host, cost)
@@ -412,7 +418,7 @@ class Executor:
                               and lives[name].last_forward_use == i})
         xs = [self._tensors[s].array for s in node.inputs]
         result = self._launch(recorder, node.name, FORWARD, self._layer_ms(node, FORWARD),
-                              layer.forward, xp, xs, self.params.layers[node.name].for_layer(),
+                              layer.forward, xp, xs, self.params.values_of(node.name),
                               algo, replace(ctx, inplace=True) if inplace else ctx)
         self._free(workspace)
         y, saved = result if result is not None else (None, ())
@@ -451,7 +457,7 @@ class Executor:
         the maps whose `Move` starts their copy back here; then vDNN's prefetch
         for the maps without one: to overlap with layer i, the offloaded inputs
         of the nearest earlier layer that has any, searching no further than a
-        convolution."""
+        convolution (of `Network.heavy_layers`)."""
         nodes = self.network.nodes
         for name in self._backward_reads(nodes[i]):
             if name in self._on_host:
@@ -463,7 +469,7 @@ class Executor:
                        if n in self._on_host and n not in self.prefetch_at]
             for name in pending:
                 self._prefetch(recorder, name)
-            if pending or nodes[j].layer.TYPE == "conv":
+            if pending or nodes[j].name in self.network.heavy_layers:
                 break
 
     def _recompute(self, recorder: StepRecorder, name: str) -> None:
@@ -487,7 +493,7 @@ class Executor:
         ctx = replace(self._ctx, update_state=False)
         result = self._launch(recorder, name, RECOMPUTE, self._layer_ms(node, FORWARD),
                               layer.forward, self.backend.xp, xs,
-                              self.params.layers[name].for_layer(), algo, ctx)
+                              self.params.values_of(name), algo, ctx)
         self._free(workspace)
         self._tensors[name] = Tensor(self._settle(out_block),
                                      None if result is None else result[0])
@@ -533,19 +539,35 @@ class Executor:
         xs = [self._tensors[s].array if Keeps.INPUT in keeps else None for s in node.inputs]
         y = self._tensors[node.name].array if Keeps.OUTPUT in keeps else None
         saved_block, saved = self._saved[node.name]
-        entry = self.params.layers[node.name]
+        adds = self.grad_adds[node.name]
         # last step's weight gradients (spent as the update's scratch) go before
-        # this step's are made: the device holds one set, as the arena counts
-        entry.grads.update(dict.fromkeys(entry.grads))
+        # this step's are made: the device holds one set, as the arena counts; a
+        # shared parameter's later uses add their gradient into the first one's,
+        # each through a temporary
+        grads = self.params.trained(node.name)
+        for local, (owner, pname) in grads.items():
+            if local not in adds:
+                self.params.layers[owner].grads[pname] = None
+        partials = [self._allocate_loose(self._param_bytes(*grads[local]),
+                                         MemoryKind.WEIGHT_GRADS,
+                                         f"{node.name}.{local}.grad.partial")
+                    for local in sorted(adds)]
         into = {s: self._grads[s].array for s, (_, accumulate) in targets.items()
                 if accumulate}
+        into_params = {local: self.params.layers[grads[local][0]].grads[grads[local][1]]
+                       for local in adds}
         result = self._launch(recorder, node.name, BACKWARD, self._layer_ms(node, BACKWARD),
                               _backward_and_accumulate, node, xp,
-                              None if dy is None else dy.array, xs, y, entry.for_layer(), saved,
-                              algo, self._in_shapes(node), needs_dx, into)
+                              None if dy is None else dy.array, xs, y,
+                              self.params.values_of(node.name), saved, algo,
+                              self._in_shapes(node), needs_dx, into, into_params)
         del self._saved[node.name]  # after the launch: a failed one leaves it to _abandon
         dx_by_source, dparams = result if result is not None else ({}, {})
-        entry.grads.update(dparams)
+        for local, gradient in dparams.items():
+            owner, pname = grads[local]
+            self.params.layers[owner].grads[pname] = gradient
+        for partial in partials:
+            self._free(partial)
         for source, (block, accumulate) in targets.items():
             if accumulate:
                 self._free(block)  # its contribution is added in
@@ -558,6 +580,9 @@ class Executor:
         for name in dict.fromkeys((*node.inputs, node.name)):
             if lives[name].last_backward_use == i and name in self._tensors:
                 self._retire(self._tensors.pop(name).block)
+
+    def _param_bytes(self, layer: str, pname: str) -> int:
+        return numel(self.params.shapes[f"{layer}.{pname}"]) * self.dtype.itemsize
 
     def _update(self, recorder: StepRecorder) -> None:
         optimizer = self.params.optimizer
@@ -576,9 +601,10 @@ class Executor:
     def _to_device(self, x: Any) -> Any:
         if not self.backend.runs_kernels:
             return None
+        dtype = self._dtype_of(DATA)
         if isinstance(x, np.ndarray):
-            return self.backend.asarray(np.asarray(x, dtype=self.dtype))
-        return x.astype(self.dtype, copy=False)
+            return self.backend.asarray(np.asarray(x, dtype=dtype))
+        return x.astype(dtype, copy=False)
 
     def _labels(self, labels: Any) -> Any:
         """Labels as given: the loss layer checks host labels on the host, then copies
@@ -616,8 +642,22 @@ def _nothing() -> None:
     return None
 
 
-def _flat(array: Any, batch: int) -> Any:
-    return array.reshape(batch, -1)
+def _reshaped(array: Any, shape: Shape) -> Any:
+    return None if array is None else array.reshape(shape)
+
+
+def _gradient_adds(network: Network, params: ParameterStore) -> dict[str, frozenset[str]]:
+    """For each layer, the parameters (local names) whose gradient its backward pass
+    adds into one made earlier in the pass: a shared parameter's gradient is the sum
+    of its uses', made by the last node that uses it (the first in the backward
+    pass) and added into by the others."""
+    first: dict[tuple[str, str], int] = {}
+    for i, node in enumerate(network.nodes):
+        for where in params.trained(node.name).values():
+            first[where] = i
+    return {node.name: frozenset(local for local, where in params.trained(node.name).items()
+                                 if first[where] != i)
+            for i, node in enumerate(network.nodes)}
 
 
 #: Each offloaded map's place in the step's pinned buffer starts at a multiple of
@@ -637,11 +677,15 @@ def _view(buffer: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:
 def _backward_and_accumulate(node: Node, xp: Any, dy: Any, xs: Sequence[Any], y: Any,
                              params: dict[str, Any], saved: tuple[Any, ...], algo: Algorithm,
                              in_shapes: Sequence[Shape], needs_dx: Sequence[bool],
-                             into: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                             into: dict[str, Any], into_params: dict[str, Any]
+                             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A node's backward pass as one op on the compute stream: input gradients by
     tensor (a tensor read twice by the node gets both contributions), those of
-    tensors in `into` added to the gradient maps already there."""
+    tensors in `into` added to the gradient maps already there, and the gradients
+    of the parameters in `into_params` added to the gradients already there."""
     dxs, dparams = node.layer.backward(xp, dy, xs, y, params, saved, algo, in_shapes, needs_dx)
+    for local, gradient in into_params.items():
+        gradient += dparams.pop(local)
     by_source: dict[str, Any] = {}
     for source, dx in zip(node.inputs, dxs, strict=True):
         if dx is not None:

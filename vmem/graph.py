@@ -2,7 +2,8 @@
 consumers and liveness. It knows nothing of plans or devices.
 
 Tensors are named after the node that produces them; the network's input is
-the tensor `data`. Each node has one output.
+the tensor `data`: floating values, or, where the network has a vocabulary, token
+ids (integers in [0, vocab), one sample a sequence (T,)). Each node has one output.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from vmem.errors import NetworkError, ShapeError
-from vmem.layers.base import Keeps, Layer, Shape, numel
+from vmem.layers.base import TOKEN_DTYPE, Keeps, Layer, Shape, numel
 
 DATA = "data"
+#: The layers whose inputs vDNN's convolution rules apply to where there is no
+#: convolution (`Network.heavy_layers`).
+HEAVY_WITHOUT_CONVOLUTIONS = ("linear", "attention")
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,17 @@ class TensorLife:
 @dataclass(frozen=True)
 class Network:
     name: str
-    input_shape: Shape  # one sample, e.g. (3, 224, 224)
+    input_shape: Shape  # one sample, e.g. (3, 224, 224), or (T,) token ids
     nodes: tuple[Node, ...]  # topological order, the loss last
     description: str = ""
+    vocab: int = 0  # > 0: the input is token ids in [0, vocab)
 
     @staticmethod
     def build(name: str, input_shape: Sequence[int], nodes: Iterable[Node],
-              description: str = "") -> Network:
+              description: str = "", vocab: int = 0) -> Network:
         """Validate names, inputs, arity and acyclicity, order the nodes
-        topologically (stable: profile order where it is free), check shapes."""
+        topologically (stable: profile order where it is free), check shapes,
+        token inputs and shared parameters."""
         nodes = list(nodes)
         if not nodes:
             raise NetworkError(f"network '{name}' has no layers")
@@ -98,19 +106,31 @@ class Network:
             if node.name not in read:
                 raise NetworkError(f"layer '{node.name}' is read by no layer: every layer but "
                                    f"the loss must lead to it", layer=node.name)
-        network = Network(name, tuple(int(d) for d in input_shape), tuple(ordered), description)
+        _check_tokens(ordered, tuple(input_shape), vocab)
+        network = Network(name, tuple(int(d) for d in input_shape), tuple(ordered), description,
+                          vocab)
         network.shapes(1)  # raises ShapeError where shapes do not connect
+        _check_shared(network)
         return network
 
     @staticmethod
     def sequential(name: str, input_shape: Sequence[int], layers: Iterable[Layer],
-                   description: str = "") -> Network:
+                   description: str = "", vocab: int = 0) -> Network:
         """A chain: each layer reads the one before it, the first reads data."""
         nodes, previous = [], DATA
         for layer in layers:
             nodes.append(Node(layer, (previous,)))
             previous = layer.name
-        return Network.build(name, input_shape, nodes, description)
+        return Network.build(name, input_shape, nodes, description, vocab)
+
+    @property
+    def takes_tokens(self) -> bool:
+        return self.vocab > 0
+
+    def dtype_of(self, tensor: str, dtype: np.dtype) -> np.dtype:
+        """A tensor's dtype when the network computes in `dtype`: token ids for a
+        language model's input, `dtype` for everything else."""
+        return TOKEN_DTYPE if tensor == DATA and self.takes_tokens else np.dtype(dtype)
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -124,6 +144,27 @@ class Network:
     def logits(self) -> str:
         """The tensor the loss reads: what evaluation turns into probabilities."""
         return self.loss.inputs[0]
+
+    def label_shape(self, batch: int) -> Shape:
+        """The labels a step takes: (N,) class indices, or (N, T) next-token ids."""
+        return tuple(self.loss.layer.label_shape(self.in_shapes(self.loss, self.shapes(batch))))
+
+    @property
+    def classes(self) -> int:
+        """The length of each distribution the loss computes: classes, or tokens."""
+        return int(self.loss.layer.classes(self.in_shapes(self.loss, self.shapes(1))))
+
+    @cached_property
+    def heavy_layers(self) -> frozenset[str]:
+        """The layers vDNN's rules centre on: whose inputs vdnn-conv offloads, and
+        past which vDNN's prefetch does not look. vDNN's are the convolutions; in a
+        network without any (a transformer), the layers that multiply matrices,
+        linear and attention: those whose compute most outlasts the copy of the
+        input they keep (the most FLOPs per byte kept, by hundreds against a
+        layernorm's or GELU's few)."""
+        convolutions = frozenset(n.name for n in self.nodes if n.layer.TYPE == "conv")
+        return convolutions or frozenset(n.name for n in self.nodes
+                                         if n.layer.TYPE in HEAVY_WITHOUT_CONVOLUTIONS)
 
     @cached_property
     def _shapes_by_batch(self) -> dict[int, dict[str, Shape]]:
@@ -157,6 +198,7 @@ class Network:
         return {n.name: n.layer.param_shapes(self.in_shapes(n, shapes)) for n in self.nodes}
 
     def num_params(self) -> int:
+        """Parameters, each counted once: a shared one (a tied weight) by its owner."""
         return sum(numel(s) for params in self.param_shapes().values() for s in params.values())
 
     def flops(self, batch: int) -> int:
@@ -167,6 +209,51 @@ class Network:
     @cached_property
     def lives(self) -> dict[str, TensorLife]:
         return liveness(self)
+
+
+def _check_tokens(nodes: list[Node], input_shape: Shape, vocab: int) -> None:
+    """Token ids are read by layers that take them (embeddings), and only they read
+    them; an embedding's table covers the vocabulary."""
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 0:
+        raise NetworkError(f"vocab must be an integer >= 1 (token input) or 0, got {vocab!r}")
+    for node in nodes:
+        tokens = type(node.layer).TAKES_TOKENS
+        if vocab and DATA in node.inputs and not tokens:
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) reads data, which is "
+                               f"token ids: only an embedding reads them", layer=node.name)
+        if tokens and node.inputs != (DATA,):
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) reads token ids: its "
+                               f"input must be data", layer=node.name)
+        if tokens and not vocab:
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) reads token ids, but "
+                               f"the network's input is not tokens (give it a vocab)",
+                               layer=node.name)
+        if tokens and node.layer.vocab != vocab:
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) has vocab "
+                               f"{node.layer.vocab}; the input's is {vocab}", layer=node.name)
+    if vocab and len(input_shape) != 1:
+        raise NetworkError(f"a token input is one sequence a sample, input (T,); got "
+                           f"{list(input_shape)}")
+
+
+def _check_shared(network: Network) -> None:
+    """Every shared parameter is its owner's, of the shape its user needs."""
+    shapes = network.shapes(1)
+    for node in network.nodes:
+        for local, shared in node.layer.shared_params(network.in_shapes(node, shapes)).items():
+            owner = network.index.get(shared.owner)
+            owned = ({} if owner is None else network.nodes[owner].layer.param_shapes(
+                network.in_shapes(network.nodes[owner], shapes)))
+            if shared.param not in owned:
+                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) uses the "
+                                   f"{shared.param} of '{shared.owner}', which "
+                                   f"{'is no layer' if owner is None else 'has none'}",
+                                   layer=node.name)
+            if tuple(owned[shared.param]) != tuple(shared.shape):
+                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) needs its {local} "
+                                   f"of shape {tuple(shared.shape)}; the {shared.param} of "
+                                   f"'{shared.owner}' is {tuple(owned[shared.param])}",
+                                   layer=node.name)
 
 
 def _topological(nodes: list[Node]) -> list[Node]:

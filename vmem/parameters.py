@@ -29,13 +29,18 @@ MAX_STEPS = 2**32 - 1
 
 @dataclass
 class LayerParameters:
+    """A layer's own parameters and state, and the parameters it uses of other layers
+    (`shared`, local name -> (owner, its name there)), which live in the owner's
+    entry only."""
+
     values: dict[str, Any] = field(default_factory=dict)
     grads: dict[str, Any] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)  # param -> name -> array
     buffers: dict[str, Any] = field(default_factory=dict)  # the layer's state, never trained
+    shared: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def for_layer(self) -> dict[str, Any]:
-        """What a layer's passes read as `params`: its parameters and its state."""
+        """What a layer's own passes read as `params`: its parameters and its state."""
         return self.values | self.buffers if self.buffers else self.values
 
 
@@ -75,6 +80,8 @@ class ParameterStore:
                     entry.state[pname] = {
                         s: self._place(_zeros_like(host), MemoryKind.OPTIMIZER, f"{label}.{s}")
                         for s in optimizer.state_names}
+                entry.shared = {local: (use.owner, use.param) for local, use in
+                                node.layer.shared_params(in_shapes).items()}
         except BaseException:
             self.release()
             raise
@@ -100,6 +107,21 @@ class ParameterStore:
             self.interrupted = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise
         self.updates += 1
+
+    def values_of(self, layer: str) -> dict[str, Any]:
+        """What a layer's passes read as `params`, by local name: its parameters and
+        state, and the parameters it shares (the owner's very arrays)."""
+        entry = self.layers[layer]
+        if not entry.shared:
+            return entry.for_layer()
+        return entry.for_layer() | {local: self.layers[owner].values[param]
+                                    for local, (owner, param) in entry.shared.items()}
+
+    def trained(self, layer: str) -> dict[str, tuple[str, str]]:
+        """The parameters a layer's backward pass gives gradients of, by local name,
+        and where each lives: (owner layer, its name there)."""
+        entry = self.layers[layer]
+        return {pname: (layer, pname) for pname in entry.values} | entry.shared
 
     def update(self, step: int) -> None:
         """The optimizer's in-place update of every parameter, as update number `step`."""

@@ -29,7 +29,6 @@ from vmem.errors import (
 from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
 from vmem.kernels.threads import resolve_threads, using_threads
-from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD, Optimizer
 from vmem.parameters import STEPS, ParameterStore
@@ -117,7 +116,7 @@ class Runtime:
         self._executors: dict[int, Executor] = {}
         self._evaluation_batch: int | None = None  # the largest batch that fits, once known
         self.last_record: StepRecord | None = None
-        self.num_classes = numel(self.network.shapes(1)[self.network.logits][1:])
+        self.num_classes = self.network.classes  # for a language model, its vocabulary
 
     # -- the loop ----------------------------------------------------------------
 
@@ -128,8 +127,10 @@ class Runtime:
 
     def train_step(self, x: Any, y: Any) -> float:
         """One training step on a batch (forward, loss, backward, the optimizer's
-        update); returns the batch's mean loss. A NaN or infinite loss or gradient
-        raises NonFiniteError and the update is not applied."""
+        update); returns the batch's mean loss. x: inputs (N, ...), or for a
+        language model token ids (N, T); y: class indices (N,), or the next-token
+        ids (N, T). A NaN or infinite loss or gradient raises NonFiniteError and the
+        update is not applied."""
         self._check_usable("train_step")
         x = self._checked_inputs(x)
         batch = x.shape[0]
@@ -148,7 +149,8 @@ class Runtime:
         return float(result.loss) if result.loss is not None else float("nan")
 
     def evaluate(self, x: Any) -> np.ndarray:
-        """Class probabilities, shape (N, classes), as a NumPy array; in batches of
+        """Class probabilities, shape (N, classes), as a NumPy array (for a language
+        model, each position's next-token distribution, (N, T, vocab)); in batches of
         the largest size that fits the memory limit where all N do not. NaN or
         infinite probabilities raise NonFiniteError."""
         self._check_usable("evaluate")
@@ -351,33 +353,46 @@ class Runtime:
     def _checked_inputs(self, x: Any) -> Any:
         """The inputs, checked for shape and dtype before anything is allocated; a
         NumPy array converted to the runtime's dtype where the backend computes."""
-        x = real_array(x, "inputs", f"a real numeric or boolean array convertible to "
-                                    f"{self.dtype}")
+        tokens = self.network.takes_tokens
+        what = "token ids" if tokens else "inputs"
+        x = real_array(x, what, f"integers in [0, {self.network.vocab})" if tokens else
+                       f"a real numeric or boolean array convertible to {self.dtype}")
         expected = self.network.shapes(1)[DATA][1:]
         shape = tuple(x.shape)
         if len(shape) != 1 + len(expected) or shape[1:] != expected or shape[0] < 1:
-            raise UsageError(f"inputs have shape {shape}; {self.network.name} expects "
+            raise UsageError(f"{what} have shape {shape}; {self.network.name} expects "
                              f"(N, {', '.join(map(str, expected))}) with N >= 1")
+        if tokens:  # the executor copies them to the device as TOKEN_DTYPE
+            return _check_ids(x, what, self.network.vocab)
         if not isinstance(x, np.ndarray) or not self.backend.runs_kernels:
             return x  # a device array, or shapes alone for a backend without data
         with np.errstate(all="ignore"):  # beyond float32's range: infinite, found if it matters
             return np.asarray(x, dtype=self.dtype)
 
     def _check_labels(self, y: Any, batch: int) -> Any:
-        accepted = f"integer class ids in [0, {self.num_classes})"
+        tokens = self.network.takes_tokens
+        ids = "next-token ids" if tokens else "class ids"
+        accepted = f"integer {ids} in [0, {self.num_classes})"
         labels = real_array(y, "labels", accepted)
         if labels.dtype.kind not in "iu":
             raise UsageError(f"labels: dtype {labels.dtype} is not accepted; accepted: "
                              f"{accepted}")
-        shape = tuple(labels.shape)
-        if shape != (batch,):
-            raise UsageError(f"labels have shape {shape}; expected ({batch},), one class "
-                             "index per input")
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= self.num_classes:
-            raise UsageError(f"labels must lie in [0, {self.num_classes}), got values "
-                             f"from {low} to {high}")
-        return labels
+        shape, expected = tuple(labels.shape), self.network.label_shape(batch)
+        if shape != expected:
+            one = "next-token id per position" if tokens else "class index per input"
+            raise UsageError(f"labels have shape {shape}; expected {expected}, one {one}")
+        return _check_ids(labels, "labels", self.num_classes)
+
+
+def _check_ids(ids: Any, what: str, bound: int) -> Any:
+    """Class indices or token ids: integers in [0, bound), else one UsageError line.
+    Host arrays are checked on the host; device arrays cost one sync."""
+    if ids.dtype.kind not in "iu":
+        raise UsageError(f"{what} must be integers in [0, {bound}), got dtype {ids.dtype}")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= bound:
+        raise UsageError(f"{what} must lie in [0, {bound}), got values from {low} to {high}")
+    return ids
 
 
 def _check_batch(batch: Any) -> None:

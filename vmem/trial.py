@@ -23,7 +23,7 @@ from vmem.profiler.session import TrialResult
 from vmem.runtime import Runtime
 
 __all__ = ["TrialResult", "TrialSpec", "failed_trial", "run_trial", "staged_for_upload",
-           "synthetic_batch", "with_slowdown"]
+           "synthetic_batch", "synthetic_data", "with_slowdown"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,22 @@ def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
     return x, rng.integers(0, classes, size=batch)
 
 
+def synthetic_data(network: Network, batch: int, seed: int, data: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded batch for any network: `synthetic_batch` for a classifier; for a
+    language model, uniform random tokens, a sequence of T + 1 a sample whose first
+    T are the input and last T the next-token labels (zeros taking no memory
+    without `data`)."""
+    if not network.takes_tokens:
+        return synthetic_batch(network.input_shape, network.classes, batch, seed, data)
+    (length,) = network.input_shape
+    if not data:
+        return (np.broadcast_to(np.int32(0), (batch, length)),
+                np.broadcast_to(np.int64(0), (batch, length)))
+    tokens = np.random.default_rng(seed).integers(0, network.vocab, size=(batch, length + 1))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
 def staged_for_upload(backend: Backend, x: np.ndarray) -> np.ndarray:
     """The batch copied into the host memory the device reads fastest: page-locked on
     cuda, as a data loader with pinned memory hands batches over. Each step still
@@ -85,8 +101,7 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
                  optimizer=make_optimizer(spec.optimizer, spec.lr), seed=spec.seed,
                  oracular=spec.oracular, allocation=spec.allocation, batch=batch,
                  threads=spec.threads) as runtime:
-        x, y = synthetic_batch(spec.network.input_shape, runtime.num_classes, batch, spec.seed,
-                               data=runtime.backend.runs_kernels)
+        x, y = synthetic_data(spec.network, batch, spec.seed, data=runtime.backend.runs_kernels)
         if runtime.backend.runs_kernels:
             x = staged_for_upload(runtime.backend, x)
         losses: list[float | None] = []

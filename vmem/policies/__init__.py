@@ -3,9 +3,17 @@
 - `none`: nothing offloaded, fastest algorithms; with no memory limit it is the
   oracular reference every other policy is measured against.
 - `vdnn-all`: offload the input of every layer that keeps it for backward.
-- `vdnn-conv`: offload only the inputs of convolutions.
+- `vdnn-conv`: offload only the inputs of the heavy layers
+  (`Network.heavy_layers`): convolutions, as vDNN defined it for CNNs; in a
+  network without any (a transformer), the layers that multiply matrices, linear
+  and attention, whose compute most outlasts the copy of what they keep.
 - `vdnn-dyn`: vDNN's dynamic policy, which searches those configurations and
   the convolution algorithms for the fastest one that fits the budget.
+
+On a transformer, vDNN's prefetch rule ("no further back than one
+convolution") likewise stops at the nearest linear or attention layer; the
+feature maps a policy moves are layers' inputs, so attention's kept
+probabilities (saved state, not a feature map) stay on the device.
 - `budget`: vmem's planner past vDNN: the fewest, cheapest offloads that fit,
   freed when their copy is done and brought back in time (see budget.py).
 

@@ -177,12 +177,13 @@ class Timeline:
         """What offloading one map alone on vDNN's schedule adds to the step: its
         copy out beyond its last forward consumer (the host waits for it at the
         layer's end), and its copy back beyond the backward passes between
-        vDNN's prefetch (at the nearest convolution after its first backward
-        user, else the start of the backward pass) and that user's."""
+        vDNN's prefetch (at the nearest convolution, of `Network.heavy_layers`,
+        after its first backward user, else the start of the backward pass) and
+        that user's."""
         life, nodes = network.lives[name], network.nodes
         consumer, user = life.last_forward_use, max(life.backward_users)
-        issue = next((k for k in range(user + 1, len(nodes)) if nodes[k].layer.TYPE == "conv"),
-                     len(nodes) - 1)
+        issue = next((k for k in range(user + 1, len(nodes))
+                      if nodes[k].name in network.heavy_layers), len(nodes) - 1)
         out = self.to_host_ms[name] - self.forward[consumer].ms
         back = self.to_device_ms[name] - (self.backward[user].start_ms
                                           - self.backward[issue].start_ms)

@@ -43,8 +43,12 @@ def offload_kept_inputs(node: Node) -> bool:
     return Keeps.INPUT in type(node.layer).KEEPS
 
 
-def offload_conv_inputs(node: Node) -> bool:
-    return node.layer.TYPE == "conv"
+def offload_heavy_inputs(network: Network) -> Offload:
+    """vdnn-conv's rule: the inputs of the network's heavy layers
+    (`Network.heavy_layers`): its convolutions, as in vDNN, or, in a network
+    without any, its linear and attention layers."""
+    heavy = network.heavy_layers
+    return lambda node: node.name in heavy
 
 
 def build_plan(policy: str, network: Network, batch: int, itemsize: int, offload: Offload,
@@ -71,7 +75,7 @@ def vdnn_all(network: Network, batch: int, itemsize: int, budget: Budget) -> Pla
 
 
 def vdnn_conv(network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
-    return build_plan("vdnn-conv", network, batch, itemsize, offload_conv_inputs)
+    return build_plan("vdnn-conv", network, batch, itemsize, offload_heavy_inputs(network))
 
 
 def memory_optimal(network: Network, batch: int, itemsize: int) -> Plan:
@@ -98,19 +102,22 @@ def check_trainable(network: Network, batch: int, itemsize: int, budget: Budget)
 def vdnn_dyn(network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
     """vDNN's dynamic policy: (1) check trainability with vdnn-all and
     memory-optimal algorithms; (2) the fastest algorithms with no offload, then
-    offloading convolution inputs, then all kept inputs, whichever fits first;
-    (3) else, offloading convolution inputs and then all kept inputs, step
-    convolutions down to smaller workspaces, greedily, until the plan fits;
+    offloading the heavy layers' inputs (vdnn-conv's: convolutions, or linear and
+    attention layers where there are none), then all kept inputs, whichever fits
+    first; (3) else, offloading the heavy layers' inputs and then all kept inputs,
+    step convolutions down to smaller workspaces, greedily, until the plan fits
+    (a transformer's layers have one algorithm each: nothing to step down);
     (4) else (1)'s configuration."""
     def relabel(plan: Plan) -> Plan:
         return Plan("vdnn-dyn", plan.batch, plan.layers)
 
     check_trainable(network, batch, itemsize, budget)
-    for offload in (offload_nothing, offload_conv_inputs, offload_kept_inputs):
+    heavy = offload_heavy_inputs(network)
+    for offload in (offload_nothing, heavy, offload_kept_inputs):
         plan = build_plan("vdnn-dyn", network, batch, itemsize, offload)
         if budget.fits(plan):
             return plan
-    for offload in (offload_conv_inputs, offload_kept_inputs):
+    for offload in (heavy, offload_kept_inputs):
         plan = _step_down_until_fits(network, batch, itemsize, offload, budget)
         if plan is not None:
             return plan
