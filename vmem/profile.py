@@ -1,7 +1,8 @@
 """TOML profile <-> `Network`, with errors that name the file, the line and the layer.
 
 A profile is a TOML file: top-level keys `input` and optional `name` (the file's
-stem), `description`, `batch` (32) and `cpu_batch` (min(batch, 8)), then one
+stem), `description`, `batch` (32), `cpu_batch` (min(batch, 8)) and `vocab` (the
+input is then token ids in [0, vocab), `input = [T]`), then one
 `[[layer]]` table per layer (`name`, `type`, optional `inputs`, and the layer
 type's own fields). `profiles/README.md` documents it.
 
@@ -36,7 +37,8 @@ from vmem.layers import LAYER_TYPES, Layer
 from vmem.toml_text import describe, format_value, tables, top_key_line
 
 PROFILE_SUFFIX = ".toml"
-TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "block", "layer")
+TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "vocab", "block",
+                  "layer")
 REQUIRED_TOP_LEVEL = ("input", "layer")
 DEFAULT_BATCH = 32  # where a profile gives no batch
 DEFAULT_CPU_BATCH_CAP = 8  # where it gives no cpu_batch: min(batch, 8) keeps a cpu step short
@@ -181,14 +183,14 @@ def parse_profile(text: str, path: str) -> Profile:
         raise top_error(f"missing top-level key '{missing[0]}' (required: "
                         f"{', '.join(REQUIRED_TOP_LEVEL)})")
     for key, hint in (("name", str), ("description", str), ("input", list[int]),
-                      ("batch", int), ("cpu_batch", int)):
+                      ("batch", int), ("cpu_batch", int), ("vocab", int)):
         if key in doc and _coerce(doc[key], hint) is _NO_MATCH:
             raise top_error(f"'{key}' must be {_expected(hint)}, got {describe(doc[key])}", key)
     for key in ("name", "description"):
         if key in doc and not doc[key].isprintable():
             raise top_error(f"'{key}' must be printable characters on one line, got "
                             f"{format_value(doc[key])}", key)
-    for key in ("input", "batch", "cpu_batch"):
+    for key in ("input", "batch", "cpu_batch", "vocab"):
         if key in doc and _too_large(doc[key]):
             raise top_error(f"'{key}' must hold integers up to {MAX_INT}, got "
                             f"{format_value(doc[key])}", key)
@@ -198,7 +200,8 @@ def parse_profile(text: str, path: str) -> Profile:
     if not input_shape or min(input_shape) < 1:
         raise top_error(f"'input' must be a non-empty list of positive integers (one sample, "
                         f"e.g. [3, 224, 224]), got {format_value(input_shape)}", "input")
-    for key, value in (("batch", batch), ("cpu_batch", cpu_batch)):
+    for key, value in (("batch", batch), ("cpu_batch", cpu_batch),
+                       ("vocab", doc.get("vocab", 1))):
         if value < 1:
             raise top_error(f"'{key}' must be a positive integer, got {value}", key)
     layers = doc["layer"]
@@ -225,7 +228,7 @@ def parse_profile(text: str, path: str) -> Profile:
                 previous = node.name
     try:
         network = Network.build(doc.get("name", Path(path).stem), input_shape, nodes,
-                                doc.get("description", ""))
+                                doc.get("description", ""), doc.get("vocab", 0))
     except NetworkError as exc:
         # The last node of that name: for a name used twice, the second is at fault.
         index = max((i for i, n in enumerate(nodes) if n.name == exc.layer), default=None)
@@ -386,6 +389,8 @@ def dump_profile(profile: Profile) -> str:
         out.append(f"description = {format_value(network.description)}")
     out += [f"input = {format_value(list(network.input_shape))}",
             f"batch = {profile.batch}", f"cpu_batch = {profile.cpu_batch}"]
+    if network.takes_tokens:
+        out.append(f"vocab = {network.vocab}")
     previous = DATA
     for node in network.nodes:
         layer = node.layer
