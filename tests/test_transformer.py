@@ -7,16 +7,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from gpt2_networks import gpt2_network
 from torch_reference import torch_loss
-from transformers import gpt2_network
 
 import vmem
+from vmem.errors import ProfileError
 from vmem.layers import DIRECT, Context, Embedding
 from vmem.layers.embedding import segment_sum
 from vmem.memory import MemoryKind
 from vmem.plan import offloaded_tensors
 from vmem.policies.vdnn import Budget, vdnn_conv
-from vmem.profile import load_profile
+from vmem.profile import dump_profile, load_profile, parse_profile
 from vmem.profiler.analysis import peak_bytes
 from vmem.trial import synthetic_data
 
@@ -277,3 +278,59 @@ def test_vdnn_conv_offloads_the_inputs_of_linear_and_attention_layers() -> None:
     # a CNN keeps vDNN's rule: convolutions only, its linear layers not
     alexnet = load_profile("alexnet-tiny").network
     assert alexnet.heavy_layers == {n.name for n in alexnet.nodes if n.layer.TYPE == "conv"}
+
+
+# ---------------------------------------------------------------- profiles
+
+TOKEN_PROFILE = """\
+input = [8]
+vocab = 16
+
+[[layer]]
+name = "wte"
+type = "embedding"
+vocab = 16
+features = 4
+
+[[layer]]
+name = "head"
+type = "linear"
+out_features = 16
+bias = false
+tied_to = "wte"
+
+[[layer]]
+name = "loss"
+type = "softmax_loss"
+"""
+
+
+def test_a_token_profile_loads_and_round_trips() -> None:
+    profile = parse_profile(TOKEN_PROFILE, "lm.toml")
+    network = profile.network
+    assert network.vocab == 16 and network.label_shape(3) == (3, 8)
+    assert network.num_params() == 16 * 4  # the head's weight is the embedding's
+    again = parse_profile(dump_profile(profile), "again.toml").network
+    assert again.vocab == 16 and again.nodes == network.nodes
+
+
+@pytest.mark.parametrize(("old", "new", "pattern"), [
+    ("vocab = 16\n", "vocab = 0\n", r"lm.toml:2: 'vocab' must be a positive integer, got 0"),
+    ("vocab = 16\n", "vocab = 16.0\n", r"lm.toml:2: 'vocab' must be an integer"),
+    ("vocab = 16\n\n", "", r"layer 'wte': .*reads token ids, but the network's input is not"),
+    ("vocab = 16\nfeatures", "vocab = 17\nfeatures",
+     r"^lm.toml:5, layer 'wte': vocab 17, but the input's is 16$"),
+    ('tied_to = "wte"', 'tied_to = "nope"',
+     r"^lm.toml:11, layer 'head': uses the weight of 'nope', which is no layer$"),
+    ("out_features = 16", "out_features = 15",
+     r"layer 'head': needs its weight of shape \(15, 4\); the weight of 'wte' is \(16, 4\)"),
+    ('type = "embedding"', 'type = "layernorm"', r"layer 'wte': .*reads data, which is token"),
+    ("input = [8]", "input = [2, 8]", r"a token input is one sequence a sample"),
+])
+def test_bad_token_profiles_name_the_problem(old: str, new: str, pattern: str) -> None:
+    text = TOKEN_PROFILE.replace(old, new, 1)
+    assert text != TOKEN_PROFILE
+    if new == 'type = "layernorm"':
+        text = text.replace("vocab = 16\nfeatures = 4\n", "")
+    with pytest.raises(ProfileError, match=pattern):
+        parse_profile(text, "lm.toml")

@@ -219,18 +219,18 @@ def _check_tokens(nodes: list[Node], input_shape: Shape, vocab: int) -> None:
     for node in nodes:
         tokens = type(node.layer).TAKES_TOKENS
         if vocab and DATA in node.inputs and not tokens:
-            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) reads data, which is "
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}): reads data, which is "
                                f"token ids: only an embedding reads them", layer=node.name)
         if tokens and node.inputs != (DATA,):
-            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) reads token ids: its "
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}): reads token ids: its "
                                f"input must be data", layer=node.name)
         if tokens and not vocab:
-            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) reads token ids, but "
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}): reads token ids, but "
                                f"the network's input is not tokens (give it a vocab)",
                                layer=node.name)
         if tokens and node.layer.vocab != vocab:
-            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) has vocab "
-                               f"{node.layer.vocab}; the input's is {vocab}", layer=node.name)
+            raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}): vocab "
+                               f"{node.layer.vocab}, but the input's is {vocab}", layer=node.name)
     if vocab and len(input_shape) != 1:
         raise NetworkError(f"a token input is one sequence a sample, input (T,); got "
                            f"{list(input_shape)}")
@@ -245,12 +245,12 @@ def _check_shared(network: Network) -> None:
             owned = ({} if owner is None else network.nodes[owner].layer.param_shapes(
                 network.in_shapes(network.nodes[owner], shapes)))
             if shared.param not in owned:
-                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) uses the "
+                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}): uses the "
                                    f"{shared.param} of '{shared.owner}', which "
                                    f"{'is no layer' if owner is None else 'has none'}",
                                    layer=node.name)
             if tuple(owned[shared.param]) != tuple(shared.shape):
-                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}) needs its {local} "
+                raise NetworkError(f"layer '{node.name}' ({node.layer.TYPE}): needs its {local} "
                                    f"of shape {tuple(shared.shape)}; the {shared.param} of "
                                    f"'{shared.owner}' is {tuple(owned[shared.param])}",
                                    layer=node.name)
