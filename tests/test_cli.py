@@ -24,6 +24,23 @@ def test_profiles_json_lists_shipped_networks(capsys: pytest.CaptureFixture[str]
     assert 30.9 < rows["vgg16"]["gflops_per_sample"] < 31.1
 
 
+def test_profiles_json_gives_a_language_models_flops_per_token(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """By hand, per token of gpt2: 2 FLOPs per weight of the 12 blocks' four linear
+    layers and of the tied head, 4 T C per block for attention's two products over
+    all T positions, and small terms (biases, softmax, layernorm, GELU, adds)."""
+    code, out, _ = run_cli(capsys, "profiles", "--json")
+    rows = {row["name"]: row for row in json.loads(out)}
+    c, t, blocks, vocab = 768, 1024, 12, 50_257
+    linear = blocks * (3 * c * c + c * c + 4 * c * c + 4 * c * c) + vocab * c
+    by_hand = (2 * linear + blocks * 4 * t * c) / 1e9
+    gpt2 = rows["gpt2"]
+    assert gpt2["vocab"] == vocab and gpt2["input"] == [t]
+    assert by_hand < gpt2["gflops_per_token"] < 1.02 * by_hand
+    assert gpt2["gflops_per_sample"] == pytest.approx(gpt2["gflops_per_token"] * t)
+    assert rows["vgg16"]["gflops_per_token"] is None and rows["vgg16"]["vocab"] is None
+
+
 def test_profiles_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "profiles")
     assert code == 0 and "138,357,544" in out and "googlenet" in out

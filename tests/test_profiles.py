@@ -15,7 +15,9 @@ from vmem.profile import Profile, dump_profile, list_profiles, load_profile, par
 
 WITH_TINY = ("alexnet", "overfeat", "googlenet", "vgg16", "resnet18")  # each has a -tiny
 FULL = (*WITH_TINY, "resnet50", "resnet152")
-SHIPPED = (*FULL, *(f"{n}-tiny" for n in WITH_TINY), "digits", "tiny-branch")
+GPT2 = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+SHIPPED = (*FULL, *(f"{n}-tiny" for n in WITH_TINY), "digits", "tiny-branch", *GPT2,
+           "gpt2-tiny")
 
 # Published parameter counts (weights and biases), the references:
 PUBLISHED_PARAMS = {
@@ -36,7 +38,17 @@ PUBLISHED_PARAMS = {
     "resnet18": 11_689_512,
     "resnet50": 25_557_032,
     "resnet152": 60_192_808,
+    # Radford et al. 2019 give 117M, 345M, 762M and 1542M; the exact counts of the
+    # released models (Hugging Face's GPT2Model, tied head counted once) are these.
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
 }
+# (blocks, width, heads) of each GPT-2, from the released models' configurations.
+GPT2_SHAPES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16),
+               "gpt2-large": (36, 1280, 20), "gpt2-xl": (48, 1600, 25),
+               "gpt2-tiny": (2, 64, 4)}
 
 # Fields that make up a layer's connectivity and geometry, kept equal in tiny variants.
 STRUCTURAL_FIELDS = ("kernel", "stride", "pad", "groups", "ceil_mode", "axis", "bias")
@@ -66,7 +78,7 @@ def test_shipped_profile_loads(name: str) -> None:
     assert network.shapes(profile.cpu_batch)[network.logits][0] == profile.cpu_batch
 
 
-@pytest.mark.parametrize("name", FULL)
+@pytest.mark.parametrize("name", (*FULL, *GPT2))
 def test_parameter_count_is_the_published_one(name: str) -> None:
     assert load_profile(name).network.num_params() == PUBLISHED_PARAMS[name]
 
@@ -139,6 +151,36 @@ def test_tiny_variant_has_the_full_graph(name: str) -> None:
     assert tiny.network.num_params() < full.network.num_params() / 50
     # A proxy for "a training step at batch 4 takes well under a second on a CPU".
     assert tiny.network.flops(4) < 2e9
+
+
+@pytest.mark.parametrize("name", (*GPT2, "gpt2-tiny"))
+def test_gpt2_profiles_have_gpt2s_shape(name: str) -> None:
+    """Pre-LN blocks of the released sizes, context 1024 and the byte-pair vocabulary
+    (the tiny one: 32 and bytes), a final layernorm and a head tied to wte."""
+    network = load_profile(name).network
+    blocks, width, heads = GPT2_SHAPES[name]
+    length, vocab = (32, 256) if name == "gpt2-tiny" else (1024, 50_257)
+    assert network.input_shape == (length,) and network.vocab == vocab
+    by_name = {n.name: n for n in network.nodes}
+    attention = [n for n in network.nodes if n.layer.TYPE == "attention"]
+    assert len(attention) == blocks and all(n.layer.heads == heads for n in attention)
+    assert by_name["h.0.ln_1"].inputs == ("drop",)  # pre-LN: the stream, normalised first
+    assert by_name["h.0.add_1"].inputs == ("drop", "h.0.attn.resid_dropout")
+    assert network.nodes[-3].name == "ln_f" and by_name["lm_head"].layer.tied_to == "wte"
+    assert network.shapes(2)[network.logits] == (2, length, vocab)
+    shapes = network.param_shapes()
+    assert shapes["wte"]["weight"] == (vocab, width) and "weight" not in shapes["lm_head"]
+    assert shapes[f"h.{blocks - 1}.mlp.c_fc"]["weight"] == (4 * width, width)
+
+
+def test_gpt2_tiny_has_gpt2s_graph() -> None:
+    """The same layers, types and inputs as gpt2's first two blocks, then its end."""
+    def graph(name: str) -> list[tuple[str, str, tuple[str, ...]]]:
+        return [(n.name, n.layer.TYPE, n.inputs) for n in load_profile(name).network.nodes]
+
+    full, tiny = graph("gpt2"), graph("gpt2-tiny")
+    assert tiny[:27] == full[:27]  # the embedding and two blocks of twelve layers
+    assert [n for n, _, _ in tiny[27:]] == [n for n, _, _ in full[-3:]]
 
 
 def test_digits_fits_sklearn_digits() -> None:

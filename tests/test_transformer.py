@@ -7,7 +7,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from gpt2_networks import gpt2_network
 from torch_reference import torch_loss
 
 import vmem
@@ -20,6 +19,10 @@ from vmem.policies.vdnn import Budget, vdnn_conv
 from vmem.profile import dump_profile, load_profile, parse_profile
 from vmem.profiler.analysis import peak_bytes
 from vmem.trial import synthetic_data
+
+
+def gpt2_tiny() -> vmem.Network:
+    return load_profile("gpt2-tiny").network
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -137,7 +140,7 @@ def test_gpt2_tiny_step_matches_torch() -> None:
     """A whole step of gpt2-tiny (dropout on, the same masks): the loss and every
     gradient, the tied embedding's included, within 1e-5 of PyTorch's (float64)."""
     torch = pytest.importorskip("torch")
-    network = gpt2_network()
+    network = gpt2_tiny()
     x, y = synthetic_data(network, 2, seed=3)
     with vmem.Runtime(network, device="cpu", seed=0) as runtime:
         weights = runtime.state_dict()
@@ -153,7 +156,7 @@ def test_gpt2_tiny_step_matches_torch() -> None:
 # ---------------------------------------------------------------- tokens in, tied weights
 
 def test_tied_head_weight_is_held_and_counted_once() -> None:
-    network = gpt2_network()
+    network = gpt2_tiny()
     head = {n.name: n for n in network.nodes}["lm_head"]
     assert head.layer.param_shapes([(1, 32, 64)]) == {}
     with vmem.Runtime(network, device="sim:h100-pcie5") as runtime:
@@ -164,14 +167,14 @@ def test_tied_head_weight_is_held_and_counted_once() -> None:
 
 
 def test_bad_token_ids_are_refused_by_name() -> None:
-    network = gpt2_network()
+    network = gpt2_tiny()
     x, y = synthetic_data(network, 2, seed=0)
     with vmem.Runtime(network, device="cpu") as runtime:
         before = runtime.arena.in_use
         for bad, pattern in [(x.astype(np.float32), r"token ids must be integers in \[0, 256\)"),
                              (x - 1, r"token ids must lie in \[0, 256\), got values from -1"),
                              (x + 200, r"token ids must lie in \[0, 256\), got .* to 455"),
-                             (x[:, :5], r"token ids have shape \(2, 5\); gpt2-test expects "
+                             (x[:, :5], r"token ids have shape \(2, 5\); gpt2-tiny expects "
                                         r"\(N, 32\)")]:
             with pytest.raises(vmem.UsageError, match=pattern):
                 runtime.train_step(bad, y)
@@ -186,7 +189,7 @@ def test_bad_token_ids_are_refused_by_name() -> None:
 
 
 def test_evaluate_gives_each_positions_next_token_distribution() -> None:
-    network = gpt2_network()
+    network = gpt2_tiny()
     x, _ = synthetic_data(network, 3, seed=0)
     with vmem.Runtime(network, device="cpu") as runtime:
         probabilities = runtime.evaluate(x)
@@ -211,7 +214,7 @@ def train(network: vmem.Network, policy: str, device: str = "cpu", steps: int = 
 def test_every_policy_trains_gpt2_bit_identically_to_none() -> None:
     """Without a limit and within one between vdnn-all's peak and none's, where
     vdnn-dyn and budget must move maps: the same losses and weights, bit for bit."""
-    network = gpt2_network()
+    network = gpt2_tiny()
     reference_losses, reference_weights, runtime = train(network, "none")
     none_peak = runtime.peak_bytes(runtime.executor(2).plan)
     all_peak = runtime.peak_bytes(runtime.plan(2, "vdnn-all"))
@@ -232,7 +235,7 @@ def test_every_policy_trains_gpt2_bit_identically_to_none() -> None:
 
 @pytest.mark.parametrize("policy", POLICIES[:4])
 def test_sim_allocates_what_the_cpu_allocates_on_gpt2(policy: str) -> None:
-    network = gpt2_network()
+    network = gpt2_tiny()
     records = {}
     for device in ("cpu", "sim:h100-pcie5"):
         _, _, runtime = train(network, policy, device=device, steps=1)
@@ -248,7 +251,7 @@ def test_the_residual_stream_moves_once() -> None:
     """The residual stream into a block is read by its first layernorm (which keeps
     it) and by its first add: vdnn-all copies it out once, after the add, and back
     once."""
-    network = gpt2_network()
+    network = gpt2_tiny()
     _, _, runtime = train(network, "vdnn-all", steps=1)
     spans = runtime.last_record.spans
     offloaded = runtime.executor(2).offloaded
@@ -268,7 +271,7 @@ def test_the_residual_stream_moves_once() -> None:
 
 
 def test_vdnn_conv_offloads_the_inputs_of_linear_and_attention_layers() -> None:
-    network = gpt2_network()
+    network = gpt2_tiny()
     plan = vdnn_conv(network, 2, 4, Budget())
     heavy = {n.name for n in network.nodes if n.layer.TYPE in ("linear", "attention")}
     assert network.heavy_layers == heavy

@@ -172,9 +172,14 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     for name in list_profiles():
         profile = load_profile(name)
         network = profile.network
+        per_sample = network.flops(1) / 1e9
         rows.append({"name": name, "input": list(network.input_shape),
+                     "vocab": network.vocab or None,
                      "parameters": network.num_params(),
-                     "gflops_per_sample": network.flops(1) / 1e9,
+                     "gflops_per_sample": per_sample,
+                     # a language model's sample is a sequence of input_shape[0] tokens
+                     "gflops_per_token": (per_sample / network.input_shape[0]
+                                          if network.takes_tokens else None),
                      "layers": len(network.nodes), "batch": profile.batch,
                      "cpu_batch": profile.cpu_batch, "description": network.description})
     if args.json:
@@ -183,12 +188,18 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="vmem profiles", caption="descriptions: vmem profiles --json")
-    for column in ("profile", "input", "parameters", "GFLOPs/sample", "layers", "batch"):
+    for column in ("profile", "input", "parameters", "GFLOPs/sample", "GFLOPs/token", "layers",
+                   "batch"):
         table.add_column(column, no_wrap=True, justify="left" if column in {"profile", "input"}
                          else "right")
     for row in rows:
-        table.add_row(row["name"], "×".join(map(str, row["input"])), f"{row['parameters']:,}",
-                      f"{row['gflops_per_sample']:.3f}", str(row["layers"]),
+        shown = "×".join(map(str, row["input"]))
+        if row["vocab"]:
+            shown = f"{shown} tokens of {row['vocab']:,}"
+        per_token = row["gflops_per_token"]
+        table.add_row(row["name"], shown, f"{row['parameters']:,}",
+                      f"{row['gflops_per_sample']:.3f}",
+                      "-" if per_token is None else f"{per_token:.4f}", str(row["layers"]),
                       f"{row['batch']} (cpu {row['cpu_batch']})")
     _console().print(table)
     return 0
