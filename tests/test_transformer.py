@@ -10,12 +10,13 @@ import pytest
 from torch_reference import torch_loss
 
 import vmem
+from vmem.dryrun import dry_run
 from vmem.errors import ProfileError
 from vmem.layers import DIRECT, Context, Embedding
 from vmem.layers.embedding import segment_sum
 from vmem.memory import MemoryKind
 from vmem.plan import offloaded_tensors
-from vmem.policies.vdnn import Budget, vdnn_conv
+from vmem.policies.vdnn import Budget, none, vdnn_conv
 from vmem.profile import dump_profile, load_profile, parse_profile
 from vmem.profiler.analysis import peak_bytes
 from vmem.trial import synthetic_data
@@ -337,3 +338,32 @@ def test_bad_token_profiles_name_the_problem(old: str, new: str, pattern: str) -
         text = text.replace("vocab = 16\nfeatures = 4\n", "")
     with pytest.raises(ProfileError, match=pattern):
         parse_profile(text, "lm.toml")
+
+
+def kept_by_block(network: vmem.Network, batch: int, block: str) -> int:
+    """Bytes of the feature maps and saved state a block's layers made that are alive
+    as the backward pass starts (a dry run on sim, policy none)."""
+    run = dry_run(network, none(network, batch, 4, Budget()), np.dtype(np.float32),
+                  vmem.AdamW())
+    live: dict[str, int] = {}
+    for event in run.record.memory:
+        if event.phase == "backward":
+            break
+        if event.kind in ("feature_maps", "saved"):
+            if event.op == "alloc":
+                live[event.label] = event.nbytes
+            else:
+                live.pop(event.label)
+    return sum(n for label, n in live.items() if label.startswith(block))
+
+
+@pytest.mark.parametrize(("name", "batch"), [("gpt2-tiny", 3), ("gpt2", 1)])
+def test_a_block_keeps_what_docs_transformers_md_counts(name: str, batch: int) -> None:
+    """By hand (docs/transformers.md): 18 float32 (s, b, h) tensors (the layernorms',
+    linears' and GELU's inputs, the fused QKV, two dropout masks), the (b, a, s, s)
+    attention probabilities, and two statistics a row for each layernorm."""
+    network = load_profile(name).network
+    (s,), b = network.input_shape, batch
+    h = network.param_shapes()["wte"]["weight"][1]
+    a = next(n.layer.heads for n in network.nodes if n.layer.TYPE == "attention")
+    assert kept_by_block(network, batch, "h.0.") == 72 * s * b * h + 4 * a * s * s * b + 16 * s * b
