@@ -119,7 +119,8 @@ def check_gradients(layer: Layer, xs: list[np.ndarray], params: dict[str, np.nda
         assert dxs[0] is dy
     elif r is not None:
         np.testing.assert_array_equal(dy, r)  # backward leaves dy alone
-    trained = layer.param_shapes([x.shape for x in xs])
+    in_shapes = [x.shape for x in xs]
+    trained = layer.param_shapes(in_shapes) | layer.shared_params(in_shapes)
     assert sorted(grads) == sorted(trained)
     for i, (x, dx) in enumerate(zip(xs, dxs, strict=True)):
         assert dx.shape == x.shape and dx.dtype == x.dtype
