@@ -126,10 +126,10 @@ def captured_step(runtime: vmem.Runtime, x: np.ndarray, y: np.ndarray
     grads: dict[str, np.ndarray] = {}
     update = runtime.params.update
 
-    def capture() -> None:
+    def capture(step: int) -> None:
         for layer, entry in runtime.params.layers.items():
             grads.update({f"{layer}.{p}": g.copy() for p, g in entry.grads.items()})
-        update()
+        update(step)
 
     runtime.params.update = capture  # type: ignore[method-assign]
     loss = runtime.train_step(x, y)
