@@ -34,3 +34,37 @@ def recomputing(network: vmem.Network, plan: Plan, only: set[str] | None = None)
             chosen.add(node.name)
     return replace(plan, layers=tuple(replace(entry, recompute_output=entry.layer in chosen)
                                       for entry in plan.layers))
+
+
+def resnet18_plain() -> vmem.Network:
+    """ResNet-18 (He et al. 2016) without BatchNorm, on 224x224 images: a 7x7
+    stem and max pool (`pool1`), four stages of two basic blocks (two 3x3
+    convolutions and a shortcut, a 1x1 stride-2 convolution where the shape
+    changes), global average pooling and a 1000-way classifier."""
+    t = vmem.layers.LAYER_TYPES
+    nodes = [vmem.Node(t["conv"](name="conv1", out_channels=64, kernel=7, stride=2, pad=3),
+                       ("data",)),
+             vmem.Node(t["relu"](name="relu1"), ("conv1",)),
+             vmem.Node(t["maxpool"](name="pool1", kernel=3, stride=2, pad=1), ("relu1",))]
+    previous = "pool1"
+    for stage, channels in enumerate((64, 128, 256, 512), start=2):
+        for block in range(2):
+            name, stride = f"res{stage}{'ab'[block]}", 2 if stage > 2 and block == 0 else 1
+            nodes += [
+                vmem.Node(t["conv"](name=f"{name}_conv1", out_channels=channels, kernel=3,
+                                    stride=stride, pad=1), (previous,)),
+                vmem.Node(t["relu"](name=f"{name}_relu1"), (f"{name}_conv1",)),
+                vmem.Node(t["conv"](name=f"{name}_conv2", out_channels=channels, kernel=3,
+                                    pad=1), (f"{name}_relu1",))]
+            shortcut = previous
+            if stride != 1:
+                nodes.append(vmem.Node(t["conv"](name=f"{name}_down", out_channels=channels,
+                                                 kernel=1, stride=stride), (previous,)))
+                shortcut = f"{name}_down"
+            nodes += [vmem.Node(t["add"](name=f"{name}_add"), (f"{name}_conv2", shortcut)),
+                      vmem.Node(t["relu"](name=f"{name}_relu"), (f"{name}_add",))]
+            previous = f"{name}_relu"
+    nodes += [vmem.Node(t["avgpool"](name="pool5", kernel=7), (previous,)),
+              vmem.Node(t["linear"](name="fc", out_features=1000), ("pool5",)),
+              vmem.Node(t["softmax_loss"](name="loss"), ("fc",))]
+    return vmem.Network.build("resnet18-plain", (3, 224, 224), nodes)

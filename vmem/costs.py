@@ -193,9 +193,27 @@ def _spec(name: str, table: dict, where: str) -> GpuSpec:
 class CostModel:
     gpu: GpuSpec
     itemsize: int = 4
+    # layer times already modeled, by (layer, input shapes, output shape, algorithm,
+    # phase): a planner's dry runs ask for the same ones again and again
+    _known_ms: dict[tuple, float] = field(default_factory=dict, init=False, repr=False,
+                                          compare=False)
 
     def layer_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
                  algo: Algorithm, phase: str) -> float:
+        key = (layer, tuple(in_shapes), out_shape, algo, phase)
+        known = self._known_ms.get(key)
+        if known is None:
+            known = self._known_ms[key] = self.modeled_ms(layer, in_shapes, out_shape, algo,
+                                                          phase)
+        return known
+
+    def modeled_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
+                   algo: Algorithm, phase: str) -> float:
+        """The roofline: a launch cost plus max(FLOPs / throughput, bytes / bandwidth)."""
+        return self.roofline_ms(layer, in_shapes, out_shape, algo, phase)
+
+    def roofline_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
+                    algo: Algorithm, phase: str) -> float:
         forward = phase == FORWARD
         flops = layer.flops(in_shapes) if forward else layer.backward_flops(in_shapes)
         params = sum(numel(s) for s in layer.param_shapes(in_shapes).values())
@@ -342,15 +360,15 @@ class CalibratedCosts(CostModel):
         for node in network.nodes:
             self.timing(node.layer, network.in_shapes(node, shapes))
 
-    def layer_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
-                 algo: Algorithm, phase: str) -> float:
+    def modeled_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
+                   algo: Algorithm, phase: str) -> float:
         timing = self.timing(layer, in_shapes)
         measured = timing.forward_ms if phase == FORWARD else timing.backward_ms
         b0 = self.calibration.batch
         out_then = (b0, *out_shape[1:]) if out_shape else ()  # a loss's output is a scalar
         then = (tuple((b0, *s) for s in timing.in_shapes), out_then,
                 Algorithm(timing.algorithm, timing.workspace_bytes, timing.chunk))
-        model = super().layer_ms
+        model = self.roofline_ms
         return measured * model(layer, in_shapes, out_shape, algo, phase) / model(
             layer, *then, phase)
 

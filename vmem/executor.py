@@ -90,7 +90,10 @@ class Executor:
         self.batch = plan.batch
         self.shapes = network.shapes(self.batch)
         self.lives = network.lives
-        self.algorithms = {node.name: self._algorithm(node) for node in network.nodes}
+        self._in = {node.name: network.in_shapes(node, self.shapes) for node in network.nodes}
+        options = network.algorithms(self.batch, self.dtype.itemsize)
+        self.algorithms = {node.name: self._algorithm(node, options[node.name])
+                           for node in network.nodes}
         self.offloaded = offloaded_tensors(network, plan)
         self.recomputed = recomputed_tensors(network, plan, self.dtype.itemsize)
         # where each recomputed map is computed again: before its first backward user
@@ -143,9 +146,8 @@ class Executor:
             self.host_pool.release(self._host_buffer)
             self._host_buffer = None
 
-    def _algorithm(self, node: Node) -> Algorithm:
+    def _algorithm(self, node: Node, options: tuple[Algorithm, ...]) -> Algorithm:
         choice = self.plan.for_layer(node.name).algorithm
-        options = node.layer.algorithms(self._in_shapes(node), self.dtype.itemsize)
         for algorithm in options:
             if algorithm.name == choice:
                 return algorithm
@@ -153,7 +155,7 @@ class Executor:
                          f"{', '.join(a.name for a in options)}")
 
     def _in_shapes(self, node: Node) -> tuple[Shape, ...]:
-        return self.network.in_shapes(node, self.shapes)
+        return self._in[node.name]
 
     # -- steps ---------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from vmem.errors import NetworkError, ShapeError
-from vmem.layers.base import TOKEN_DTYPE, Keeps, Layer, Shape, numel
+from vmem.layers.base import TOKEN_DTYPE, Algorithm, Keeps, Layer, Shape, numel
 
 DATA = "data"
 #: The layers whose inputs vDNN's convolution rules apply to where there is no
@@ -189,6 +189,22 @@ class Network:
                     exc.layer = node.name
                 raise
         return shapes
+
+    @cached_property
+    def _algorithms_by_batch(self) -> dict[tuple[int, int], dict[str, tuple[Algorithm, ...]]]:
+        return {}
+
+    def algorithms(self, batch: int, itemsize: int) -> dict[str, tuple[Algorithm, ...]]:
+        """Every layer's algorithms (fastest first, least workspace last) at this
+        batch size and item size, by layer name; asked once per batch, since every
+        plan and every dry run needs them."""
+        known = self._algorithms_by_batch.get((batch, itemsize))
+        if known is None:
+            shapes = self.shapes(batch)
+            known = self._algorithms_by_batch[(batch, itemsize)] = {
+                node.name: tuple(node.layer.algorithms(self.in_shapes(node, shapes), itemsize))
+                for node in self.nodes}
+        return dict(known)
 
     def in_shapes(self, node: Node, shapes: dict[str, Shape]) -> tuple[Shape, ...]:
         return tuple(shapes[s] for s in node.inputs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -57,10 +58,14 @@ class Plan:
     moves: tuple[Move, ...] = ()  # offloaded maps without one follow vDNN's schedule
 
     def for_layer(self, name: str) -> LayerPlan:
-        for layer_plan in self.layers:
-            if layer_plan.layer == name:
-                return layer_plan
-        raise KeyError(f"plan '{self.policy}' has no entry for layer '{name}'")
+        entry = self._by_layer.get(name)
+        if entry is None:
+            raise KeyError(f"plan '{self.policy}' has no entry for layer '{name}'")
+        return entry
+
+    @cached_property
+    def _by_layer(self) -> dict[str, LayerPlan]:
+        return {entry.layer: entry for entry in reversed(self.layers)}  # the first one wins
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -99,11 +104,18 @@ def offloaded_tensors(network: Network, plan: Plan) -> frozenset[str]:
     (GoogLeNet's forks)."""
     asked = {entry.layer for entry in plan.layers if entry.offload_input}
     recomputed = {entry.layer for entry in plan.layers if entry.recompute_output}
-    lives = network.lives
     return frozenset(source for node in network.nodes if node.name in asked
-                     for source in node.inputs
-                     if lives[source].backward_users and lives[source].inplace_into is None
-                     and source not in recomputed)
+                     for source in offloadable_inputs(network, node.name)
+                     if source not in recomputed)
+
+
+def offloadable_inputs(network: Network, layer: str) -> tuple[str, ...]:
+    """The inputs of `layer` that offloading its input moves to the host (where
+    the plan does not compute them again instead): those a backward pass needs
+    later and no layer writes over in place."""
+    lives = network.lives
+    return tuple(source for source in dict.fromkeys(network.nodes[network.index[layer]].inputs)
+                 if lives[source].backward_users and lives[source].inplace_into is None)
 
 
 def recomputable(network: Network, name: str, itemsize: int, batch: int = 1) -> str | None:

@@ -30,7 +30,13 @@ planner spends the memory budget instead:
    the step.
 
 Everything is decided from dry runs (exact peaks, modeled steps), so the
-planner is a pure function of the network, the batch and the budget.
+planner is a pure function of the network, the batch and the budget. A plan on
+vDNN's schedule that does less than one found to fit is not run where a bound
+from that one's dry run already puts its peak above the capacity
+(`vmem.policies.bound`): pruning and most of the search for the fewest
+actions cost no dry run at all. Prefixes are searched upwards from the
+shortest not ruled out (for a schedule, from the shortest on vDNN's schedule)
+in doubling steps, then by bisection.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from dataclasses import dataclass, replace
 from vmem.dryrun import DryRun
 from vmem.graph import Network, TensorLife
 from vmem.layers.base import numel
-from vmem.plan import Move, Plan, offloaded_tensors, recomputable
+from vmem.plan import Move, Plan, offloadable_inputs, offloaded_tensors, recomputable
+from vmem.policies.bound import PeakBound
 from vmem.policies.vdnn import (
     Budget,
     build_plan,
@@ -56,6 +63,7 @@ NAME = "budget"
 SCHEDULE_TRIES = 64  # steps back towards vDNN's schedule before giving the schedule up
 REFINE_TRIES = 24  # copies back started earlier, one at a time
 WAIT_MS = 1e-3  # a wait shorter than a microsecond is no wait
+BOUNDS_KEPT = 3  # bounds tried before a dry run: the latest plans found to fit, the tightest
 OFFLOAD, RECOMPUTE = "offload", "recompute"
 #: What the planner may do to a layer: offload its inputs, or compute its output again.
 Action = tuple[str, str]
@@ -100,18 +108,35 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
     def scheduled(actions: Iterable[Action]) -> Plan:
         return _scheduled(network, plain(actions), timeline)
 
+    bounds: list[PeakBound] = []  # from the plain plans found to fit, the latest last
+
+    def ruled_out(actions: list[Action]) -> bool:
+        """Whether a bound from a plan found to fit says the plain plan does not."""
+        plan, capacity = plain(actions), limits.capacity
+        assert capacity is not None, "only a capacity makes a plan offload"
+        return any((least := bound.at_least(plan)) is not None and least > capacity
+                   for bound in bounds[-BOUNDS_KEPT:])
+
     def fits_plain(actions: list[Action]) -> bool:
-        return limits.fits(plain(actions))
+        if ruled_out(actions):
+            return False
+        plan = plain(actions)
+        if not limits.fits(plan):
+            return False
+        bounds.append(PeakBound(network, plan, _dry_run(limits)(plan), itemsize))
+        return True
 
     def fits_scheduled(actions: list[Action]) -> bool:
         return limits.fits(scheduled(actions))
 
     if not fits_plain(ranking):
         return []
-    fewest = _pruned(_shortest_prefix(ranking, fits_plain), fits_plain)
+    prefix = _shortest_prefix(ranking, fits_plain, _first_not_ruled_out(ranking, ruled_out))
+    fewest = _pruned(prefix, fits_plain)
     plans = [_fitted(network, plain(fewest), scheduled(fewest), limits), plain(fewest)]
     if fits_scheduled(ranking):  # enough offloads for the whole schedule to fit
-        plans.insert(0, scheduled(_shortest_prefix(ranking, fits_scheduled)))
+        # a schedule holds maps longer than vDNN's: it needs a prefix at least as long
+        plans.insert(0, scheduled(_shortest_prefix(ranking, fits_scheduled, len(prefix))))
     return plans
 
 
@@ -216,8 +241,7 @@ def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
     merit: dict[Action, float] = {}
     for i, node in enumerate(network.nodes):
         action = (OFFLOAD, node.name)
-        moved = (offloaded_tensors(network, _plan(network, batch, itemsize, [action]))
-                 if offload_kept_inputs(node) else ())
+        moved = offloadable_inputs(network, node.name) if offload_kept_inputs(node) else ()
         if moved:
             freed = sum(numel(shapes[name]) for name in moved) * itemsize
             added = sum(timeline.alone_ms(network, name) for name in moved)
@@ -228,11 +252,18 @@ def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
     return sorted(merit, key=lambda action: (-merit[action], action))
 
 
-def _shortest_prefix(ranking: list[Action], fits: Callable[[list[Action]], bool]
-                     ) -> list[Action]:
-    """The shortest prefix of the ranking that fits, by bisection; the caller has
-    checked that the whole ranking does."""
-    fewest, most = 0, len(ranking)
+def _shortest_prefix(ranking: list[Action], fits: Callable[[list[Action]], bool],
+                     fewest: int = 0) -> list[Action]:
+    """The shortest prefix of the ranking that fits, taken to be no shorter than
+    `fewest` (the caller has checked that the whole ranking fits): upwards from
+    `fewest` in doubling steps, then by bisection."""
+    most, step = len(ranking), 1
+    while fewest + step - 1 < most:
+        probe = fewest + step - 1
+        if fits(ranking[:probe]):
+            most = probe
+            break
+        fewest, step = probe + 1, step * 2
     while fewest < most:
         middle = (fewest + most) // 2
         if fits(ranking[:middle]):
@@ -240,6 +271,20 @@ def _shortest_prefix(ranking: list[Action], fits: Callable[[list[Action]], bool]
         else:
             fewest = middle + 1
     return ranking[:most]
+
+
+def _first_not_ruled_out(ranking: list[Action], ruled_out: Callable[[list[Action]], bool]
+                         ) -> int:
+    """The length of the shortest prefix the bounds do not rule out, by bisection
+    (a longer prefix frees more, so its bound is lower)."""
+    fewest, most = 0, len(ranking)
+    while fewest < most:
+        middle = (fewest + most) // 2
+        if ruled_out(ranking[:middle]):
+            fewest = middle + 1
+        else:
+            most = middle
+    return most
 
 
 def _pruned(chosen: list[Action], fits: Callable[[list[Action]], bool]) -> list[Action]:

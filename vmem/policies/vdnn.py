@@ -56,11 +56,10 @@ def build_plan(policy: str, network: Network, batch: int, itemsize: int, offload
     """A plan offloading where `offload` says, each layer running the algorithm
     at index choice[layer] of its list (0, the fastest, by default; -1, the
     least workspace)."""
-    shapes, choice = network.shapes(batch), choice or {}
+    options, choice = network.algorithms(batch, itemsize), choice or {}
     entries = []
     for node in network.nodes:
-        options = node.layer.algorithms(network.in_shapes(node, shapes), itemsize)
-        algorithm = options[choice.get(node.name, 0)]
+        algorithm = options[node.name][choice.get(node.name, 0)]
         entries.append(LayerPlan(node.name, algorithm.name, algorithm.workspace_bytes,
                                  offload(node)))
     return Plan(policy, batch, tuple(entries))
@@ -129,9 +128,9 @@ def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: 
     """Greedy: while the plan does not fit, move one convolution to its next
     smaller workspace, choosing the step that frees the most workspace per
     millisecond it adds (by workspace alone where no cost is known)."""
-    shapes = network.shapes(batch)
-    options = {node.name: node.layer.algorithms(network.in_shapes(node, shapes), itemsize)
-               for node in network.nodes if node.layer.TYPE == "conv"}
+    every = network.algorithms(batch, itemsize)
+    options = {node.name: every[node.name] for node in network.nodes
+               if node.layer.TYPE == "conv"}
     by_name = {node.name: node for node in network.nodes}
     choice = dict.fromkeys(options, 0)
     while True:

@@ -1,0 +1,101 @@
+"""Lower bounds on a plan's peak from the dry run of a plan that does more.
+
+Take a plan on vDNN's schedule (no `Move`s) and its dry run. A plan that
+offloads or recomputes only some of the maps it does holds every map it keeps
+on the device at least as long: a map no longer offloaded stays from its last
+forward consumer to its copy back, one no longer recomputed from its last
+forward consumer to its recomputation, and the other maps come back no later
+(vDNN's prefetch searches past fewer offloaded layers, so it brings maps back
+earlier or as early). So at every point of the step it holds at least what the
+dry run held plus the maps it keeps there: the most of that over the step is a
+lower bound on its peak, and a bound above the capacity says it does not fit
+without running it.
+
+The bound holds only where the smaller plan moves a subset of the maps (the
+same map never offloaded instead of recomputed) and no map it stops
+recomputing was brought back for that recomputation (the map's input then
+comes back later than before); elsewhere there is none.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+import numpy as np
+
+from vmem.dryrun import DryRun
+from vmem.graph import Network
+from vmem.layers.base import numel
+from vmem.plan import Plan, offloaded_tensors
+
+
+class PeakBound:
+    """The dry run of a plan on vDNN's schedule, read as the memory held at each
+    point of the step and where each moved map is away from the device."""
+
+    def __init__(self, network: Network, plan: Plan, outcome: DryRun, itemsize: int) -> None:
+        assert not plan.moves, "bounds are taken from plans on vDNN's schedule"
+        self.network, self.itemsize = network, itemsize
+        self.shapes = network.shapes(plan.batch)
+        self.offloaded = offloaded_tensors(network, plan)
+        self.recomputed = frozenset(e.layer for e in plan.layers if e.recompute_output)
+        n, index, lives = len(network.nodes), network.index, network.lives
+        recompute_at = {name: max(lives[name].backward_users) for name in self.recomputed}
+
+        def position(layer: str, phase: str) -> int:
+            """Program order: forward k is k, backward k (and a recomputation done
+            before it) is 2n - 1 - k, the update after everything."""
+            if phase == "forward":
+                return index[layer]
+            if phase == "backward":
+                return 2 * n - 1 - index[layer]
+            if phase == "recompute":
+                return 2 * n - 1 - recompute_at[layer]
+            return 2 * n
+
+        record = outcome.record
+        self.positions = [position(e.layer, e.phase) for e in record.memory]
+        self.in_use = np.array([e.in_use for e in record.memory], dtype=np.int64)
+        # where each offloaded map comes back: the backward pass whose iteration
+        # issues its copy (the next kernel issued after the copy)
+        self.back_at: dict[str, int] = {}
+        pending: list[str] = []
+        for span in record.spans:
+            if span.kind == "copy_h2d":
+                pending.append(span.name)
+            elif span.kind == "kernel" and pending:
+                at = (recompute_at[span.name] if span.phase == "recompute"
+                      else index[span.name])
+                self.back_at.update(dict.fromkeys(pending, at))
+                pending = []
+        self.back_at.update(recompute_at)
+        self.last_forward = {name: lives[name].last_forward_use
+                             for name in (*self.offloaded, *self.recomputed)}
+        self._n = n
+
+    def at_least(self, plan: Plan) -> int | None:
+        """A lower bound on `plan`'s peak (None where none holds: see the module)."""
+        if plan.moves:
+            return None
+        offloaded = offloaded_tensors(self.network, plan)
+        recomputed = frozenset(e.layer for e in plan.layers if e.recompute_output)
+        if not (offloaded <= self.offloaded and recomputed <= self.recomputed):
+            return None
+        nodes, index = self.network.nodes, self.network.index
+        kept = [*(self.offloaded - offloaded), *(self.recomputed - recomputed)]
+        for name in self.recomputed - recomputed:
+            if any(source in self.offloaded for source in nodes[index[name]].inputs):
+                return None
+        added = np.zeros(len(self.in_use) + 1, dtype=np.int64)
+        for name in kept:
+            if name not in self.back_at:  # never came back (a guard: every map does)
+                return None
+            # away from the end of its last forward consumer to the iteration
+            # that brings it back: forward k > last, backward k > back
+            lo = bisect_left(self.positions, self.last_forward[name] + 1)
+            hi = bisect_right(self.positions, 2 * self._n - 2 - self.back_at[name])
+            if lo < hi:
+                nbytes = numel(self.shapes[name]) * self.itemsize
+                added[lo] += nbytes
+                added[hi] -= nbytes
+        return int((self.in_use + np.cumsum(added[:-1])).max(initial=0))
