@@ -23,11 +23,17 @@ planner spends the memory budget instead:
 3. the same schedule over the shortest prefix of the ranking with which it fits
    whole (more offloads, none held back);
 4. the fastest on the dry run's modeled clock of those, the fewest offloads on
-   vDNN's schedule, and what `vdnn-dyn` makes: never slower than vDNN where
-   the model holds;
+   vDNN's schedule, the whole ranking (on vDNN's schedule and scheduled), and
+   what `vdnn-dyn` makes: never slower than vDNN where the model holds;
 5. where the compute stream still waits for a copy back under that plan, the
    copy starts earlier, a change at a time, kept where it fits and shortens
    the step.
+
+Every layer runs the algorithm the cost model times fastest, so that a
+smaller limit (which steps `vdnn-dyn`'s convolutions down) cannot buy a faster
+plan; with the whole ranking always a candidate, a larger limit has not given
+a slower plan over the sweeps of limits tested (no proof: the search's other
+choices depend on the limit).
 
 Everything is decided from dry runs (exact peaks, modeled steps), so the
 planner is a pure function of the network, the batch and the budget. A plan on
@@ -60,7 +66,7 @@ from vmem.policies.vdnn import (
 from vmem.profiler.events import Span
 
 NAME = "budget"
-SCHEDULE_TRIES = 64  # steps back towards vDNN's schedule before giving the schedule up
+SCHEDULE_TRIES = 32  # steps back towards vDNN's schedule before giving the schedule up
 REFINE_TRIES = 24  # copies back started earlier, one at a time
 WAIT_MS = 1e-3  # a wait shorter than a microsecond is no wait
 BOUNDS_KEPT = 3  # bounds tried before a dry run: the latest plans found to fit, the tightest
@@ -71,17 +77,39 @@ Action = tuple[str, str]
 
 def budget(network: Network, batch: int, itemsize: int, limits: Budget) -> Plan:
     check_trainable(network, batch, itemsize, limits)
-    fastest = build_plan(NAME, network, batch, itemsize, offload_nothing)
+    quickest = _quickest(network, batch, itemsize, limits)
+    fastest = build_plan(NAME, network, batch, itemsize, offload_nothing, quickest)
     if limits.fits(fastest):
         return fastest
+    return _search(network, batch, itemsize, limits, fastest, quickest)
+
+
+def _quickest(network: Network, batch: int, itemsize: int, limits: Budget) -> dict[str, int]:
+    """Each layer's algorithm (its index) that the cost model times fastest, the
+    earlier of equals: a list's first is the fastest by its own account, which a
+    model may time slower than one with less workspace (a last, short chunk of
+    the batch), and a plan should not need a smaller limit to run faster."""
+    if limits.layer_ms is None:
+        return {}
+    options = network.algorithms(batch, itemsize)
+    return {node.name: min(range(len(options[node.name])),
+                           key=lambda k: (limits.layer_ms(node, options[node.name][k], batch), k))
+            for node in network.nodes if len(options[node.name]) > 1}
+
+
+def _search(network: Network, batch: int, itemsize: int, limits: Budget, fastest: Plan,
+            quickest: dict[str, int]) -> Plan:
+    """Steps 1 to 5 within one limit, where `fastest` does not fit, each layer on
+    its `quickest` algorithm."""
     run = _dry_run(limits)
     candidates = [_relabel(vdnn_dyn(network, batch, itemsize, limits))]
-    everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs)
+    everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs, quickest)
     if limits.fits(everything):
         timeline = Timeline.of(network, run(fastest), run(everything))
         for recompute in (False, True):
             ranking = _ranking(network, batch, itemsize, timeline, recompute)
-            candidates[:0] = _ranked(network, batch, itemsize, timeline, ranking, limits)
+            candidates[:0] = _ranked(network, batch, itemsize, timeline, ranking, limits,
+                                     quickest)
     fitting = [plan for plan in candidates if limits.fits(plan)]
     best = min(fitting or candidates[-1:], key=lambda plan: run(plan).record.duration_ms)
     return _refined(network, best, limits) if best.moves else best
@@ -97,13 +125,14 @@ def _relabel(plan: Plan) -> Plan:
 
 
 def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
-            ranking: list[Action], limits: Budget) -> list[Plan]:
+            ranking: list[Action], limits: Budget, quickest: dict[str, int] | None = None
+            ) -> list[Plan]:
     """Steps 1 to 3 over one ranking: the fewest actions that fit, on vDNN's
     schedule and scheduled; the shortest prefix whose whole schedule fits.
     Nothing where the whole ranking does not fit."""
 
     def plain(actions: Iterable[Action]) -> Plan:
-        return _plan(network, batch, itemsize, actions)
+        return _plan(network, batch, itemsize, actions, quickest)
 
     def scheduled(actions: Iterable[Action]) -> Plan:
         return _scheduled(network, plain(actions), timeline)
@@ -133,14 +162,19 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
         return []
     prefix = _shortest_prefix(ranking, fits_plain, _first_not_ruled_out(ranking, ruled_out))
     fewest = _pruned(prefix, fits_plain)
-    plans = [_fitted(network, plain(fewest), scheduled(fewest), limits), plain(fewest)]
+    # the whole ranking too: it fits every limit the search runs within, and the
+    # fewest actions are not always the fastest (copies a schedule cannot hide)
+    plans = [_fitted(network, plain(fewest), scheduled(fewest), limits), plain(fewest),
+             plain(ranking)]
     if fits_scheduled(ranking):  # enough offloads for the whole schedule to fit
         # a schedule holds maps longer than vDNN's: it needs a prefix at least as long
-        plans.insert(0, scheduled(_shortest_prefix(ranking, fits_scheduled, len(prefix))))
+        plans[:0] = [scheduled(_shortest_prefix(ranking, fits_scheduled, len(prefix))),
+                     scheduled(ranking)]
     return plans
 
 
-def _plan(network: Network, batch: int, itemsize: int, actions: Iterable[Action]) -> Plan:
+def _plan(network: Network, batch: int, itemsize: int, actions: Iterable[Action],
+          choice: dict[str, int] | None = None) -> Plan:
     """Offloading the inputs of the layers the actions name and computing again
     the outputs they name, the fastest algorithms, vDNN's schedule. An output is
     not computed again from, nor into, another that is: of two such actions, the
@@ -151,7 +185,8 @@ def _plan(network: Network, batch: int, itemsize: int, actions: Iterable[Action]
             offloads.add(layer)
         elif not _chained(network, layer, recomputed):
             recomputed.add(layer)
-    plan = build_plan(NAME, network, batch, itemsize, lambda node: node.name in offloads)
+    plan = build_plan(NAME, network, batch, itemsize, lambda node: node.name in offloads,
+                      choice)
     if not recomputed:
         return plan
     return replace(plan, layers=tuple(replace(entry, recompute_output=entry.layer in recomputed)
