@@ -47,8 +47,7 @@ def oracle(network: vmem.Network) -> PeakOracle:
 
 def none_peak(network: vmem.Network, batch: int = BATCH) -> int:
     peak = oracle(network)
-    return peak(plan_with(network, "none", batch, 4, make_budget(network, None, peak,
-                                                                  peak.costs)))
+    return peak(plan_with(network, "none", batch, 4, make_budget(network, None, peak)))
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def plan_timed(network: vmem.Network, policy: str, limit: int, batch: int = BATC
     """Planning within `limit` bytes, with a fresh oracle, as `vmem plan` has."""
     peak = oracle(network)
     started = time.perf_counter()
-    plan = plan_with(network, policy, batch, 4, make_budget(network, limit, peak, peak.costs))
+    plan = plan_with(network, policy, batch, 4, make_budget(network, limit, peak))
     seconds = time.perf_counter() - started
     dry_runs = len(peak._runs)
     run = peak.run(plan)

@@ -75,7 +75,7 @@ def test_budget_is_no_slower_than_the_fastest_of_every_offload_and_recomputation
     least, most = min(map(peak, plans)), peak(plans[0])
     for limit in np.linspace(least, most, 6)[:-1].astype(int):
         fastest = min(peak.run(p).record.duration_ms for p in plans if peak(p) <= limit)
-        plan = budget(network, batch, 4, make_budget(network, int(limit), peak, peak.costs))
+        plan = budget(network, batch, 4, make_budget(network, int(limit), peak))
         assert peak(plan) <= limit
         assert peak.run(plan).record.duration_ms <= fastest + 1e-9, limit
 
@@ -92,7 +92,7 @@ def test_a_larger_limit_never_gives_a_slower_plan(network: Network,
     76.80 ms where the plans within 2.05 to 2.15 GiB hid a copy at 76.44 ms)."""
     peak, batch, steps = oracle(network), 256, []
     for gib in limits_gib:
-        limits = make_budget(network, int(gib * 2**30), peak, peak.costs)
+        limits = make_budget(network, int(gib * 2**30), peak)
         plan = budget(network, batch, 4, limits)
         assert peak(plan) <= limits.capacity
         step = peak.run(plan).record.duration_ms
@@ -117,8 +117,7 @@ def test_a_plan_for_a_limit_is_no_slower_than_one_found_for_a_smaller_limit() ->
     top = peak(_plan(network, batch, 4, []))
     steps = []
     for fraction in (0.2, 0.3, 0.4, 0.5, 0.7, 0.9):
-        plan = budget(network, batch, 4, make_budget(network, int(top * fraction), peak,
-                                                     peak.costs))
+        plan = budget(network, batch, 4, make_budget(network, int(top * fraction), peak))
         step = peak.run(plan).record.duration_ms
         assert all(step <= before + 1e-9 for before in steps), (fraction, step, steps)
         steps.append(step)

@@ -31,9 +31,9 @@ planner spends the memory budget instead:
 
 Every layer runs the algorithm the cost model times fastest, so that a
 smaller limit (which steps `vdnn-dyn`'s convolutions down) cannot buy a faster
-plan; with the whole ranking always a candidate, a larger limit has not given
-a slower plan over the sweeps of limits tested (no proof: the search's other
-choices depend on the limit).
+plan; with the whole ranking always a candidate too, a larger limit gives a
+slower plan less often (not never: the search's other choices depend on the
+limit; bench/planner_monotone.py lists where it does).
 
 Everything is decided from dry runs (exact peaks, modeled steps), so the
 planner is a pure function of the network, the batch and the budget. A plan on
