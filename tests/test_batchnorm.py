@@ -197,3 +197,41 @@ def test_a_recomputed_bn_output_moves_the_statistics_once_and_changes_no_bits() 
     assert any(s.phase == "recompute" and s.name == "bn" for s in record.spans)
     assert "bn.running_mean" in weights
     assert_same_training(losses, weights, network)
+
+
+def test_resnet18_tiny_matches_pytorch_layer_for_layer() -> None:
+    """resnet18-tiny built in PyTorch from the profile (vmem bench cpu-step's model)
+    with vmem's initial weights: the first step's loss, and every BN layer's running
+    statistics after it (a function of that forward pass alone: its batch mean and
+    variance, layer by layer)."""
+    torch = pytest.importorskip("torch")
+    from vmem.bench.cpu_step import torch_module
+
+    with vmem.Runtime("resnet18-tiny", device="cpu", seed=4) as runtime:
+        network = runtime.network
+        start = runtime.state_dict()
+        x, y = vmem.trial.synthetic_batch(network.input_shape, 10, 4, seed=6)
+        loss = runtime.train_step(x, y)
+        after = runtime.state_dict()
+    model = torch_module(torch, network)
+    with torch.no_grad():
+        for i, node in enumerate(network.nodes):
+            if str(i) not in model.steps:
+                continue
+            module = model.steps[str(i)]
+            module = module[1] if isinstance(module, torch.nn.Sequential) else module
+            for key, value in start.items():
+                layer, _, what = key.rpartition(".")
+                if layer == node.name:
+                    getattr(module, what).copy_(torch.from_numpy(value))
+    model.train()
+    with torch.no_grad():
+        expected = float(model(torch.from_numpy(x), torch.from_numpy(y)))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    norms = [n for n in network.nodes if n.layer.TYPE == "batchnorm"]
+    assert len(norms) == 20
+    for i, node in ((i, n) for i, n in enumerate(network.nodes) if n in norms):
+        for what in ("running_mean", "running_var"):
+            np.testing.assert_allclose(after[f"{node.name}.{what}"],
+                                       getattr(model.steps[str(i)], what).numpy(),
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{node.name}.{what}")
