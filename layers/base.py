@@ -93,17 +93,6 @@ def numel(shape: Shape) -> int:
     return math.prod(int(d) for d in shape)
 
 
-def he_normal(shapes: dict[str, Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """He normal "weight", std = sqrt(2 / fan_in) with fan_in the size of one output's
-    weights (C/groups*k*k, in_features); a zero "bias" where there is one. float32."""
-    weight = shapes["weight"]
-    std = np.float32(np.sqrt(2.0 / numel(weight[1:])))
-    params = {"weight": rng.standard_normal(weight, dtype=np.float32) * std}
-    if "bias" in shapes:
-        params["bias"] = np.zeros(shapes["bias"], dtype=np.float32)
-    return params
-
-
 @dataclass(frozen=True, kw_only=True)
 class Layer(ABC):
     TYPE: ClassVar[str]

@@ -48,7 +48,8 @@ from vmem.kernels.gemm import accumulates_in_place, matmul_nt_sum, matmul_shared
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
-from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, he_normal
+from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape
+from vmem.layers.init import Init, check_init, initial_weights
 
 # A GEMM of this many FLOPs keeps a large GPU busy for tens of microseconds, far
 # past its launch cost (about 40 us on an H100 at 100 TFLOP/s against ~5 us).
@@ -76,8 +77,11 @@ class Conv(Layer):
     pad: int = 0
     groups: int = 1
     bias: bool = True
+    init: Init = "kaiming_fan_out"
+    init_std: float = 0.01  # of init "normal"
 
     def __post_init__(self) -> None:
+        check_init(self)
         require_int(self, "out_channels", 1)
         require_int(self, "kernel", 1)
         require_int(self, "stride", 1)
@@ -113,8 +117,8 @@ class Conv(Layer):
 
     def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:
-        """He normal weights, std = sqrt(2 / fan_in), fan_in = C/groups * k * k; zero bias."""
-        return he_normal(self.param_shapes(in_shapes), rng)
+        """Drawn as `init` says (vmem.layers.init)."""
+        return initial_weights(self.init, self.init_std, self.param_shapes(in_shapes), rng)
 
     def flops(self, in_shapes: Sequence[Shape]) -> int:
         n, o, ho, wo = self.output_shape(in_shapes)

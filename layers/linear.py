@@ -18,9 +18,9 @@ from vmem.layers.base import (
     Layer,
     Shape,
     SharedParam,
-    he_normal,
     numel,
 )
+from vmem.layers.init import Init, check_init, initial_weights
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,8 +43,11 @@ class Linear(Layer):
     out_features: int
     bias: bool = True
     tied_to: str = ""
+    init: Init = "uniform_fan_in"
+    init_std: float = 0.01  # of init "normal"
 
     def __post_init__(self) -> None:
+        check_init(self)
         require_int(self, "out_features", 1)
         if not isinstance(self.bias, bool):
             raise config_error(self, f"bias must be true or false, got {self.bias!r}")
@@ -78,10 +81,11 @@ class Linear(Layer):
 
     def init_params(self, in_shapes: Sequence[Shape], rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:
-        """He normal weights, std = sqrt(2 / in_features); zero bias."""
+        """Drawn as `init` says (vmem.layers.init); a tied layer draws only its bias,
+        zero."""
         if self.tied_to:
             return ({"bias": np.zeros((self.out_features,), np.float32)} if self.bias else {})
-        return he_normal(self.param_shapes(in_shapes), rng)
+        return initial_weights(self.init, self.init_std, self.param_shapes(in_shapes), rng)
 
     def flops(self, in_shapes: Sequence[Shape]) -> int:
         lead, features = self._rows(in_shapes)
