@@ -46,6 +46,19 @@ def test_profiles_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "138,357,544" in out and "googlenet" in out
 
 
+def test_gpus_lists_every_preset_with_its_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    """The datasheet sizes in bytes (binary GB), the H100's as nvidia-smi reports it."""
+    code, out, _ = run_cli(capsys, "gpus", "--json")
+    assert code == 0
+    memory = {row["name"]: row["memory_bytes"] for row in json.loads(out)}
+    assert memory == {"titan-x": 12 * 2**30, "h100-pcie5": 81559 * 2**20, "v100": 16 * 2**30,
+                      "a100-40gb": 40 * 2**30, "a100-80gb": 80 * 2**30,
+                      "rtx-4090": 24 * 2**30, "l4": 24 * 2**30, "h100-sxm": 80 * 2**30,
+                      "h200": 141 * 2**30}
+    code, out, _ = run_cli(capsys, "gpus")
+    assert code == 0 and "141.00 GiB" in out and "V100-PCIE-16GB" in out
+
+
 def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "run", "digits", "--steps", "3", "--device", "cpu",
                            "--batch", "16", "--json")

@@ -109,6 +109,15 @@ def test_the_pool_overflowing_in_a_launch_names_its_limit(
     ("NVIDIA H100 80GB HBM3", "h100-pcie5"),
     ("nvidia h100 pcie", "h100-pcie5"),  # case is ignored
     ("NVIDIA GeForce GTX TITAN X", "titan-x"),
+    ("Tesla V100-PCIE-16GB", "v100"),
+    ("Tesla V100-SXM2-16GB", "v100"),
+    ("Tesla V100-SXM2-32GB", None),  # twice the memory: not the 16 GB preset
+    ("NVIDIA A100-PCIE-40GB", "a100-40gb"),
+    ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+    ("NVIDIA A100 80GB PCIe", None),  # slower memory than the SXM board's
+    ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+    ("NVIDIA L40S", None),  # not an L4, though its name holds "NVIDIA L4"
+    ("NVIDIA H200", "h200"),
     ("Tesla K80", None),
     ("", None),
 ])

@@ -185,6 +185,23 @@ def test_presets_hold_the_papers_and_the_measured_figures() -> None:
     assert all(p.description for p in presets.values())
 
 
+def test_datasheet_presets_hold_their_datasheets_figures() -> None:
+    """float32 TFLOPS and memory bandwidth (GB/s) from NVIDIA's datasheets; copy rates
+    by PCIe generation: gen3 the vDNN paper's 12.8 GB/s, gen4 the same 81% of 31.5,
+    gen5 the H100 board's measured rates."""
+    presets = gpu_presets()
+    sheets = {"v100": (14, 900, 3), "a100-40gb": (19.5, 1555, 4), "a100-80gb": (19.5, 2039, 4),
+              "rtx-4090": (82.6, 1008, 4), "l4": (30.3, 300, 4), "h100-sxm": (67, 3350, 5),
+              "h200": (67, 4800, 5)}
+    copies = {3: (12.8, 12.8), 4: (25.5, 25.5), 5: (54.8, 54.9)}
+    assert round(0.81 * 31.5, 1) == 25.5 and round(12.8 / 15.75, 2) == 0.81
+    for name, (tflops, bandwidth, gen) in sheets.items():
+        gpu = presets[name]
+        assert (gpu.tflops, gpu.bandwidth_gbps) == (tflops, bandwidth), name
+        assert (gpu.d2h_gbps, gpu.h2d_gbps) == copies[gen], name
+        assert f"PCIe gen{gen}" in gpu.description, name
+
+
 def test_unknown_preset_lists_the_known_ones() -> None:
     with pytest.raises(UsageError) as failure:
         load_gpu("titan-z")

@@ -40,7 +40,7 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
                         "seconds)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else "
                         "cpu), cpu, cuda, cuda:N, or sim:GPU to model a GPU you do not have "
-                        "(presets: titan-x, h100-pcie5; or sim:FILE.toml) (default: auto)")
+                        "(presets: `vmem gpus`; or sim:FILE.toml) (default: auto)")
     parser.add_argument("--memory-limit", help="device memory capacity to emulate, e.g. 4GiB "
                         "or 512MB (B, KB/MB/GB, KiB/MiB/GiB), at most the device's own memory")
     parser.add_argument("--allocation", choices=ALLOCATIONS, default=ALLOCATIONS[0],
@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     profiles = commands.add_parser("profiles", help="list the shipped network profiles")
     profiles.add_argument("--json", action="store_true", help="print JSON for programs")
 
+    gpus = commands.add_parser("gpus", help="list the GPU presets --device sim:NAME models",
+                               description="The presets of vmem/gpus.toml: memory, float32 "
+                               "throughput, memory bandwidth, pinned copy rates and the CUDA "
+                               "device names each models (where their figures come from: "
+                               "--json, or the file's comments).")
+    gpus.add_argument("--json", action="store_true", help="print JSON for programs")
+
     run = commands.add_parser("run", help="train a profile for a few steps and report memory "
                               "and time", description="Train a network profile on seeded "
                               "synthetic data and report per-step time and loss, peak and "
@@ -132,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     args.argv = argv
-    commands = {"profiles": cmd_profiles, "run": cmd_run, "compare": cmd_compare,
+    commands = {"profiles": cmd_profiles, "gpus": cmd_gpus, "run": cmd_run, "compare": cmd_compare,
                 "report": cmd_report, "plan": cmd_plan, "calibrate": cmd_calibrate,
                 "bench": run_bench}
     try:
@@ -163,6 +170,31 @@ def _size(text: str | None, flag: str) -> int | None:
 
 
 # -- vmem profiles ------------------------------------------------------------
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    from vmem.costs import gpu_presets
+
+    rows = [{"name": gpu.name, "memory_bytes": gpu.memory_bytes, "tflops": gpu.tflops,
+             "bandwidth_gbps": gpu.bandwidth_gbps, "d2h_gbps": gpu.d2h_gbps,
+             "h2d_gbps": gpu.h2d_gbps, "launch_us": gpu.launch_us, "match": list(gpu.match),
+             "description": gpu.description} for gpu in gpu_presets().values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="vmem gpus (--device sim:NAME)",
+                  caption="descriptions: vmem gpus --json; sources: vmem/gpus.toml")
+    for column in ("preset", "memory", "TFLOPS", "GB/s", "copies GB/s", "CUDA names"):
+        table.add_column(column, no_wrap=column != "CUDA names",
+                         justify="left" if column in {"preset", "CUDA names"} else "right")
+    for row in rows:
+        table.add_row(row["name"], format_bytes(row["memory_bytes"]), f"{row['tflops']:g}",
+                      f"{row['bandwidth_gbps']:g}", f"{row['d2h_gbps']:g} / {row['h2d_gbps']:g}",
+                      ", ".join(row["match"]) or "-")
+    _console().print(table)
+    return 0
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
