@@ -384,20 +384,41 @@ def test_conv_and_linear_flops():
     assert Linear(name="fc", out_features=10, bias=False).flops([(4, 20)]) == 2 * 4 * 20 * 10
 
 
-def test_init_params_he_normal():
-    rng = np.random.default_rng(0)
-    conv = Conv(name="c", out_channels=64, kernel=3, groups=2)
-    p = conv.init_params([(1, 32, 8, 8)], rng)
+@pytest.mark.parametrize(("init", "std_of"), [
+    ("kaiming_fan_out", lambda fan_in, fan_out: np.sqrt(2 / fan_out)),
+    ("kaiming_fan_in", lambda fan_in, fan_out: np.sqrt(2 / fan_in)),
+    ("normal", lambda fan_in, fan_out: 0.02),
+    ("uniform_fan_in", lambda fan_in, fan_out: 1 / np.sqrt(3 * fan_in)),
+])
+def test_init_schemes_draw_the_stated_spread(init: str, std_of: Any) -> None:
+    """Each scheme's standard deviation by its formula (torch's fans: fan_in =
+    C/groups*k*k, fan_out = O*k*k); zero biases but PyTorch's default, whose bias is
+    uniform too; the same seed, the same bits."""
+    conv = Conv(name="c", out_channels=64, kernel=3, groups=2, init=init, init_std=0.02)
+    p = conv.init_params([(1, 32, 8, 8)], np.random.default_rng(0))
     assert p["weight"].shape == (64, 16, 3, 3) and p["weight"].dtype == np.float32
-    assert p["weight"].std() == pytest.approx(np.sqrt(2 / (16 * 9)), rel=0.05)
-    assert p["bias"].dtype == np.float32 and not p["bias"].any()
+    assert p["weight"].std() == pytest.approx(std_of(16 * 9, 64 * 9), rel=0.05)
+    assert p["weight"].mean() == pytest.approx(0, abs=0.05 * std_of(16 * 9, 64 * 9))
+    assert p["bias"].dtype == np.float32
+    if init == "uniform_fan_in":
+        assert np.abs(p["bias"]).max() <= 1 / np.sqrt(16 * 9) and p["bias"].any()
+    else:
+        assert not p["bias"].any()
     again = conv.init_params([(1, 32, 8, 8)], np.random.default_rng(0))
     np.testing.assert_array_equal(p["weight"], again["weight"])
-    fc = Linear(name="fc", out_features=200, bias=False)
+    fc = Linear(name="fc", out_features=300, bias=False, init=init, init_std=0.02)
     q = fc.init_params([(1, 50, 2, 2)], np.random.default_rng(1))
-    assert list(q) == ["weight"] and q["weight"].shape == (200, 200)
-    assert q["weight"].dtype == np.float32
-    assert q["weight"].std() == pytest.approx(np.sqrt(2 / 200), rel=0.05)
+    assert list(q) == ["weight"] and q["weight"].shape == (300, 200)
+    assert q["weight"].std() == pytest.approx(std_of(200, 300), rel=0.05)
+
+
+def test_init_defaults_and_bad_values() -> None:
+    assert Conv(name="c", out_channels=2, kernel=1).init == "kaiming_fan_out"
+    assert Linear(name="fc", out_features=2).init == "uniform_fan_in"
+    with pytest.raises(ValueError, match="init must be one of kaiming_fan_out"):
+        Conv(name="c", out_channels=2, kernel=1, init="xavier")
+    with pytest.raises(ValueError, match="init_std must be a positive number"):
+        Linear(name="fc", out_features=2, init="normal", init_std=0.0)
 
 
 # ---------------------------------------------------------------- pooling, LRN references
