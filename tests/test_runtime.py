@@ -128,11 +128,20 @@ def test_array_likes_are_accepted_and_ragged_ones_refused() -> None:
 # -- non-finite numbers inside a step ------------------------------------------------
 
 
+def overflowing(rt: vmem.Runtime) -> None:
+    """conv1's weights set to ones: nine inputs of 3e38 then sum past float32's range."""
+    state = rt.state_dict()
+    rt.load_state_dict(state | {"conv1.weight": np.ones_like(state["conv1.weight"])})
+
+
 def test_a_step_that_overflows_is_reported_and_not_applied() -> None:
-    """Inputs near float32's largest value overflow inside the network: the step
-    is refused by number, the weights stay as they were, and a good batch trains
-    on as a fresh runtime's first step."""
+    """Inputs near float32's largest value overflow inside the network (its first
+    convolution's weights set to ones, so any nine of them sum past float32's range,
+    whatever the initialisation): the step is refused by number, the weights stay as
+    they were, and a good batch trains on as a fresh runtime's first step."""
     with runtime() as rt, runtime() as fresh:
+        for each in (rt, fresh):
+            overflowing(each)
         before = rt.state_dict(optimizer=True)
         in_use = rt.arena.in_use
         with pytest.raises(NonFiniteError, match="^non-finite .* at step 1; the update was "
@@ -175,6 +184,7 @@ def test_the_cli_reports_a_diverging_run_in_one_line(capsys: pytest.CaptureFixtu
 
 def test_evaluate_reports_non_finite_probabilities() -> None:
     with runtime() as rt:
+        overflowing(rt)
         in_use = rt.arena.in_use
         with pytest.raises(NonFiniteError, match="^non-finite probabilities in evaluate"):
             rt.evaluate(np.full_like(X, 3e38))
