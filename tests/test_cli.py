@@ -419,3 +419,33 @@ def test_ctrl_c_while_modules_import_exits_130_quietly(tmp_path: Path) -> None:
     done = subprocess.run([command, "profiles"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert (done.returncode, done.stderr, done.stdout) == (130, "", "")
+
+
+def test_compare_prints_the_baseline_where_no_policy_fits_the_device(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --memory-limit, a network no policy fits into the device's memory gets
+    a row saying so, naming the device's memory rather than a limit nobody gave, and
+    the oracle (memory for everything) still runs: the vDNN paper's baseline. Its
+    peak is the one `vmem plan` gives on a GPU with room for it."""
+    code, out, err = run_cli(capsys, "compare", "vgg16", "--batch", "256", "--device",
+                             "sim:titan-x", "--allocation", "network-wide", "--policies", "none",
+                             "--json")
+    assert code == 0, err
+    none, oracle = json.loads(out)
+    assert "cannot train vgg16" in none["error"] and "no --memory-limit" in none["error"]
+    assert "sim:titan-x's memory" in none["error"] and "a memory limit of" not in none["error"]
+    code, planned, _ = run_cli(capsys, "plan", "vgg16", "--batch", "256", "--device",
+                               "sim:h100-pcie5", "--allocation", "network-wide", "--policy",
+                               "none", "--json")
+    assert oracle["oracular"] and oracle["peak_bytes"] == json.loads(planned)["peak_bytes"]
+    code, out, _ = run_cli(capsys, "compare", "vgg16", "--batch", "256", "--device",
+                           "sim:titan-x", "--allocation", "network-wide", "--policies", "none")
+    assert code == 0 and "device memory 12.00 GiB (no --memory-limit)" in out
+    assert "memory limit none" not in out and "oracle (none, no limit)" in out
+
+
+def test_a_limit_no_policy_meets_is_still_refused_by_compare(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "compare", "digits", "--device", "sim:titan-x",
+                           "--memory-limit", "1KiB")
+    assert_one_line_error(code, err, "a memory limit of 1.00 KiB cannot train digits")

@@ -8,25 +8,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmem.backends.base import bound_capacity
-from vmem.costs import load_costs
-from vmem.dryrun import PeakOracle
+from vmem.costs import CostModel, load_costs
+from vmem.dryrun import DryRun, PeakOracle
 from vmem.executor import LIVENESS
 from vmem.graph import Network, Node
 from vmem.layers.base import Algorithm
 from vmem.optim import make_optimizer
 from vmem.plan import Plan
 from vmem.policies import Budget, make_plan
-from vmem.policies.vdnn import check_trainable
+from vmem.policies.vdnn import LIMIT_FLAG, check_trainable
 from vmem.profile import Profile
 
 
-def make_budget(network: Network, capacity: int | None, peak: PeakOracle) -> Budget:
-    """A capacity, the exact peak and a modeled step of any plan, and modeled layer
-    times: all from the one cost model of `peak`'s dry runs (the device's), so a
-    policy weighs its choices as the device's model says."""
+def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
+                bound: str = LIMIT_FLAG) -> Budget:
+    """A capacity (set by `bound`: the --memory-limit, or a device's own memory), the
+    exact peak and a modeled step of any plan, and modeled layer times: all from the
+    one cost model of `peak`'s dry runs (the device's), so a policy weighs its
+    choices as the device's model says."""
     costs = peak.costs
     if costs is None:  # a peaks-only oracle: nothing to weigh time by
-        return Budget(capacity, peak.run)
+        return Budget(capacity, peak.run, bound=bound)
 
     def layer_ms(node: Node, algorithm: Algorithm, batch: int) -> float:
         shapes = network.shapes(batch)
@@ -34,7 +36,7 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle) -> Bud
         return sum(costs.layer_ms(node.layer, in_shapes, out, algorithm, phase)
                    for phase in ("forward", "backward"))
 
-    return Budget(capacity, peak.run, layer_ms)
+    return Budget(capacity, peak.run, layer_ms, bound)
 
 
 def plan_with(network: Network, policy: str, batch: int, itemsize: int,
@@ -45,48 +47,105 @@ def plan_with(network: Network, policy: str, batch: int, itemsize: int,
 
 
 @dataclass(frozen=True)
-class DevicePlan:
-    """What `vmem plan` prints: a plan, its exact peak, the device memory it must
-    fit (None: nothing bounds it) and what sets that bound."""
+class Target:
+    """A device as planning sees it: its name, the cost model its plans and dry runs
+    keep time by, the device memory a plan must fit (None: nothing bounds it), what
+    sets that bound, and whether it is the cpu (whose default batch is a profile's
+    cpu_batch)."""
 
-    plan: Plan
-    peak: int
+    name: str
+    costs: CostModel | None
     capacity: int | None
     bound: str  # "--memory-limit", or "sim:GPU's memory"
+    on_cpu: bool = False
+
+    def default_batch(self, profile: Profile) -> int:
+        return profile.cpu_batch if self.on_cpu else profile.batch
+
+
+def resolve_target(device: str, limit: int | None, itemsize: int = 4) -> Target:
+    """The device a run names, bounded as a run on it is: by `limit`, else by the
+    device's memory (a sim GPU's, a CUDA device's); a limit above the device's own
+    memory is refused (`vmem.backends.base.bound_capacity`)."""
+    spec = device.strip()
+    if spec.startswith("sim:"):
+        costs = load_costs(spec.removeprefix("sim:"), itemsize)
+        name = f"sim:{costs.gpu.name}"
+        return Target(name, costs, bound_capacity(limit, costs.gpu.memory_bytes, name),
+                      _bound(limit, name))
+    from vmem.backends import get_backend
+
+    # validates the device and the limit against its memory; cheap, holds nothing
+    backend = get_backend(spec, limit)
+    target = Target(backend.name, backend.costs, backend.arena.capacity,
+                    _bound(limit, backend.name), backend.name == "cpu")
+    backend.close()
+    return target
+
+
+def _bound(limit: int | None, name: str) -> str:
+    return LIMIT_FLAG if limit is not None else f"{name}'s memory"
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What `vmem plan` prints: a plan, its dry run (the exact peak, and the step on
+    the device's cost model's clock), the device memory it must fit (None: nothing
+    bounds it) and what sets that bound."""
+
+    plan: Plan
+    run: DryRun
+    capacity: int | None
+    bound: str  # "--memory-limit", or "sim:GPU's memory"
+
+    @property
+    def peak(self) -> int:
+        return self.run.peak
+
+    @property
+    def fits(self) -> bool:
+        return self.capacity is None or self.peak <= self.capacity
+
+    @property
+    def step_ms(self) -> float:
+        return self.run.record.duration_ms
+
+
+def peak_oracle(network: Network, target: Target, dtype: str = "float32",
+                allocation: str = LIVENESS, optimizer: str = "sgd") -> PeakOracle:
+    """Dry runs of `network` on the target's clock, remembered per plan."""
+    return PeakOracle(network, np.dtype(dtype), make_optimizer(optimizer), allocation,
+                      costs=target.costs)
+
+
+def plan_on_target(network: Network, policy: str, target: Target, batch: int,
+                   peak: PeakOracle, capacity: int | None = None) -> DevicePlan:
+    """The plan `policy` makes at `batch` within the target's memory (or `capacity`
+    where given), with its dry run."""
+    capacity = target.capacity if capacity is None else capacity
+    plan = plan_with(network, policy, batch, peak.dtype.itemsize,
+                     make_budget(network, capacity, peak, target.bound))
+    return DevicePlan(plan, peak.run(plan), capacity, target.bound)
+
+
+def oracle_plan(network: Network, batch: int, peak: PeakOracle) -> DevicePlan:
+    """The oracular step: policy none with memory for everything."""
+    plan = plan_with(network, "none", batch, peak.dtype.itemsize, Budget())
+    return DevicePlan(plan, peak.run(plan), None, "no bound")
 
 
 def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None,
                    limit: int | None, dtype: str = "float32",
                    allocation: str = LIVENESS, optimizer: str = "sgd") -> DevicePlan:
     """The plan `policy` makes for a profile on a device, bounded as a run on that
-    device is: by `limit`, else by the device's memory (a sim GPU's, a CUDA
-    device's); a limit above the device's own memory is refused
-    (`vmem.backends.base.bound_capacity`). The optimizer (a name in
-    `vmem.optim.OPTIMIZERS`) holds its state beside the weights.
-    Every device plans with its own cost model (`Backend.costs`), so the plan a sim
-    GPU predicts is the plan that GPU makes."""
-    spec = device.strip()
-    itemsize = np.dtype(dtype).itemsize
-    if spec.startswith("sim:"):
-        costs = load_costs(spec.removeprefix("sim:"), itemsize)
-        name = f"sim:{costs.gpu.name}"
-        capacity = bound_capacity(limit, costs.gpu.memory_bytes, name)
-        on_cpu = False
-    else:
-        from vmem.backends import get_backend
-
-        # validates the device and the limit against its memory; cheap, holds nothing
-        backend = get_backend(spec, limit)
-        name, on_cpu = backend.name, backend.name == "cpu"
-        costs, capacity = backend.costs, backend.arena.capacity
-        backend.close()
-    bound = "--memory-limit" if limit is not None else f"{name}'s memory"
-    batch = batch or (profile.cpu_batch if on_cpu else profile.batch)
-    peak = PeakOracle(profile.network, np.dtype(dtype), make_optimizer(optimizer), allocation,
-                      costs=costs)
-    plan = plan_with(profile.network, policy, batch, itemsize,
-                     make_budget(profile.network, capacity, peak))
-    return DevicePlan(plan, peak(plan), capacity, bound)
+    device is (see `resolve_target`). The optimizer (a name in
+    `vmem.optim.OPTIMIZERS`) holds its state beside the weights. Every device plans
+    with its own cost model (`Backend.costs`), so the plan a sim GPU predicts is the
+    plan that GPU makes."""
+    target = resolve_target(device, limit, np.dtype(dtype).itemsize)
+    peak = peak_oracle(profile.network, target, dtype, allocation, optimizer)
+    return plan_on_target(profile.network, policy, target,
+                          batch or target.default_batch(profile), peak)
 
 
 def plan_for(profile: Profile, policy: str, device: str, batch: int | None,

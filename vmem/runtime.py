@@ -35,7 +35,7 @@ from vmem.parameters import STEPS, ParameterStore
 from vmem.plan import Plan
 from vmem.planning import make_budget, plan_with
 from vmem.policies import POLICIES, Budget, check_policy
-from vmem.policies.vdnn import check_trainable
+from vmem.policies.vdnn import LIMIT_FLAG, check_trainable
 from vmem.profiler.events import StepRecord
 from vmem.units import format_bytes, parse_size
 
@@ -220,7 +220,8 @@ class Runtime:
     def budget(self) -> Budget:
         """What a policy may spend on this runtime's device: its capacity and dry runs."""
         self._check_open("budget")
-        return make_budget(self.network, self.backend.arena.capacity, self._peak)
+        bound = LIMIT_FLAG if self.memory_limit is not None else f"{self.backend.name}'s memory"
+        return make_budget(self.network, self.backend.arena.capacity, self._peak, bound)
 
     def plan(self, batch: int, policy: str | None = None) -> Plan:
         """The plan a policy makes for this batch under this runtime's budget."""

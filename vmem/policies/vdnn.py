@@ -13,6 +13,7 @@ from vmem.plan import LayerPlan, Plan
 from vmem.units import format_bytes
 
 Offload = Callable[[Node], bool]
+LIMIT_FLAG = "--memory-limit"
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,22 @@ class Budget:
     of any plan (its exact peak, and its step on the device's cost model's
     clock) and the modeled time of a layer under an algorithm at a batch size
     (forward plus backward, ms, on the same model; None only where no model is
-    given, as in a peaks-only budget)."""
+    given, as in a peaks-only budget). `bound` says what sets the capacity, for
+    messages: the user's `--memory-limit`, or the device's own memory (a name such
+    as "sim:titan-x's memory") where they gave none."""
 
     capacity: int | None = None
     dry_run: Callable[[Plan], DryRun] | None = None
     layer_ms: Callable[[Node, Algorithm, int], float] | None = None
+    bound: str = LIMIT_FLAG
+
+    def describe_capacity(self) -> str:
+        """The capacity as the user knows it: a limit they gave, or their device's
+        memory when they gave none (never "a memory limit" they did not give)."""
+        assert self.capacity is not None
+        if self.bound == LIMIT_FLAG:
+            return f"a memory limit of {format_bytes(self.capacity)}"
+        return f"the {format_bytes(self.capacity)} of {self.bound} (no {LIMIT_FLAG})"
 
     def peak(self, plan: Plan) -> int:
         assert self.dry_run is not None, "a budget with a capacity needs dry runs"
@@ -92,7 +104,7 @@ def check_trainable(network: Network, batch: int, itemsize: int, budget: Budget)
     floor = memory_optimal(network, batch, itemsize)
     if not budget.fits(floor):
         raise MemoryLimitTooSmall(
-            f"a memory limit of {format_bytes(budget.capacity)} cannot train "
+            f"{budget.describe_capacity()} cannot train "
             f"{network.name} at batch {batch} under any policy: vdnn-all with memory-optimal "
             f"algorithms needs at least {format_bytes(budget.peak(floor))} "
             f"({budget.peak(floor):,} bytes)")

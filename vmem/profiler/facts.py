@@ -12,6 +12,23 @@ def _known(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and value.startswith("unavailable"))
 
 
+def device_memory_bytes(facts: dict[str, Any] | None) -> int | None:
+    """The device's own memory where the facts know it (a GPU's, a sim GPU's)."""
+    total = (facts or {}).get("total_memory_bytes", (facts or {}).get("memory_bytes"))
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def capacity_text(memory_limit: int | None, facts: dict[str, Any] | None) -> str:
+    """What bounded a run's device memory, as a user reads it: the limit they gave,
+    or the device's own memory and that they gave none."""
+    if memory_limit:
+        return f"memory limit {format_bytes(memory_limit)}"
+    total = device_memory_bytes(facts)
+    if total is None:
+        return "no --memory-limit"
+    return f"device memory {format_bytes(total)} (no --memory-limit)"
+
+
 def facts_lines(facts: dict[str, Any] | None) -> list[str]:
     """One line of what is known about the device, and a second where NVML
     could not be read on a GPU (what the report then cannot show)."""
@@ -26,8 +43,8 @@ def facts_lines(facts: dict[str, Any] | None) -> list[str]:
         parts.append(f"{get['cores']} cores")
     if "nvml_driver" in get or "cuda_driver" in get:
         parts.append(f"driver {get.get('nvml_driver', get.get('cuda_driver'))}")
-    total = get.get("total_memory_bytes", get.get("memory_bytes"))
-    if isinstance(total, int):
+    total = device_memory_bytes(get)
+    if total is not None:
         used = get.get("memory_used_bytes")
         parts.append(f"{format_bytes(total)} total" + (
             f", {format_bytes(used)} used (NVML)" if isinstance(used, int) else ""))

@@ -9,6 +9,7 @@ import io
 
 from vmem.errors import UsageError
 from vmem.profiler.analysis import memory_timeline
+from vmem.profiler.facts import device_memory_bytes
 from vmem.profiler.session import Session
 
 GIB = 2**30
@@ -42,10 +43,9 @@ def memory_plot_png(session: Session) -> bytes:
         gib = [b / GIB for _, b in points] + [points[-1][1] / GIB]
         axes.step(times, gib, where="post", linestyle=style, linewidth=1.4,
                   label=f"{label} (peak {max(gib):.2f} GiB)")
-    facts = meta.device_facts
-    total = facts.get("total_memory_bytes", facts.get("memory_bytes"))
+    total = device_memory_bytes(meta.device_facts)
     capacity, what = ((meta.memory_limit_bytes, "memory limit") if meta.memory_limit_bytes else
-                      (total, "device memory") if isinstance(total, int) else (None, ""))
+                      (total, "device memory") if total is not None else (None, ""))
     if capacity:
         axes.axhline(capacity / GIB, color="gray", linestyle=":", linewidth=1,
                      label=f"{what} {capacity / GIB:.2f} GiB")

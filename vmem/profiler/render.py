@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vmem.profiler.analysis import KINDS
-from vmem.profiler.facts import facts_lines
+from vmem.profiler.facts import capacity_text, facts_lines
 from vmem.profiler.per_layer import LayerStats, layer_table, offloads_outside_layers, update_ms
 from vmem.profiler.session import Session, Trial, TrialResult
 from vmem.units import format_bytes
@@ -63,10 +63,6 @@ def _bytes(value: float | None) -> str:
     return "-" if value is None else format_bytes(value)
 
 
-def _limit(value: int | None) -> str:
-    return format_bytes(value) if value else "none"
-
-
 def _header(session: Session, console: Console, title: str) -> None:
     """The command's line, then what ran it: the device, vmem and when."""
     meta = session.meta
@@ -102,7 +98,7 @@ def _render_run(session: Session, console: Console) -> None:
                         f"{_ms(oracle.step_ms)}, peak {_bytes(oracle.peak_bytes)}")
     summary.add_row("peak device memory (arena)", _bytes(result.peak_bytes))
     summary.add_row("average device memory", _bytes(result.average_bytes))
-    summary.add_row("memory limit", _limit(meta.memory_limit_bytes))
+    summary.add_row("capacity", capacity_text(meta.memory_limit_bytes, meta.device_facts))
     summary.add_row("offloaded / prefetched per step",
                     f"{_bytes(result.offloaded_bytes)} / {_bytes(result.prefetched_bytes)}")
     summary.add_row("compute stalled for copies", _ms(result.stall_ms))
@@ -121,8 +117,8 @@ def _render_compare(session: Session, console: Console) -> None:
     rows = [trial.result for trial in session.trials]
     oracle = session.oracle.result if session.oracle else None
     _header(session, console, f"vmem compare {meta.profile} · batch {meta.batch} · "
-            f"{meta.device} · memory limit {_limit(meta.memory_limit_bytes)} · allocation "
-            f"{meta.allocation} · optimizer {meta.optimizer}")
+            f"{meta.device} · {capacity_text(meta.memory_limit_bytes, meta.device_facts)} · "
+            f"allocation {meta.allocation} · optimizer {meta.optimizer}")
     caption = "slowdown: step time over the oracular step's, " + (
         "policy none with memory for everything" if oracle else
         "the sum of per-layer times (none with no limit does not fit this device)")
