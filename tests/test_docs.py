@@ -2,7 +2,8 @@
 docs/*.md and profiles/README.md is parsed (line continuations joined, comments
 dropped, `&&` chains split), the setup steps (venv, pip, the test suite itself)
 are left out, and every other command runs in a fresh directory, in-process, and
-must exit 0.
+must exit 0. A command may set environment variables before it (`VAR=value vmem
+...`) and send its output to a file (`> FILE`).
 
 A command for a GPU (`--device cuda`) runs where CUDA is; elsewhere it must stop
 at its one line saying CUDA is not there (exit 2), and a command reading a file
@@ -34,14 +35,33 @@ SETUP = re.compile(r"^(python3? -m venv|\. |source |pip |pytest)")
 USER_FILES = {"my_net.toml": (ROOT / "profiles" / "digits.toml").read_text()}
 
 
+ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+
+
 @dataclass(frozen=True)
 class Command:
     doc: str  # the file and line it is shown at
     argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    stdout: str | None = None  # the file `>` sends the output to
 
     @property
     def text(self) -> str:
         return shlex.join(self.argv)
+
+
+def parse_command(doc: str, words: list[str]) -> Command:
+    """Leading VAR=value words set the environment; `> FILE` takes the output."""
+    env = []
+    while words and ASSIGNMENT.match(words[0]):
+        name, value = words.pop(0).split("=", 1)
+        env.append((name, value))
+    stdout = None
+    if ">" in words:
+        at = words.index(">")
+        assert at == len(words) - 2, f"{doc}: only '> FILE' at the end is understood"
+        stdout, words = words[-1], words[:at]
+    return Command(doc, tuple(words), tuple(env), stdout)
 
 
 def fenced_blocks(path: Path) -> list[tuple[int, str, list[str]]]:
@@ -76,9 +96,9 @@ def shell_commands(path: Path) -> list[Command]:
             pending = ""
         for number, line in logical:
             for part in line.split("&&"):
-                argv = shlex.split(part, comments=True)
-                if argv and not SETUP.match(shlex.join(argv)):
-                    commands.append(Command(f"{path.relative_to(ROOT)}:{number}", tuple(argv)))
+                words = shlex.split(part, comments=True)
+                if words and not SETUP.match(shlex.join(words)):
+                    commands.append(parse_command(f"{path.relative_to(ROOT)}:{number}", words))
     return commands
 
 
@@ -142,7 +162,12 @@ def test_documented_commands_run(doc: Path, tmp_path: Path,
     has_cuda = cuda.available()
     gpu_files: set[str] = set()
     for command in shell_commands(doc):
-        code, out, err = _run(command.argv)
+        with monkeypatch.context() as env:
+            for name, value in command.env:
+                env.setenv(name, value)
+            code, out, err = _run(command.argv)
+        if command.stdout is not None:
+            Path(command.stdout).write_text(out)
         where = f"{command.doc}: {command.text}"
         reads_gpu_file = [f for f in gpu_files if any(f in arg for arg in command.argv)]
         if _gpu_only(command.argv) and not has_cuda:
