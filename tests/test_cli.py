@@ -449,3 +449,16 @@ def test_a_limit_no_policy_meets_is_still_refused_by_compare(
     code, _, err = run_cli(capsys, "compare", "digits", "--device", "sim:titan-x",
                            "--memory-limit", "1KiB")
     assert_one_line_error(code, err, "a memory limit of 1.00 KiB cannot train digits")
+
+
+def test_version_and_a_bare_vmem(capsys: pytest.CaptureFixture[str]) -> None:
+    """`vmem --version` names the package's version; a bare `vmem` prints its help
+    (every command listed) and exits 0."""
+    from vmem import __version__
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"vmem {__version__}"
+    code, out, err = run_cli(capsys)
+    assert code == 0 and err == "" and "usage: vmem" in out
+    for command in ("profiles", "run", "compare", "plan", "fit", "report", "calibrate"):
+        assert command in out

@@ -84,7 +84,11 @@ def _add_output_options(parser: argparse.ArgumentParser, *, live: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="vmem", description="GPU memory virtualization runtime and "
                            "profiler for DNN training.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    from vmem import __version__
+
+    parser.add_argument("--version", action="version", version=f"vmem {__version__}")
+    # not required: a bare `vmem` prints this help and exits 0 (see main)
+    commands = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
     profiles = commands.add_parser("profiles", help="list the shipped network profiles")
     profiles.add_argument("--json", action="store_true", help="print JSON for programs")
@@ -125,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_options(plan, training=False)
     plan.add_argument("--policy", default="vdnn-dyn", help="memory policy (default: vdnn-dyn)")
 
+    fit = commands.add_parser(
+        "fit", help="the largest batch each policy trains on a device, or which devices fit "
+        "a batch, without training", description="Without --batch: the largest batch each "
+        "policy trains within the device's memory (or --memory-limit), found by a search over "
+        "dry runs (exact peaks), with its modeled step, samples per second and slowdown "
+        "against the oracular step. With --batch: whether each policy fits that batch on "
+        "each of --devices (or on --device), and how fast.")
+    _add_network_options(fit, training=False)
+    fit.add_argument("--devices", help="with --batch: 'all' (every GPU preset) or a "
+                     "comma-separated list of presets or devices, e.g. titan-x,h100-pcie5")
+    fit.add_argument("--policies", default="none,vdnn-all,vdnn-conv,vdnn-dyn,budget",
+                     help="comma-separated policies (default: all five)")
+
     add_calibrate_parser(commands)
     add_bench_parser(commands)
     return parser
@@ -132,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command is None:  # a bare `vmem`: what it can do, not an error
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)} (see vmem --help)")
+        parser.print_help()
+        return 0
     if unknown:  # argparse would name only "vmem"; name the command they were given to
         print(one_line(f"vmem {args.command}: error: unrecognized arguments: "
                        f"{' '.join(unknown)} (see vmem {args.command} --help)"),
@@ -140,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args.argv = argv
     commands = {"profiles": cmd_profiles, "gpus": cmd_gpus, "run": cmd_run, "compare": cmd_compare,
-                "report": cmd_report, "plan": cmd_plan, "calibrate": cmd_calibrate,
+                "report": cmd_report, "plan": cmd_plan, "fit": cmd_fit, "calibrate": cmd_calibrate,
                 "bench": run_bench}
     try:
         return commands[args.command](args)
@@ -509,6 +532,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _console().print(f"this plan does not fit: its peak exceeds the {format_bytes(capacity)} "
                          f"({capacity:,} bytes) of {bound}, so a step would run out of device "
                          f"memory{hint}", highlight=False, soft_wrap=True)
+    return 0
+
+
+# -- vmem fit --------------------------------------------------------------------------
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from vmem.fit import fit_device, fit_devices, parse_devices
+    from vmem.profile import load_profile
+    from vmem.profiler.render_fit import render_fit
+
+    policies = _policies(args.policies)
+    network = load_profile(args.profile).network
+    limit = _size(args.memory_limit, "--memory-limit")
+    if args.devices is not None:
+        if args.batch is None:
+            raise UsageError("--devices: give --batch too (the batch each device must fit)")
+        if limit is not None:
+            raise UsageError("--memory-limit: give it with --device, not --devices (each "
+                             "GPU fits within its own memory)")
+        report = fit_devices(network, parse_devices(args.devices), args.batch, None, policies,
+                             args.allocation, args.optimizer)
+    elif args.batch is not None:
+        report = fit_devices(network, [args.device], args.batch, limit, policies,
+                             args.allocation, args.optimizer)
+    else:
+        report = fit_device(network, args.device, limit, policies, args.allocation,
+                            args.optimizer)
+    if args.json:
+        from vmem.profiler.session import finite_json
+
+        print(json.dumps(finite_json(report.to_json()), allow_nan=False))
+    else:
+        render_fit(report, _console())
     return 0
 
 
