@@ -461,17 +461,20 @@ def test_avgpool_ceil_divides_by_clipped_area():
                                np.outer([3, 3, 2], [3, 3, 2]))
 
 
-@pytest.mark.parametrize("scratch", [1, 400])  # one sample a group; two, a short last
-def test_maxpool_backward_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch,
-                                                scratch: int) -> None:
-    """Grouping the samples to bound the scratch changes no bit of dx (ties included)."""
+@pytest.mark.parametrize("planes", [1, 3])  # one plane a task; three, a short last
+def test_maxpool_backward_in_groups_of_planes(monkeypatch: pytest.MonkeyPatch,
+                                              planes: int) -> None:
+    """Grouping the planes to bound a task's scratch changes no bit of dx (ties
+    included): against the reference routing by slices of the whole batch."""
     from vmem.kernels import pooling
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, (5, 2, 6, 6)).astype(np.float32)  # many tied maxima
     dy = rng.standard_normal((5, 2, 3, 3)).astype(np.float32)
-    whole = pooling.max_pool_backward(np, x, dy, 3, 2, 1, False)
-    monkeypatch.setattr(pooling, "MAX_POOL_SCRATCH_BYTES", scratch)
+    whole = np.empty_like(x)
+    pooling._route_reference(np, x, dy, whole, 3, 2, 1)
+    grid = pooling.PaddedGrid.of((6, 6), 3, 2, 1, (3, 3))
+    monkeypatch.setattr(pooling, "MAX_POOL_TASK_BYTES", planes * grid.backward_bytes(4, 4))
     np.testing.assert_array_equal(pooling.max_pool_backward(np, x, dy, 3, 2, 1, False), whole)
 
 

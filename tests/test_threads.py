@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 from test_policies import train
+from window_cases import POOL_GEOMETRIES, tied_input
 
 import vmem
 from vmem.errors import UsageError
@@ -53,17 +54,17 @@ def reference_col2im(cols: np.ndarray, shape: tuple[int, ...], k: int, stride: i
     return out
 
 
-def reference_max_pool(x: np.ndarray, k: int, stride: int, pad: int, ceil_mode: bool
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Window maxima and, for dy = `reference_dy`, dx routed to each window's first
-    maximum (row-major), over the whole batch at once."""
+def reference_max_pool(x: np.ndarray, k: int, stride: int, pad: int, ceil_mode: bool,
+                       dy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Window maxima and, for dy (else `reference_dy`), dx routed to each window's
+    first maximum (row-major), over the whole batch at once."""
     n, c, h, w = x.shape
     ho, wo = (pool_output_size(h, k, stride, pad, ceil_mode),
               pool_output_size(w, k, stride, pad, ceil_mode))
     y = np.full((n, c, ho, wo), -np.inf, dtype=x.dtype)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
         y[:, :, orow, ocol] = np.maximum(y[:, :, orow, ocol], x[:, :, irow, icol])
-    dy = reference_dy(y.shape, x.dtype)
+    dy = reference_dy(y.shape, x.dtype) if dy is None else dy
     dx = np.zeros(x.shape, dtype=x.dtype)
     pending = np.ones(y.shape, dtype=bool)
     for _, _, (orow, ocol), (irow, icol) in offsets_2d((ho, wo), (h, w), k, stride, pad):
@@ -136,11 +137,44 @@ def test_max_pool_equals_the_whole_batch_reference(k, stride, pad, ceil_mode, th
     with using_threads(threads):
         y = pooling.max_pool_forward(np, x, k, stride, pad, ceil_mode)
         dx = pooling.max_pool_backward(np, x, dy, k, stride, pad, ceil_mode)
-        monkeypatch.setattr(pooling, "MAX_POOL_SCRATCH_BYTES", 1)  # one sample a group
+        monkeypatch.setattr(pooling, "MAX_POOL_TASK_BYTES", 1)  # one plane a task
+        y_small = pooling.max_pool_forward(np, x, k, stride, pad, ceil_mode)
         dx_small = pooling.max_pool_backward(np, x, dy, k, stride, pad, ceil_mode)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(y_small, y_ref)
     np.testing.assert_array_equal(dx_small, dx_ref)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize(("shape", "k", "stride", "pad", "ceil_mode"), POOL_GEOMETRIES)
+def test_max_pool_on_the_padded_grid_equals_the_reference(shape, k, stride, pad, ceil_mode,
+                                                          threads, monkeypatch):
+    """The 1-D passes over padded planes give the reference's bits for every geometry,
+    for tied inputs, with NaN, and with NaN and -inf (planes holding -inf are routed
+    the reference way), for finite dy and for dy holding inf and NaN (added only where a
+    window routes), in tasks of one plane, three planes and all of them."""
+    rng = np.random.default_rng(sum(shape) + k)
+    nan_only = tied_input(rng, shape, np.float32, True)
+    nan_only[nan_only == -np.inf] = np.nan  # the padded grid's path, NaN included
+    for x in (tied_input(rng, shape, np.float32, False), nan_only,
+              tied_input(rng, shape, np.float32, True)):
+        y_ref, _ = reference_max_pool(x, k, stride, pad, ceil_mode)
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        dy_special = dy.copy()
+        dy_special.reshape(-1)[::3] = np.inf
+        dy_special.reshape(-1)[1::5] = np.nan
+        for task_bytes in (pooling.MAX_POOL_TASK_BYTES, 1, 3 * pooling.PaddedGrid.of(
+                shape[2:], k, stride, pad, y_ref.shape[2:]).backward_bytes(4, 4)):
+            monkeypatch.setattr(pooling, "MAX_POOL_TASK_BYTES", task_bytes)
+            with using_threads(threads):
+                y = pooling.max_pool_forward(np, x, k, stride, pad, ceil_mode)
+                np.testing.assert_array_equal(y, y_ref)
+                for grad in (dy, dy_special):
+                    _, dx_ref = reference_max_pool(x, k, stride, pad, ceil_mode, grad)
+                    dx = pooling.max_pool_backward(np, x, grad, k, stride, pad, ceil_mode)
+                    np.testing.assert_array_equal(dx, dx_ref)
+                    assert not np.signbit(dx[dx == 0]).any()  # never -0, as the reference
 
 
 @pytest.mark.parametrize("threads", THREADS)
