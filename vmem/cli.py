@@ -72,9 +72,10 @@ def _add_output_options(parser: argparse.ArgumentParser, *, live: bool) -> None:
     parser.add_argument("--trace", metavar="FILE", help="write a Chrome trace (JSON) of every "
                         "step: a track per stream and device memory in use; open it in "
                         "Perfetto or chrome://tracing")
-    parser.add_argument("--plot", metavar="FILE", help="write a PNG of device memory over a "
-                        "training step, a line per policy (needs matplotlib: pip install "
-                        "'vmem-dnn[plot]')")
+    parser.add_argument("--plot", metavar="FILE", help="write a plot of device memory over a "
+                        "training step, stacked by kind, a panel per policy: PNG or SVG by "
+                        "the suffix (.png, .svg; '-' is PNG on standard output; needs "
+                        "matplotlib: pip install 'vmem-dnn[plot]')")
     if live:
         parser.add_argument("--save-session", metavar="FILE", help="save what was measured "
                             "(results, every step's events, device facts) as JSON; `vmem "
@@ -285,7 +286,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     outputs to one file (the second would overwrite the first) or to standard
     output."""
     from vmem.profiler.output import STDOUT, check_writable
-    from vmem.profiler.plot import check_plot_available
+    from vmem.profiler.plot import check_plot_available, plot_format
 
     written: dict[str, str] = {}
     for flag, path in _outputs(args).items():
@@ -303,6 +304,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if args.plot == STDOUT and sys.stdout.isatty():
             raise UsageError("--plot: '-' would write a PNG to a terminal; give a file path, "
                              "or pipe standard output")
+        plot_format(args.plot)
         check_plot_available()
 
 
@@ -322,9 +324,10 @@ def _emit(session: Any, args: argparse.Namespace) -> None:
         write_atomic(args.trace, json.dumps(chrome_trace(session), allow_nan=False), "--trace",
                      stdout=True)
     if args.plot is not None:
-        from vmem.profiler.plot import memory_plot_png
+        from vmem.profiler.plot import memory_plot, plot_format
 
-        write_atomic(args.plot, memory_plot_png(session), "--plot", stdout=True)
+        write_atomic(args.plot, memory_plot(session, plot_format(args.plot)), "--plot",
+                     stdout=True)
     if args.json:
         print(json.dumps(finite_json(json_output(session, args.layers)), allow_nan=False))
     else:
