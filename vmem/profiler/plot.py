@@ -34,7 +34,7 @@ KIND_LABELS = {
     "state": "layer state (BatchNorm running statistics)",
     "feature_maps": "feature maps",
     "gradient_maps": "gradient maps",
-    "saved": "saved for backward (masks, scales)",
+    "saved": "saved by layers for backward (masks, attention scores)",
     "workspace": "workspace",
     "other": "other",
 }
