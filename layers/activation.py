@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vmem.kernels.threads import for_ranges
+from vmem.kernels.threads import for_ranges, on_threads
 from vmem.layers._checks import inputs
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
 
@@ -25,11 +25,19 @@ def relu_backward_into(xp: Any, dy: Array, y: Array) -> Array:
         dy[...] = xp.where(y > 0, dy, 0)
         return dy
     flat_dy, flat_y = dy.reshape(-1), y.reshape(-1)
+    if on_threads(xp) and dy.dtype.kind == "f" and dy.dtype.itemsize in (2, 4, 8):
+        # dy's bits as unsigned integers times the mask (0 or 1): dy's bits where y > 0,
+        # else those of +0 -- NaN, infinities and -0 kept as they are, no -0 written --
+        # in one branch-free pass, far faster than copying 0 where the mask says
+        bits = flat_dy.view(f"u{dy.dtype.itemsize}")
 
-    def zero_where_inactive(lo: int, hi: int) -> None:
-        zero = xp.greater(flat_y[lo:hi], 0)
-        xp.logical_not(zero, out=zero)  # where dx is 0
-        xp.copyto(flat_dy[lo:hi], 0, where=zero)
+        def zero_where_inactive(lo: int, hi: int) -> None:
+            xp.multiply(bits[lo:hi], xp.greater(flat_y[lo:hi], 0), out=bits[lo:hi])
+    else:
+        def zero_where_inactive(lo: int, hi: int) -> None:
+            zero = xp.greater(flat_y[lo:hi], 0)
+            xp.logical_not(zero, out=zero)  # where dx is 0
+            xp.copyto(flat_dy[lo:hi], 0, where=zero)
 
     for_ranges(xp, flat_dy.size, zero_where_inactive, 1, RELU_MASK_ELEMENTS)
     return dy

@@ -17,9 +17,11 @@ backward pass moves them once a step.
 The layer keeps its input and saves nothing: backward computes the batch's mean
 and variance again from the input (a reduction: the same bits as forward's), so
 the planner may drop the output and compute it again (as SuperNeurons does for
-BN). Forward works in its output's buffer; backward needs one map-sized scratch
-buffer (the normalized input) beside the input gradient, declared as the
-algorithm's workspace so the arena counts it.
+BN). The passes are `vmem.kernels.batchnorm`'s. Forward works in its output's
+buffer; backward needs one map-sized scratch buffer (the normalized input) beside
+the input gradient, declared as the algorithm's workspace so the arena counts it
+(on the cpu backend the kernel goes channel block by channel block and needs far
+less: the declaration covers the whole-map passes that CuPy runs).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vmem.kernels import batchnorm
 from vmem.layers._checks import config_error, inputs
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
 
@@ -95,7 +98,8 @@ class BatchNorm(Layer):
             y *= scale.reshape(shape)
             y += params["bias"].reshape(shape)
             return y, ()
-        mean, var, y = _batch_statistics(xp, x)  # y: the centred input
+        y, mean, var = batchnorm.train_forward(xp, x, params["weight"], params["bias"],
+                                               self.eps)
         if ctx.update_state:
             n = x.size // x.shape[1]
             unbiased = var * (n / (n - 1)) if n > 1 else var
@@ -103,8 +107,6 @@ class BatchNorm(Layer):
                 running = params[name]
                 running *= 1 - self.momentum
                 running += self.momentum * value
-        y *= (params["weight"] / xp.sqrt(var + self.eps)).reshape(shape)
-        y += params["bias"].reshape(shape)
         return y, ()
 
     def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
@@ -112,40 +114,10 @@ class BatchNorm(Layer):
                  in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
                  ) -> tuple[list[Array | None], dict[str, Array]]:
         (x,) = xs
-        axes, shape = _axes(x), _broadcast_shape(x)
-        n = x.size // x.shape[1]
-        _, var, x_hat = _batch_statistics(xp, x)
-        inv_std = 1 / xp.sqrt(var + self.eps)
-        x_hat *= inv_std.reshape(shape)  # the normalized input, in the scratch buffer
-        dbias = dy.sum(axis=axes)
-        dx = dy * x_hat
-        dweight = dx.sum(axis=axes)
-        grads = {"weight": dweight, "bias": dbias}
-        if not needs_dx[0]:
-            return [None], grads
-        # dx = weight / std * (dy - mean(dy) - x_hat * mean(dy * x_hat))
-        x_hat *= (dweight / n).reshape(shape)
-        xp.subtract(dy, x_hat, out=dx)
-        dx -= (dbias / n).reshape(shape)
-        dx *= (params["weight"] * inv_std).reshape(shape)
-        return [dx], grads
-
-
-def _axes(x: Array) -> tuple[int, ...]:
-    return (0, *range(2, x.ndim))
+        dx, dweight, dbias = batchnorm.train_backward(xp, x, dy, params["weight"], self.eps,
+                                                      needs_dx[0])
+        return [dx], {"weight": dweight, "bias": dbias}
 
 
 def _broadcast_shape(x: Array) -> tuple[int, ...]:
     return (1, x.shape[1], *([1] * (x.ndim - 2)))
-
-
-def _batch_statistics(xp: Any, x: Array) -> tuple[Array, Array, Array]:
-    """Per channel: the batch's mean and biased variance, and the centred input (a
-    new map-sized array). The same operations in forward and backward, so both see
-    the same bits."""
-    axes, shape = _axes(x), _broadcast_shape(x)
-    mean = x.mean(axis=axes)
-    centred = x - mean.reshape(shape)
-    var = xp.square(centred, out=centred).mean(axis=axes)
-    xp.subtract(x, mean.reshape(shape), out=centred)  # centred again: no second map
-    return mean, var, centred

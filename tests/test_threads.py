@@ -15,7 +15,7 @@ from window_cases import POOL_GEOMETRIES, tied_input
 
 import vmem
 from vmem.errors import UsageError
-from vmem.kernels import gemm, lrn, pooling
+from vmem.kernels import batchnorm, gemm, lrn, pooling
 from vmem.kernels import im2col as im2col_module
 from vmem.kernels import threads as threads_module
 from vmem.kernels.threads import ranges, resolve_threads, run_tasks, using_threads
@@ -191,19 +191,70 @@ def test_lrn_equals_the_whole_batch_reference(size, threads, monkeypatch):
             np.testing.assert_array_equal(lrn.lrn_backward(np, x, dy, *args), dx_ref)
 
 
+@pytest.mark.parametrize("block_bytes", [batchnorm.BN_BLOCK_BYTES, 1, 3 * 6 * 4 * 5 * 4])
+@pytest.mark.parametrize("shape", [(6, 7, 4, 5), (5, 9), (2, 3, 2, 2, 3)])
+def test_batchnorm_in_channel_blocks_matches_float64_and_every_thread_count(
+        shape, block_bytes, monkeypatch):
+    """The blocked passes (one channel a block, three, or all) against the formulas in
+    float64, and bit-identical for 1, 2 and 3 threads; the whole-map passes that
+    CuPy runs against the same formulas."""
+    monkeypatch.setattr(batchnorm, "BN_BLOCK_BYTES", block_bytes)
+    x = (RNG.standard_normal(shape) * 3 + 1.5).astype(np.float32)
+    dy = RNG.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    weight = RNG.uniform(0.5, 1.5, c).astype(np.float32)
+    bias = RNG.standard_normal(c).astype(np.float32)
+    axes, bshape = (0, *range(2, x.ndim)), (1, c, *([1] * (x.ndim - 2)))
+    x64, dy64, w64 = x.astype(np.float64), dy.astype(np.float64), weight.astype(np.float64)
+    mean64, var64 = x64.mean(axis=axes), x64.var(axis=axes)
+    inv64 = 1 / np.sqrt(var64 + 1e-5)
+    x_hat64 = (x64 - mean64.reshape(bshape)) * inv64.reshape(bshape)
+    y64 = x_hat64 * w64.reshape(bshape) + bias.reshape(bshape)
+    db64, dw64 = dy64.sum(axis=axes), (dy64 * x_hat64).sum(axis=axes)
+    m = x.size // c
+    dx64 = (dy64 - x_hat64 * (dw64 / m).reshape(bshape) - (db64 / m).reshape(bshape)) * (
+        w64 * inv64).reshape(bshape)
+    results = []
+    for threads in THREADS:
+        with using_threads(threads):
+            results.append((*batchnorm.train_forward(np, x, weight, bias, 1e-5),
+                            *batchnorm.train_backward(np, x, dy, weight, 1e-5, True)))
+            dx_none, *grads = batchnorm.train_backward(np, x, dy, weight, 1e-5, False)
+            assert dx_none is None
+            for got, want in zip(grads, results[-1][4:], strict=True):
+                np.testing.assert_array_equal(got, want)
+    for other in results[1:]:
+        for got, want in zip(other, results[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+    whole = (*batchnorm._forward_whole(np, x, weight, bias, 1e-5),
+             *batchnorm._backward_whole(np, x, dy, weight, 1e-5, True))
+    for values in (results[0], whole):
+        for got, want in zip(values, (y64, mean64, var64, dx64, dw64, db64), strict=True):
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("mask_elements", [1 << 24, 7])
 def test_relu_backward_equals_where(threads, mask_elements, monkeypatch):
     import vmem.layers.activation as activation
 
     monkeypatch.setattr(activation, "RELU_MASK_ELEMENTS", mask_elements)
-    y = np.maximum(RNG.standard_normal((5, 3, 7)), 0).astype(np.float32)
-    y[1, 1, :3] = np.nan
-    dy = RNG.standard_normal(y.shape).astype(np.float32)
-    expected = np.where(y > 0, dy, 0)
-    with using_threads(threads):
-        assert relu_backward_into(np, dy, y) is dy
-    np.testing.assert_array_equal(dy, expected)
+    for dtype in (np.float32, np.float64):
+        y = np.maximum(RNG.standard_normal((5, 3, 7)), 0).astype(dtype)
+        y[1, 1, :3] = np.nan
+        dy = RNG.standard_normal(y.shape).astype(dtype)
+        dy[0, 0, :4] = [np.nan, np.inf, -np.inf, -0.0]  # kept where y > 0, else +0
+        y[0, 0, :4] = [1, 2, 3, 4]
+        dy[2, 2, :4] = [np.nan, np.inf, -np.inf, -0.0]
+        y[2, 2, :4] = 0
+        expected = np.where(y > 0, dy, 0).astype(dtype)
+        with using_threads(threads):
+            assert relu_backward_into(np, dy, y) is dy
+        assert dy.dtype == dtype
+        # the same bits: NaN, the infinities and -0 kept, +0 (never -0) written
+        np.testing.assert_array_equal(dy.view(f"u{dy.itemsize}"),
+                                      expected.view(f"u{dy.itemsize}"))
 
 
 def reference_sgd(w, g, v, lr, momentum, wd):
@@ -307,7 +358,7 @@ def test_conv_every_chunk_and_thread_count_equals_one_thread_whole_batch(groups)
 # ---------------------------------------------------------------- whole steps
 
 
-@pytest.mark.parametrize("profile", ["alexnet-tiny", "googlenet-tiny"])
+@pytest.mark.parametrize("profile", ["alexnet-tiny", "googlenet-tiny", "resnet18-tiny"])
 def test_training_steps_are_bit_identical_for_every_thread_count(profile):
     """Losses and weights after three steps: 1 thread under `none` is the reference
     for 2 and 3 threads, and for vdnn-all (other algorithms, moved maps)."""
