@@ -60,6 +60,15 @@ DIRECT = Algorithm("direct")
 
 
 @dataclass(frozen=True)
+class PassCost:
+    """What one pass of a layer does on an algorithm, where the algorithm changes
+    it: floating-point operations and kernel launches (see `Layer.pass_cost`)."""
+
+    flops: int
+    launches: int = 1
+
+
+@dataclass(frozen=True)
 class SharedParam:
     """A parameter a layer uses but does not own: `owner`'s parameter `param`, which
     must have `shape` (the shape this layer needs it in)."""
@@ -148,8 +157,18 @@ class Layer(ABC):
         """Ways to run this layer, fastest first, least workspace last."""
         return (DIRECT,)
 
-    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int) -> int:
-        """Bytes of private state (masks, scales) that forward returns for backward."""
+    def pass_cost(self, in_shapes: Sequence[Shape], algo: Algorithm, forward: bool
+                  ) -> PassCost | None:
+        """The FLOPs and launches of one pass on `algo` where they depend on it (a
+        flash attention's tiles); None where the cost model counts them itself
+        (`flops`, `backward_flops`, and a convolution's launches per chunk)."""
+        return None
+
+    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int,
+                    algo: Algorithm = DIRECT) -> int:
+        """Bytes of private state (masks, scales) that forward returns for backward
+        when it runs `algo` (attention's materialized algorithm keeps its
+        probabilities, its flash algorithm a log-sum-exp a row)."""
         return 0
 
     @abstractmethod

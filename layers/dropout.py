@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vmem.layers._checks import config_error, inputs
-from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
+from vmem.layers.base import DIRECT, Algorithm, Array, Context, Keeps, Layer, Shape, numel
 
 
 def keep_mask(seed: int, name: str, shape: Shape, p: float) -> np.ndarray:
@@ -45,7 +45,8 @@ class Dropout(Layer):
     def flops(self, in_shapes: Sequence[Shape]) -> int:
         return numel(self.output_shape(in_shapes))
 
-    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int) -> int:
+    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int,
+                    algo: Algorithm = DIRECT) -> int:
         """The scaled mask, one element per input element (training only)."""
         return numel(self.output_shape(in_shapes)) * itemsize
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vmem.layers._checks import config_error, inputs
-from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
+from vmem.layers.base import DIRECT, Algorithm, Array, Context, Keeps, Layer, Shape, numel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +46,8 @@ class LayerNorm(Layer):
         """Mean, centre, variance, scale, weight and bias: about 8 per element."""
         return 8 * numel(self.output_shape(in_shapes))
 
-    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int) -> int:
+    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int,
+                    algo: Algorithm = DIRECT) -> int:
         rows = numel(self.output_shape(in_shapes)[:-1])
         return 2 * rows * itemsize
 

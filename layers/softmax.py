@@ -11,7 +11,7 @@ import numpy as np
 
 from vmem.kernels.softmax import cross_entropy
 from vmem.layers._checks import inputs, shape_error
-from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape
+from vmem.layers.base import DIRECT, Algorithm, Array, Context, Keeps, Layer, Shape
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,8 @@ class SoftmaxLoss(Layer):
         n, c = self._logits_shape(in_shapes)
         return 5 * n * c
 
-    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int) -> int:
+    def saved_bytes(self, in_shapes: Sequence[Shape], itemsize: int,
+                    algo: Algorithm = DIRECT) -> int:
         n, c = self._logits_shape(in_shapes)
         return n * c * itemsize
 

@@ -177,6 +177,9 @@ CASES: dict[str, tuple[Layer, list[tuple[int, ...]]]] = {
     "gelu": (GELU(name="gelu"), [(2, 3, 4)]),
     "attention_2_heads": (Attention(name="attn", heads=2), [(2, 4, 12)]),
     "attention_1_head": (Attention(name="attn", heads=1), [(1, 5, 9)]),
+    # flash alone, in tiles of 2 keys: three tiles, the last one short
+    "attention_flash": (Attention(name="attn", heads=2, algorithm="flash", tile=2),
+                        [(2, 5, 12)]),
     "position_embedding": (PositionEmbedding(name="wpe"), [(2, 3, 4)]),
     "concat_3": (Concat(name="cat"), [(2, 1, 3, 3), (2, 3, 3, 3), (2, 2, 3, 3)]),
     "concat_last_axis": (Concat(name="cat", axis=-1), [(2, 3, 2), (2, 3, 4)]),
@@ -227,7 +230,7 @@ def test_shapes_bytes_dtype_and_purity(case, dtype):
         y, saved = layer.forward(np, xs, params, algo, make_ctx(layer, in_shapes))
         assert y.shape == layer.output_shape(in_shapes)
         assert y.dtype == dtype
-        assert sum(a.nbytes for a in saved) == layer.saved_bytes(in_shapes, itemsize)
+        assert sum(a.nbytes for a in saved) == layer.saved_bytes(in_shapes, itemsize, algo)
         assert all(a.dtype == dtype for a in saved)
         for x, orig in zip(xs, originals, strict=True):
             np.testing.assert_array_equal(x, orig)  # forward leaves its inputs alone
@@ -704,6 +707,8 @@ def test_shape_errors_name_layer_and_shapes(layer, in_shapes, pattern):
     (Embedding, {"vocab": 0, "features": 4}),
     (Embedding, {"vocab": 8, "features": 2.0}),
     (Attention, {"heads": 0}),
+    (Attention, {"heads": 2, "tile": 0}),
+    (Attention, {"heads": 2, "algorithm": "fast"}),
     (LayerNorm, {"eps": 0.0}),
     (Linear, {"out_features": 4, "tied_to": 3}),
 ])

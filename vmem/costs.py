@@ -215,15 +215,19 @@ class CostModel:
     def roofline_ms(self, layer: Layer, in_shapes: Sequence[Shape], out_shape: Shape,
                     algo: Algorithm, phase: str) -> float:
         forward = phase == FORWARD
-        flops = layer.flops(in_shapes) if forward else layer.backward_flops(in_shapes)
+        cost = layer.pass_cost(in_shapes, algo, forward)
+        if cost is not None:
+            flops = cost.flops
+        else:
+            flops = layer.flops(in_shapes) if forward else layer.backward_flops(in_shapes)
         params = sum(numel(s) for s in layer.param_shapes(in_shapes).values())
         activations = sum(numel(s) for s in in_shapes) + numel(out_shape)
         # Forward reads inputs and parameters and writes the output; backward
         # reads those and the output gradient, and writes input and parameter
         # gradients: about twice the traffic. im2col writes and reads its columns.
         nbytes = (activations + params) * self.itemsize * (1 if forward else 2)
-        launches = 1
-        if algo.chunk:
+        launches = 1 if cost is None else cost.launches
+        if algo.chunk and cost is None:
             samples = in_shapes[0][0]
             chunks = -(-samples // algo.chunk)
             # forward: im2col and one batched GEMM per chunk; backward: im2col, the

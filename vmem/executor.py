@@ -409,7 +409,7 @@ class Executor:
         out_block = (self._tensors[node.inputs[0]].block if inplace else
                      self._allocate_loose(self._tensor_bytes(node.name),
                                           MemoryKind.FEATURE_MAPS, node.name))
-        saved_bytes = layer.saved_bytes(in_shapes, self.dtype.itemsize) if ctx.train else 0
+        saved_bytes = layer.saved_bytes(in_shapes, self.dtype.itemsize, algo) if ctx.train else 0
         saved_block = self._allocate_loose(saved_bytes, MemoryKind.SAVED, f"{node.name}.saved")
         workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
                                          f"{node.name}.workspace")

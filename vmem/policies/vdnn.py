@@ -116,8 +116,8 @@ def vdnn_dyn(network: Network, batch: int, itemsize: int, budget: Budget) -> Pla
     offloading the heavy layers' inputs (vdnn-conv's: convolutions, or linear and
     attention layers where there are none), then all kept inputs, whichever fits
     first; (3) else, offloading the heavy layers' inputs and then all kept inputs,
-    step convolutions down to smaller workspaces, greedily, until the plan fits
-    (a transformer's layers have one algorithm each: nothing to step down);
+    step layers down their algorithms (convolutions to smaller workspaces,
+    attention from materialized to flash), greedily, until the plan fits;
     (4) else (1)'s configuration."""
     def relabel(plan: Plan) -> Plan:
         return Plan("vdnn-dyn", plan.batch, plan.layers)
@@ -137,13 +137,22 @@ def vdnn_dyn(network: Network, batch: int, itemsize: int, budget: Budget) -> Pla
 
 def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: Offload,
                           budget: Budget) -> Plan | None:
-    """Greedy: while the plan does not fit, move one convolution to its next
-    smaller workspace, choosing the step that frees the most workspace per
-    millisecond it adds (by workspace alone where no cost is known)."""
+    """Greedy: while the plan does not fit, move one layer with several algorithms
+    (a convolution's im2col chunks, attention's materialized and flash) to its next
+    one down the list, choosing the step that frees the most memory (workspace and
+    the state the layer saves for its backward pass) per millisecond it adds (by
+    memory alone where no cost is known)."""
     every = network.algorithms(batch, itemsize)
     options = {node.name: every[node.name] for node in network.nodes
-               if node.layer.TYPE == "conv"}
+               if len(every[node.name]) > 1}
     by_name = {node.name: node for node in network.nodes}
+    shapes = network.shapes(batch)
+
+    def held(name: str, algorithm: Algorithm) -> int:
+        node = by_name[name]
+        saved = node.layer.saved_bytes(network.in_shapes(node, shapes), itemsize, algorithm)
+        return algorithm.workspace_bytes + saved
+
     choice = dict.fromkeys(options, 0)
     while True:
         plan = build_plan("vdnn-dyn", network, batch, itemsize, offload, choice)
@@ -155,7 +164,7 @@ def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: 
 
         def merit(name: str) -> float:
             now, nxt = options[name][choice[name]], options[name][choice[name] + 1]
-            freed = now.workspace_bytes - nxt.workspace_bytes
+            freed = held(name, now) - held(name, nxt)
             if budget.layer_ms is None:
                 return float(freed)
             added = (budget.layer_ms(by_name[name], nxt, batch)
