@@ -27,7 +27,7 @@ from vmem.cliargs import (
 )
 from vmem.errors import UsageError, VmemError
 from vmem.optim import OPTIMIZERS
-from vmem.units import format_bytes, parse_size
+from vmem.units import format_bytes, format_ms, parse_size
 
 # vmem.executor.ALLOCATIONS, named here so that building the parser imports nothing heavy
 ALLOCATIONS = ("liveness", "network-wide")
@@ -36,8 +36,8 @@ ALLOCATIONS = ("liveness", "network-wide")
 def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> None:
     parser.add_argument("profile", help="a profile name (see `vmem profiles`) or a TOML file")
     parser.add_argument("--batch", type=positive_int, help="batch size (default: the profile's "
-                        "batch on cuda and sim, its smaller cpu_batch on cpu, so a run ends in "
-                        "seconds)")
+                        "batch on cuda and sim, its smaller cpu_batch on cpu" +
+                        (", so a run ends in seconds)" if training else ")"))
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else "
                         "cpu), cpu, cuda, cuda:N, or sim:GPU to model a GPU you do not have "
                         "(presets: `vmem gpus`; or sim:FILE.toml) (default: auto)")
@@ -126,7 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print JSON for programs")
     _add_output_options(report, live=False)
 
-    plan = commands.add_parser("plan", help="print the plan a policy makes, without training")
+    plan = commands.add_parser(
+        "plan", help="print the plan a policy makes, without training",
+        description="The plan a policy makes for a profile on a device, without training: "
+        "each layer's algorithm and workspace, which inputs leave the device and which "
+        "outputs are computed again, and, from a dry run of the step on the device's cost "
+        "model, its exact peak, its modeled step and slowdown against the oracular step "
+        "(policy none with memory for everything) and, for vdnn-dyn, which configuration "
+        "it chose.")
     _add_network_options(plan, training=False)
     plan.add_argument("--policy", default="vdnn-dyn", help="memory policy (default: vdnn-dyn)")
 
@@ -511,30 +518,48 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from vmem.planning import plan_on_device
+    from vmem.planning import plan_with_oracle
+    from vmem.policies import check_policy
+    from vmem.policies.vdnn import vdnn_configuration
     from vmem.profile import load_profile
 
+    check_policy(args.policy)
     profile = load_profile(args.profile)
-    planned = plan_on_device(profile, args.policy, args.device, args.batch,
-                             _size(args.memory_limit, "--memory-limit"),
-                             allocation=args.allocation, optimizer=args.optimizer)
+    report = plan_with_oracle(profile, args.policy, args.device, args.batch,
+                              _size(args.memory_limit, "--memory-limit"),
+                              allocation=args.allocation, optimizer=args.optimizer)
+    planned = report.planned
     plan, peak, capacity, bound = planned.plan, planned.peak, planned.capacity, planned.bound
-    fits = capacity is None or peak <= capacity
+    configuration = vdnn_configuration(profile.network, plan, report.itemsize)
+    costs = report.target.costs
+    model = costs.gpu.name if costs is not None else None
+    slowdown = report.slowdown
     if args.json:
         print(json.dumps({**json.loads(plan.to_json()), "peak_bytes": peak,
                           "allocation": args.allocation, "optimizer": args.optimizer,
-                          "capacity_bytes": capacity,
-                          "fits": fits}))
+                          "capacity_bytes": capacity, "fits": planned.fits,
+                          "device": report.target.name, "cost_model": model,
+                          "step_ms": planned.step_ms, "oracle_step_ms": report.oracle.step_ms,
+                          "slowdown": slowdown, "configuration": configuration}))
         return 0
-    _console().print(plan.explain(), highlight=False)
-    _console().print(f"peak device memory of a step under this plan ({args.allocation} "
-                     f"allocation, {args.optimizer}): {format_bytes(peak)} ({peak:,} bytes)",
-                     highlight=False)
-    if not fits:
+    console = _console()
+    console.print(plan.explain(), highlight=False)
+    console.print(f"peak device memory of a step under this plan ({args.allocation} "
+                  f"allocation, {args.optimizer}): {format_bytes(peak)} ({peak:,} bytes)",
+                  highlight=False)
+    if slowdown is not None:
+        console.print(f"modeled step {format_ms(planned.step_ms)} on {report.target.name} "
+                      f"({model} cost model); the oracular step (none, memory for "
+                      f"everything) {format_ms(report.oracle.step_ms)}: slowdown "
+                      f"{slowdown:.3f}×",
+                      highlight=False, soft_wrap=True)
+    if args.policy == "vdnn-dyn" and configuration is not None:
+        console.print(f"vdnn-dyn chose {configuration}", highlight=False, soft_wrap=True)
+    if not planned.fits:
         hint = "" if args.policy == "vdnn-dyn" else "; --policy vdnn-dyn makes a plan that fits"
-        _console().print(f"this plan does not fit: its peak exceeds the {format_bytes(capacity)} "
-                         f"({capacity:,} bytes) of {bound}, so a step would run out of device "
-                         f"memory{hint}", highlight=False, soft_wrap=True)
+        console.print(f"this plan does not fit: its peak exceeds the {format_bytes(capacity)} "
+                      f"({capacity:,} bytes) of {bound}, so a step would run out of device "
+                      f"memory{hint}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -78,23 +78,28 @@ class Plan:
                     tuple(Move(**entry) for entry in data.get("moves", ())))
 
     def explain(self) -> str:
+        """The plan as aligned columns, as wide as its longest layer name needs."""
         from vmem.units import format_bytes
 
+        name = max([len("layer"), *(len(lp.layer) for lp in self.layers)])
+        algorithm = max([len("algorithm"), *(len(lp.algorithm) for lp in self.layers)])
         rows = [f"plan '{self.policy}' at batch {self.batch}",
-                f"{'layer':<24} {'algorithm':<14} {'workspace':>12}  offload input  "
-                "recompute output"]
+                f"{'layer':<{name}}  {'algorithm':<{algorithm}}  {'workspace':>10}  "
+                "offload input  recompute output"]
         for lp in self.layers:
-            rows.append(f"{lp.layer:<24} {lp.algorithm:<14} {format_bytes(lp.workspace_bytes):>12}"
-                        f"  {'yes' if lp.offload_input else '-':<13}  "
+            rows.append(f"{lp.layer:<{name}}  {lp.algorithm:<{algorithm}}  "
+                        f"{format_bytes(lp.workspace_bytes):>10}  "
+                        f"{'yes' if lp.offload_input else '-':<13}  "
                         f"{'yes' if lp.recompute_output else '-'}")
         if self.moves:
+            tensor = max([len("offloaded map"), *(len(m.tensor) for m in self.moves)])
+            after = max([len("freed after"), *(len(m.release_after) for m in self.moves)])
             rows += ["when offloaded maps move: freed after that layer's forward pass, "
                      "copied back as that layer's backward pass starts",
-                     f"{'offloaded map':<24} {'freed after':<24} copied back at"]
-            rows += [f"{m.tensor:<24} {m.release_after:<24} {m.prefetch_before}"
+                     f"{'offloaded map':<{tensor}}  {'freed after':<{after}}  copied back at"]
+            rows += [f"{m.tensor:<{tensor}}  {m.release_after:<{after}}  {m.prefetch_before}"
                      for m in self.moves]
         return "\n".join(rows)
-
 
 def offloaded_tensors(network: Network, plan: Plan) -> frozenset[str]:
     """The feature maps a plan moves to the host: inputs of the layers whose entry

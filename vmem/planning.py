@@ -134,6 +134,36 @@ def oracle_plan(network: Network, batch: int, peak: PeakOracle) -> DevicePlan:
     return DevicePlan(plan, peak.run(plan), None, "no bound")
 
 
+@dataclass(frozen=True)
+class PlanOnDevice:
+    """What `vmem plan` prints: the plan on its device and the oracular step at the
+    same batch (policy none with memory for everything), both on the device's cost
+    model's clock."""
+
+    planned: DevicePlan
+    oracle: DevicePlan
+    target: Target
+    itemsize: int
+
+    @property
+    def slowdown(self) -> float | None:
+        """Modeled step over the oracular one's (None where no time passes)."""
+        oracle_ms = self.oracle.step_ms
+        return self.planned.step_ms / oracle_ms if oracle_ms > 0 else None
+
+
+def plan_with_oracle(profile: Profile, policy: str, device: str, batch: int | None,
+                     limit: int | None, dtype: str = "float32", allocation: str = LIVENESS,
+                     optimizer: str = "sgd") -> PlanOnDevice:
+    """`plan_on_device`, with the oracular step beside it."""
+    itemsize = np.dtype(dtype).itemsize
+    target = resolve_target(device, limit, itemsize)
+    peak = peak_oracle(profile.network, target, dtype, allocation, optimizer)
+    batch = batch or target.default_batch(profile)
+    planned = plan_on_target(profile.network, policy, target, batch, peak)
+    return PlanOnDevice(planned, oracle_plan(profile.network, batch, peak), target, itemsize)
+
+
 def plan_on_device(profile: Profile, policy: str, device: str, batch: int | None,
                    limit: int | None, dtype: str = "float32",
                    allocation: str = LIVENESS, optimizer: str = "sgd") -> DevicePlan:

@@ -173,3 +173,36 @@ def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: 
 
         best = max(steps, key=merit)
         choice[best] += 1
+
+
+def vdnn_configuration(network: Network, plan: Plan, itemsize: int) -> str | None:
+    """Which of vDNN's configurations a plan is, in words (what `vmem plan` says
+    vdnn-dyn chose): what it offloads (nothing, the heavy layers' inputs, or every
+    kept input) and how many convolutions run a smaller workspace than their
+    fastest algorithm; None for a plan that is none of them (budget's, which
+    frees and prefetches on its own schedule or recomputes)."""
+    if plan.moves or any(entry.recompute_output for entry in plan.layers):
+        return None
+    asked = {entry.layer for entry in plan.layers if entry.offload_input}
+    heavy = offload_heavy_inputs(network)
+    offloads = {
+        "vdnn-conv's offloads (the heavy layers' inputs)": {
+            node.name for node in network.nodes if heavy(node)},
+        "vdnn-all's offloads (every kept input)": {
+            node.name for node in network.nodes if offload_kept_inputs(node)},
+        "no offload": set(),
+    }
+    what = next((words for words, names in offloads.items() if names == asked), None)
+    if what is None:
+        return None
+    options = network.algorithms(plan.batch, itemsize)
+    stepped = [entry.layer for entry in plan.layers
+               if entry.algorithm != options[entry.layer][0].name]
+    least = all(entry.algorithm == options[entry.layer][-1].name for entry in plan.layers)
+    if not stepped:
+        return f"{what}, the fastest algorithms"
+    if least:
+        return f"{what}, every layer on its least-workspace algorithm (memory-optimal)"
+    return (f"{what}, {len(stepped)} convolution{'s' if len(stepped) != 1 else ''} stepped "
+            "down to a smaller workspace")
+
