@@ -178,7 +178,7 @@ def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: 
 def vdnn_configuration(network: Network, plan: Plan, itemsize: int) -> str | None:
     """Which of vDNN's configurations a plan is, in words (what `vmem plan` says
     vdnn-dyn chose): what it offloads (nothing, the heavy layers' inputs, or every
-    kept input) and how many convolutions run a smaller workspace than their
+    kept input) and how many layers (convolutions, attention) run a smaller workspace than their
     fastest algorithm; None for a plan that is none of them (budget's, which
     frees and prefetches on its own schedule or recomputes)."""
     if plan.moves or any(entry.recompute_output for entry in plan.layers):
@@ -203,6 +203,6 @@ def vdnn_configuration(network: Network, plan: Plan, itemsize: int) -> str | Non
         return f"{what}, the fastest algorithms"
     if least:
         return f"{what}, every layer on its least-workspace algorithm (memory-optimal)"
-    return (f"{what}, {len(stepped)} convolution{'s' if len(stepped) != 1 else ''} stepped "
-            "down to a smaller workspace")
+    return (f"{what}, {len(stepped)} layer{'s' if len(stepped) != 1 else ''} stepped down to "
+            "a smaller workspace")
 
