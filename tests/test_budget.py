@@ -17,7 +17,6 @@ from vmem.costs import load_costs
 from vmem.dryrun import PeakOracle
 from vmem.executor import Executor
 from vmem.graph import Network
-from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD
 from vmem.parameters import ParameterStore
@@ -27,7 +26,7 @@ from vmem.policies.budget import Timeline, _refined, _scheduled
 from vmem.profile import load_profile
 from vmem.profiler.analysis import peak_bytes
 from vmem.profiler.events import Span, StepRecord
-from vmem.trial import synthetic_batch
+from vmem.trial import synthetic_batch, synthetic_data
 
 H100 = load_costs("h100-pcie5")
 
@@ -82,8 +81,7 @@ def train_plan(network: Network, plan: Plan, steps: int = 3
     params = ParameterStore(backend, network, SGD(), np.dtype("float32"), seed=5)
     executor = Executor(backend, network, plan, params, np.dtype("float32"),
                         PinnedHostPool(backend.pinned_empty))
-    classes = numel(network.shapes(1)[network.logits][1:])
-    x, y = synthetic_batch(network.input_shape, classes, 4, seed=2)
+    x, y = synthetic_data(network, 4, seed=2)
     results = [executor.train_step(x, y, step, seed=(5 << 32) + step) for step in range(steps)]
     weights = {name: backend.to_host(value) for name, value in params.arrays(False).items()}
     executor.close()

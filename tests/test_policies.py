@@ -16,7 +16,7 @@ from vmem.planning import plan_for
 from vmem.policies.vdnn import memory_optimal
 from vmem.profile import load_profile
 from vmem.profiler.analysis import peak_bytes
-from vmem.trial import synthetic_batch
+from vmem.trial import synthetic_batch, synthetic_data
 
 POLICIES = ("none", "vdnn-all", "vdnn-conv", "vdnn-dyn")
 TINY = ("alexnet-tiny", "overfeat-tiny", "googlenet-tiny", "vgg16-tiny", "resnet18-tiny",
@@ -26,7 +26,7 @@ TINY = ("alexnet-tiny", "overfeat-tiny", "googlenet-tiny", "vgg16-tiny", "resnet
 def train(network: str | vmem.Network, policy: str, steps: int = 3, batch: int = 4,
           **options: object) -> tuple[list[float], dict[str, np.ndarray], vmem.Runtime]:
     runtime = vmem.Runtime(network, device="cpu", policy=policy, seed=5, **options)
-    x, y = synthetic_batch(runtime.network.input_shape, runtime.num_classes, batch, seed=2)
+    x, y = synthetic_data(runtime.network, batch, seed=2)
     losses = [runtime.train_step(x, y) for _ in range(steps)]
     return losses, runtime.state_dict(), runtime
 

@@ -24,7 +24,13 @@ from vmem.layers.base import numel
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD
 from vmem.parameters import ParameterStore
-from vmem.plan import Plan, offloaded_tensors, recomputed_tensors
+from vmem.plan import (
+    Plan,
+    block_recomputation,
+    offloaded_tensors,
+    recomputable,
+    recomputed_tensors,
+)
 from vmem.planning import make_budget
 from vmem.policies.vdnn import build_plan, offload_kept_inputs, offload_nothing
 from vmem.profile import load_profile
@@ -73,16 +79,17 @@ def test_an_offloaded_input_comes_back_for_the_recomputation() -> None:
 
 def test_recomputed_maps_are_gone_at_the_end_of_the_forward_pass() -> None:
     """At the end of the forward pass the device holds exactly the recomputed maps'
-    bytes less than under the same plan without them (hand-counted from their
-    shapes), each freed after its last forward consumer and allocated again as its
-    first backward user's pass begins."""
+    bytes, and the dropout masks they save, less than under the same plan without
+    them (hand-counted from their shapes), each freed after its last forward
+    consumer and allocated again as its first backward user's pass begins."""
     network = load_profile("vgg16-tiny").network
     none = base_plans(network)[0]
     plan = recomputing(network, none)
     chosen = sorted(recomputed_tensors(network, plan, 4))
-    assert chosen == ["pool1", "pool2", "pool3", "pool4", "pool5"]
+    assert chosen == ["drop6", "drop7", "pool1", "pool2", "pool3", "pool4", "pool5"]
     shapes = network.shapes(4)
-    expected = sum(numel(shapes[name]) * 4 for name in chosen)
+    masks = sum(numel(shapes[name]) * 4 for name in chosen if name.startswith("drop"))
+    expected = sum(numel(shapes[name]) * 4 for name in chosen) + masks
     ends = {}
     for name, trial in (("none", none), ("recompute", plan)):
         record = train_plan(network, trial, steps=1)[2]
@@ -102,11 +109,12 @@ def test_recomputed_maps_are_gone_at_the_end_of_the_forward_pass() -> None:
 
 
 @pytest.mark.parametrize(("profile", "layers", "message"), [
-    ("alexnet-tiny", {"drop6"}, "saves state for its backward pass"),
     ("alexnet-tiny", {"loss"}, "it is the loss"),
     ("alexnet-tiny", {"fc8"}, "no backward pass needs its output"),
     ("alexnet-tiny", {"relu1"}, "its input 'conv1' is gone"),
-    ("alexnet-tiny", {"norm1", "pool1"}, "from 'norm1', which it also recomputes"),
+    # dropout writes over its input: computing it again needs that input computed again
+    ("gpt2-tiny", {"h.0.attn.resid_dropout"}, "its input 'h.0.attn.c_proj' is gone"),
+    ("gpt2-tiny", {"h.0.attn.c_proj"}, "no backward pass needs its output, nor anything"),
 ])
 def test_a_recomputation_the_executor_cannot_do_is_refused(profile: str, layers: set[str],
                                                             message: str) -> None:
@@ -179,3 +187,63 @@ def test_budget_recomputes_where_that_beats_every_offload() -> None:
     step = oracle.run(plan).record.duration_ms
     for other in [*offloads_only, vdnn_dyn]:
         assert step < 0.75 * oracle.run(other).record.duration_ms
+
+
+def with_recomputed(plan: Plan, layers: frozenset[str] | set[str]) -> Plan:
+    return replace(plan, layers=tuple(replace(e, recompute_output=e.layer in layers)
+                                      for e in plan.layers))
+
+
+def whole_blocks(network: Network) -> frozenset[str]:
+    """Every block instance computed again from its input (torch.utils.checkpoint)."""
+    return frozenset().union(*(block_recomputation(network, instance, 4, 4)
+                               for instance, _ in network.blocks))
+
+
+def selective(network: Network) -> frozenset[str]:
+    """Korthikanti et al. 2022's cheap, large activations: attention's probabilities
+    (with its output), layer normalisation's and GELU's outputs."""
+    return frozenset(n.name for n in network.nodes
+                     if n.layer.TYPE in ("attention", "layernorm", "gelu")
+                     and recomputable(network, n.name, 4, 4) is None)
+
+
+@pytest.mark.parametrize(("profile", "choice"), [
+    ("gpt2-tiny", "blocks"), ("gpt2-tiny", "selective"), ("resnet18-tiny", "blocks")])
+def test_recomputing_blocks_or_selected_maps_changes_no_bit(profile: str, choice: str) -> None:
+    """Whole blocks computed again from their inputs (chains through dropout's
+    in-place mask, BatchNorm's statistics moved once), or only the cheap maps, on
+    their own and beside vdnn-all's offloads: losses and weights after three steps
+    are `none`'s to the bit, the cpu backend's peak is the dry run's to the byte."""
+    network = load_profile(profile).network
+    chosen = whole_blocks(network) if choice == "blocks" else selective(network)
+    assert len(network.blocks) >= 2 and chosen
+    for base in base_plans(network):
+        plan = with_recomputed(base, chosen)
+        assert recomputed_tensors(network, plan, 4) == chosen
+        losses, weights, record, dry_peak = train_plan(network, plan)
+        assert peak_bytes(record) == dry_peak, base.policy
+        assert any(s.phase == "recompute" for s in record.spans)
+        assert_same_training(losses, weights, network)
+
+
+def test_a_recomputed_gpt2_block_holds_none_of_its_activations_after_the_forward_pass() -> None:
+    """gpt2-tiny (N = 4, T = 32, C = 64, 4 heads), each block computed again from its
+    input: at the end of the forward pass the device holds, per block, 17 C values
+    a token fewer (ln_1 1, c_attn 3, attn 1, the attention dropout's mask 1, add_1 1,
+    ln_2 1, c_fc 4, GELU 4, the MLP dropout's mask 1), both layernorms' statistics
+    (2 x 2 a token) and attention's probabilities (heads x T a token): float32,
+    counted by hand."""
+    network = load_profile("gpt2-tiny").network
+    none = base_plans(network)[0]
+    plan = with_recomputed(none, whole_blocks(network))
+    n, t, c, heads = 4, 32, 64, 4
+    per_block = n * t * (17 * c + 2 * 2 + heads * t) * 4
+    ends = [layer_stats(train_plan(network, trial, steps=1)[2])[-1].after_forward_bytes
+            for trial in (none, plan)]
+    assert ends[0] - ends[1] == len(network.blocks) * per_block
+    # each block's layers are computed again once, together, as its dropout's
+    # mask is first needed
+    record = train_plan(network, plan, steps=1)[2]
+    again = [s for s in record.spans if s.phase == "recompute"]
+    assert sorted(s.name for s in again) == sorted(whole_blocks(network))

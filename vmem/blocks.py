@@ -50,6 +50,7 @@ class Origin:
 
     lines: TableLines | None = None
     within: str | None = None
+    instance: str | None = None  # the instance's name, for the network's blocks
 
     def line(self, key: str | None = None) -> int | None:
         return self.lines.line(key) if self.lines else None
@@ -181,7 +182,7 @@ def expand_repeat(entry: dict[str, Any], lines: TableLines | None, previous: str
 def _instance(block: Block, instance: str, variables: dict[str, Any], within: str,
               path: str) -> tuple[list[LayerSpec], str]:
     """One instance's layer tables and its output tensor."""
-    origins = [Origin(block.layer_lines[j] if block.layer_lines else None, within)
+    origins = [Origin(block.layer_lines[j] if block.layer_lines else None, within, instance)
                for j in range(len(block.layers))]
 
     def error_at(j: int) -> Any:

@@ -43,7 +43,7 @@ from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
 from vmem.memory import Block, HostBuffer, MemoryKind, PinnedHostPool
 from vmem.optim import update_traffic
 from vmem.parameters import ParameterStore
-from vmem.plan import Plan, move_schedule, offloaded_tensors, recomputed_tensors
+from vmem.plan import Plan, move_schedule, offloaded_tensors, recompute_schedule
 from vmem.profiler.events import StepRecord
 from vmem.profiler.recorder import StepRecorder
 
@@ -95,10 +95,18 @@ class Executor:
         self.algorithms = {node.name: self._algorithm(node, options[node.name])
                            for node in network.nodes}
         self.offloaded = offloaded_tensors(network, plan)
-        self.recomputed = recomputed_tensors(network, plan, self.dtype.itemsize)
-        # where each recomputed map is computed again: before its first backward user
-        self.recompute_at = {name: max(self.lives[name].backward_users)
-                             for name in self.recomputed}
+        schedule = recompute_schedule(network, plan, self.dtype.itemsize)
+        self.recomputed = schedule.tensors
+        # where each recomputed map is computed again: where the backward pass
+        # first needs it or what its layer saves, in topological order there
+        self.recompute_at = schedule.at
+        self._recompute_order = {at: sorted((n for n, k in schedule.at.items() if k == at),
+                                            key=network.index.__getitem__)
+                                 for at in set(schedule.at.values())}
+        self._freed_after = schedule.freed_after  # a chain's inner maps
+        self._frees_after: dict[str, list[str]] = {}
+        for name, after in schedule.freed_after.items():
+            self._frees_after.setdefault(after, []).append(name)
         self.release_at, self.prefetch_at = move_schedule(network, plan, self.offloaded)
         self.grad_adds = _gradient_adds(network, params)
         # The offloaded maps' host buffers are views into one pinned buffer, taken
@@ -425,7 +433,9 @@ class Executor:
         self._free(workspace)
         y, saved = result if result is not None else (None, ())
         self._tensors[node.name] = Tensor(self._settle(out_block), y)
-        if ctx.train:
+        if ctx.train and saved_block is not None and node.name in self.recomputed:
+            self._free(saved_block)  # computed again, with the output, when needed
+        elif ctx.train:
             self._saved[node.name] = (self._settle(saved_block), saved)
         for source in sources:
             life = lives[source]
@@ -476,7 +486,10 @@ class Executor:
 
     def _recompute(self, recorder: StepRecorder, name: str) -> None:
         """Compute a dropped feature map again with its layer's forward pass, on
-        inputs brought back from the host first where they are there."""
+        inputs brought back from the host first where they are there (or just
+        computed again themselves), not in place; what the layer saves for its
+        backward pass is kept where the forward pass dropped it. Inputs no
+        backward pass reads after this are freed."""
         node = self.network.nodes[self.network.index[name]]
         layer, algo = node.layer, self.algorithms[name]
         sources = tuple(dict.fromkeys(node.inputs))
@@ -487,6 +500,8 @@ class Executor:
         user, self._where = self._where, (name, RECOMPUTE)
         out_block = self._allocate_loose(self._tensor_bytes(name), MemoryKind.FEATURE_MAPS,
                                          name)
+        saved_bytes = layer.saved_bytes(self._in_shapes(node), self.dtype.itemsize, algo)
+        saved_block = self._allocate_loose(saved_bytes, MemoryKind.SAVED, f"{name}.saved")
         workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
                                          f"{name}.workspace")
         assert self._ctx is not None
@@ -496,9 +511,15 @@ class Executor:
         result = self._launch(recorder, name, RECOMPUTE, self._layer_ms(node, FORWARD),
                               layer.forward, self.backend.xp, xs,
                               self.params.values_of(name), algo, ctx)
+        del xs
         self._free(workspace)
-        self._tensors[name] = Tensor(self._settle(out_block),
-                                     None if result is None else result[0])
+        y, saved = result if result is not None else (None, ())
+        self._tensors[name] = Tensor(self._settle(out_block), y)
+        if saved_block is not None:
+            self._saved[name] = (self._settle(saved_block), saved)
+        del y, saved, result
+        for done in self._frees_after.get(name, ()):
+            self._free(self._tensors.pop(done).block)
         self._where = user
 
     def _backward(self, recorder: StepRecorder) -> None:
@@ -518,7 +539,7 @@ class Executor:
         if dy is not None:
             self._loose.append(dy.block)
         self._prefetch_for(recorder, i)
-        for name in sorted(n for n, at in self.recompute_at.items() if at == i):
+        for name in self._recompute_order.get(i, ()):
             self._recompute(recorder, name)
         workspace = self._allocate_loose(algo.workspace_bytes, MemoryKind.WORKSPACE,
                                          f"{node.name}.workspace")
@@ -580,7 +601,8 @@ class Executor:
             self._retire(dy.block)
         self._free(saved_block)
         for name in dict.fromkeys((*node.inputs, node.name)):
-            if lives[name].last_backward_use == i and name in self._tensors:
+            if (lives[name].last_backward_use == i and name in self._tensors
+                    and name not in self._freed_after):
                 self._retire(self._tensors.pop(name).block)
 
     def _param_bytes(self, layer: str, pname: str) -> int:

@@ -9,7 +9,7 @@ ids (integers in [0, vocab), one sample a sequence (T,)). Each node has one outp
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -66,10 +66,15 @@ class Network:
     nodes: tuple[Node, ...]  # topological order, the loss last
     description: str = ""
     vocab: int = 0  # > 0: the input is token ids in [0, vocab)
+    # a profile's repeated-block instances, each with its layers in topological
+    # order: where a whole block may be computed again from its input. Not part
+    # of what the network computes: the same layers written out flat are equal.
+    blocks: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False)
 
     @staticmethod
     def build(name: str, input_shape: Sequence[int], nodes: Iterable[Node],
-              description: str = "", vocab: int = 0) -> Network:
+              description: str = "", vocab: int = 0,
+              blocks: Iterable[tuple[str, Sequence[str]]] = ()) -> Network:
         """Validate names, inputs, arity and acyclicity, order the nodes
         topologically (stable: profile order where it is free), check shapes,
         token inputs and shared parameters."""
@@ -107,8 +112,16 @@ class Network:
                 raise NetworkError(f"layer '{node.name}' is read by no layer: every layer but "
                                    f"the loss must lead to it", layer=node.name)
         _check_tokens(ordered, tuple(input_shape), vocab)
+        position = {node.name: i for i, node in enumerate(ordered)}
+        instances = []
+        for instance, members in blocks:
+            unknown = [m for m in members if m not in position]
+            if unknown or not members:
+                raise NetworkError(f"block instance '{instance}' names no layer "
+                                   f"'{unknown[0] if unknown else ''}'", layer=instance)
+            instances.append((instance, tuple(sorted(members, key=position.__getitem__))))
         network = Network(name, tuple(int(d) for d in input_shape), tuple(ordered), description,
-                          vocab)
+                          vocab, tuple(instances))
         network.shapes(1)  # raises ShapeError where shapes do not connect
         _check_shared(network)
         return network

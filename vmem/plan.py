@@ -2,9 +2,11 @@
 
 A plan names, for every layer, the algorithm it runs with (for convolution the
 im2col chunk, hence its workspace), whether its input leaves the device during
-the forward pass, and whether its output is dropped after the forward pass and
-computed again in the backward pass (recomputation: cheap layers such as
-pooling and LRN, whose input the device keeps anyway); optionally, for an
+the forward pass, and whether its output, and what it saves for its backward pass, are dropped
+after the forward pass and computed again in the backward pass
+(recomputation: cheap layers such as pooling, LRN, layer normalisation, GELU
+and attention's probabilities, whose input the device keeps anyway, or a
+whole block from its input, as torch.utils.checkpoint does); optionally, for an
 offloaded feature map, when its device copy is freed and when it comes back
 (`Move`; by default vDNN's schedule). It round-trips through JSON and explains
 itself as a table. It never changes the arithmetic, only where bytes live and
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vmem.graph import Network
+    from vmem.layers.base import Algorithm
 
 
 @dataclass(frozen=True)
@@ -123,47 +126,142 @@ def offloadable_inputs(network: Network, layer: str) -> tuple[str, ...]:
                  if lives[source].backward_users and lives[source].inplace_into is None)
 
 
-def recomputable(network: Network, name: str, itemsize: int, batch: int = 1) -> str | None:
-    """Why layer `name`'s output cannot be dropped after the forward pass and
-    computed again in the backward pass, or None where it can: a backward pass
-    must need it; the layer must save nothing for its own backward pass (dropout
-    saves its mask: computing it again would draw another) and not be the loss;
-    and each of its inputs must still be held (on the device or the host) when
-    its output's first backward user runs, which holds where the layer keeps its
-    inputs for its own backward pass (pooling, LRN)."""
+def recomputable(network: Network, name: str, itemsize: int, batch: int = 1,
+                 also: frozenset[str] = frozenset()) -> str | None:
+    """Why layer `name`'s output (and whatever it saves for its backward pass)
+    cannot be dropped after the forward pass and computed again in the backward
+    pass beside the layers in `also`, or None where it can (see
+    `recompute_schedule`). A layer that can be recomputed alone can be beside
+    any others that can: more recomputation only moves its recomputation
+    earlier in the backward pass, while its kept inputs are still held."""
+    return _problem(network, name, _recompute_points(network, also | {name}, itemsize, batch))
+
+
+def _saves(network: Network, name: str, itemsize: int, shapes: dict[str, tuple[int, ...]],
+           options: dict[str, tuple[Algorithm, ...]]) -> bool:
+    """Whether the layer saves state for its backward pass under any of its
+    algorithms (a plan's choice among them does not change where it is needed)."""
+    node = network.nodes[network.index[name]]
+    in_shapes = network.in_shapes(node, shapes)
+    return any(node.layer.saved_bytes(in_shapes, itemsize, algo) > 0
+               for algo in options[name])
+
+
+def _recompute_points(network: Network, chosen: frozenset[str] | set[str], itemsize: int,
+                      batch: int) -> dict[str, int | None]:
+    """For each chosen layer, the node before whose backward pass its output is
+    computed again: the first (in the backward pass) of its output's backward
+    users, itself where it saves state for its backward pass, and the points
+    where a chosen consumer is computed again from it; None where nothing needs
+    it."""
+    lives, index, at = network.lives, network.index, {}
+    shapes, options = network.shapes(batch), network.algorithms(batch, itemsize)
+    for name in sorted(chosen, key=lambda n: -index[n]):  # consumers before producers
+        needs = list(lives[name].backward_users)
+        if _saves(network, name, itemsize, shapes, options):
+            needs.append(index[name])
+        needs += [point for c in lives[name].consumers
+                  if network.nodes[c].name in chosen
+                  and (point := at.get(network.nodes[c].name)) is not None]
+        at[name] = max(needs, default=None)
+    return at
+
+
+def _problem(network: Network, name: str, at: dict[str, int | None]) -> str | None:
     node = network.nodes[network.index[name]]
     lives = network.lives
     if node.layer.IS_LOSS:
         return "it is the loss"
-    if not lives[name].backward_users:
-        return "no backward pass needs its output"
-    shapes = network.shapes(batch)
-    if node.layer.saved_bytes(network.in_shapes(node, shapes), itemsize):
-        return "it saves state for its backward pass"
-    needed_at = max(lives[name].backward_users)
+    needed_at = at[name]
+    if needed_at is None:
+        return "no backward pass needs its output, nor anything it saves"
     for source in node.inputs:
+        if source in at:
+            continue
         users = lives[source].backward_users
         if not users or min(users) > needed_at:
-            return f"its input '{source}' is gone by its output's first backward user"
+            return f"its input '{source}' is gone by the time it is computed again"
     return None
+
+
+@dataclass(frozen=True)
+class Recomputation:
+    """Where a plan computes dropped maps again (tensors named as their layers).
+
+    at           the node before whose backward pass each is computed again (the
+                 maps computed at one node are computed in topological order)
+    freed_after  the maps no backward pass reads after another's recomputation
+                 (a chain's inner maps), freed right after that one's, by name
+    """
+
+    at: dict[str, int]
+    freed_after: dict[str, str]
+
+    @property
+    def tensors(self) -> frozenset[str]:
+        return frozenset(self.at)
+
+
+def recompute_schedule(network: Network, plan: Plan, itemsize: int) -> Recomputation:
+    """The plan's recomputation: each chosen layer's output and saved state are
+    dropped after the forward pass (the output after its last forward consumer)
+    and computed again, by the layer's forward pass, where the backward pass
+    first needs either (a chain, such as a whole block, from its first kept
+    input onwards); a ValueError where one cannot be (the loss; nothing needs
+    it; an input neither held then nor computed again)."""
+    chosen = frozenset(entry.layer for entry in plan.layers if entry.recompute_output)
+    at = _recompute_points(network, chosen, itemsize, plan.batch)
+    for name in sorted(chosen):
+        why = _problem(network, name, at)
+        if why is not None:
+            raise ValueError(f"plan '{plan.policy}' recomputes the output of '{name}', but "
+                             f"{why}")
+    index, lives, nodes = network.index, network.lives, network.nodes
+    freed_after: dict[str, str] = {}
+    for name in chosen:
+        # program order in the backward pass: node k's recomputations (by index)
+        # come before node k's backward pass, and node k before node k - 1
+        uses = [(-user, 1, 0, "") for user in lives[name].backward_users]
+        uses += [(-at[c.name], 0, index[c.name], c.name) for c in
+                 (nodes[k] for k in lives[name].consumers) if c.name in chosen]
+        if not uses:  # computed again for what it saves: the output is not read
+            freed_after[name] = name
+        elif (last := max(uses))[1] == 0:
+            freed_after[name] = last[3]
+    return Recomputation({name: point for name, point in at.items() if point is not None},
+                         freed_after)
+
+
+def block_recomputation(network: Network, instance: str, itemsize: int, batch: int = 1
+                        ) -> frozenset[str]:
+    """The layers a plan recomputes to compute a repeated block's instance again
+    from its input, as torch.utils.checkpoint does: every layer of the block
+    whose output stays within it (the block's output, read by the next block,
+    is kept), less those whose output and saved state no backward pass needs
+    even then (a map a layer writes over in place, and nothing else reads).
+    Empty where the block cannot be computed again that way."""
+    members = dict(network.blocks).get(instance)
+    if members is None:
+        raise KeyError(f"network '{network.name}' has no block instance '{instance}'")
+    inside, index, nodes = frozenset(members), network.index, network.nodes
+    chosen = {name for name in members
+              if all(nodes[c].name in inside for c in network.lives[name].consumers)
+              and not nodes[index[name]].layer.IS_LOSS}
+    while True:
+        at = _recompute_points(network, chosen, itemsize, batch)
+        needless = {name for name, point in at.items() if point is None}
+        if not needless:
+            break
+        chosen -= needless
+    if not chosen or any(_problem(network, name, at) for name in chosen):
+        return frozenset()
+    return frozenset(chosen)
 
 
 def recomputed_tensors(network: Network, plan: Plan, itemsize: int) -> frozenset[str]:
     """The feature maps a plan computes again in the backward pass (each is a
-    layer's output, named as the layer); a ValueError where one cannot be, or
-    where one is computed from another (a chain would need both at once)."""
-    chosen = frozenset(entry.layer for entry in plan.layers if entry.recompute_output)
-    for name in sorted(chosen):
-        why = recomputable(network, name, itemsize, plan.batch)
-        if why is not None:
-            raise ValueError(f"plan '{plan.policy}' recomputes the output of '{name}', but "
-                             f"{why}")
-        node = network.nodes[network.index[name]]
-        nested = [source for source in node.inputs if source in chosen]
-        if nested:
-            raise ValueError(f"plan '{plan.policy}' recomputes the output of '{name}' from "
-                             f"'{nested[0]}', which it also recomputes")
-    return chosen
+    layer's output, named as the layer); a ValueError where one cannot be."""
+    return recompute_schedule(network, plan, itemsize).tensors
 
 
 def move_schedule(network: Network, plan: Plan, offloaded: frozenset[str]

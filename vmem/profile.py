@@ -226,9 +226,14 @@ def parse_profile(text: str, path: str) -> Profile:
             origins.append(spec.origin)
             if "block" not in table:
                 previous = node.name
+    instances: dict[str, list[str]] = {}
+    for node, origin in zip(nodes, origins, strict=True):
+        if origin.instance is not None:
+            instances.setdefault(origin.instance, []).append(node.name)
     try:
         network = Network.build(doc.get("name", Path(path).stem), input_shape, nodes,
-                                doc.get("description", ""), doc.get("vocab", 0))
+                                doc.get("description", ""), doc.get("vocab", 0),
+                                tuple(instances.items()))
     except NetworkError as exc:
         # The last node of that name: for a name used twice, the second is at fault.
         index = max((i for i, n in enumerate(nodes) if n.name == exc.layer), default=None)

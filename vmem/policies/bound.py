@@ -11,10 +11,15 @@ dry run held plus the maps it keeps there: the most of that over the step is a
 lower bound on its peak, and a bound above the capacity says it does not fit
 without running it.
 
+A recomputation's workspace is the one thing the dry run held that a plan
+not recomputing that map does not: it is taken off where it was held.
+
 The bound holds only where the smaller plan moves a subset of the maps (the
-same map never offloaded instead of recomputed) and no map it stops
-recomputing was brought back for that recomputation (the map's input then
-comes back later than before); elsewhere there is none.
+same map never offloaded instead of recomputed), no map it stops recomputing
+was brought back for that recomputation (the map's input then comes back
+later than before), and each map it stops recomputing was recomputed alone
+(no chain: its inputs and consumers were not recomputed too) and is read by a
+backward pass (a chain's inner maps are not); elsewhere there is none.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from vmem.dryrun import DryRun
 from vmem.graph import Network
 from vmem.layers.base import numel
-from vmem.plan import Plan, offloaded_tensors
+from vmem.plan import Plan, offloaded_tensors, recompute_schedule
 
 
 class PeakBound:
@@ -38,9 +43,10 @@ class PeakBound:
         self.network, self.itemsize = network, itemsize
         self.shapes = network.shapes(plan.batch)
         self.offloaded = offloaded_tensors(network, plan)
-        self.recomputed = frozenset(e.layer for e in plan.layers if e.recompute_output)
+        schedule = recompute_schedule(network, plan, itemsize)
+        self.recomputed = schedule.tensors
         n, index, lives = len(network.nodes), network.index, network.lives
-        recompute_at = {name: max(lives[name].backward_users) for name in self.recomputed}
+        recompute_at = schedule.at
 
         def position(layer: str, phase: str) -> int:
             """Program order: forward k is k, backward k (and a recomputation done
@@ -56,6 +62,16 @@ class PeakBound:
         record = outcome.record
         self.positions = [position(e.layer, e.phase) for e in record.memory]
         self.in_use = np.array([e.in_use for e in record.memory], dtype=np.int64)
+        # where each recomputation's workspace was held: event indices [from, to)
+        self.workspace: dict[str, tuple[int, int, int]] = {}
+        for k, event in enumerate(record.memory):
+            name = event.label.removesuffix(".workspace")
+            if event.phase == "recompute" and name != event.label and name in self.recomputed:
+                if event.op == "alloc":
+                    self.workspace[name] = (k, len(record.memory), event.nbytes)
+                else:
+                    start, _, nbytes = self.workspace[name]
+                    self.workspace[name] = (start, k, nbytes)
         # where each offloaded map comes back: the backward pass whose iteration
         # issues its copy (the next kernel issued after the copy)
         self.back_at: dict[str, int] = {}
@@ -81,12 +97,19 @@ class PeakBound:
         recomputed = frozenset(e.layer for e in plan.layers if e.recompute_output)
         if not (offloaded <= self.offloaded and recomputed <= self.recomputed):
             return None
-        nodes, index = self.network.nodes, self.network.index
+        nodes, index, lives = self.network.nodes, self.network.index, self.network.lives
         kept = [*(self.offloaded - offloaded), *(self.recomputed - recomputed)]
-        for name in self.recomputed - recomputed:
-            if any(source in self.offloaded for source in nodes[index[name]].inputs):
-                return None
         added = np.zeros(len(self.in_use) + 1, dtype=np.int64)
+        for name in self.recomputed - recomputed:
+            if (any(source in self.offloaded or source in self.recomputed
+                    for source in nodes[index[name]].inputs)
+                    or any(nodes[c].name in self.recomputed for c in lives[name].consumers)
+                    or not lives[name].backward_users):
+                return None
+            if name in self.workspace:  # held only while it was computed again
+                start, end, nbytes = self.workspace[name]
+                added[start] -= nbytes
+                added[end] += nbytes
         for name in kept:
             if name not in self.back_at:  # never came back (a guard: every map does)
                 return None

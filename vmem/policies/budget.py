@@ -53,7 +53,14 @@ from dataclasses import dataclass, replace
 from vmem.dryrun import DryRun
 from vmem.graph import Network, TensorLife
 from vmem.layers.base import numel
-from vmem.plan import Move, Plan, offloadable_inputs, offloaded_tensors, recomputable
+from vmem.plan import (
+    Move,
+    Plan,
+    offloadable_inputs,
+    offloaded_tensors,
+    recomputable,
+    recompute_schedule,
+)
 from vmem.policies.bound import PeakBound
 from vmem.policies.vdnn import (
     Budget,
@@ -164,7 +171,8 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
     fewest = _pruned(prefix, fits_plain)
     # the whole ranking too: it fits every limit the search runs within, and the
     # fewest actions are not always the fastest (copies a schedule cannot hide)
-    plans = [_fitted(network, plain(fewest), scheduled(fewest), limits), plain(fewest),
+    plans = [_fitted(network, plain(fewest), scheduled(fewest), limits, itemsize),
+             plain(fewest),
              plain(ranking)]
     if fits_scheduled(ranking):  # enough offloads for the whole schedule to fit
         # a schedule holds maps longer than vDNN's: it needs a prefix at least as long
@@ -340,7 +348,8 @@ def _scheduled(network: Network, plain: Plan, timeline: Timeline) -> Plan:
                                            nodes[prefetch[name]].name) for name in moved))
 
 
-def _fitted(network: Network, plain: Plan, scheduled: Plan, limits: Budget) -> Plan:
+def _fitted(network: Network, plain: Plan, scheduled: Plan, limits: Budget, itemsize: int
+            ) -> Plan:
     """`scheduled`, its moves stepped back towards vDNN's schedule until the plan
     fits (else `plain`: its offloads on vDNN's schedule)."""
     index = network.index
@@ -348,19 +357,22 @@ def _fitted(network: Network, plain: Plan, scheduled: Plan, limits: Budget) -> P
     prefetch = {m.tensor: index[m.prefetch_before] for m in scheduled.moves}
     shapes = network.shapes(plain.batch)
     sizes = {name: numel(shapes[name]) for name in release}
+    recompute_at = recompute_schedule(network, plain, itemsize).at
     for _ in range(SCHEDULE_TRIES):
         plan = replace(plain, moves=tuple(Move(m.tensor, network.nodes[release[m.tensor]].name,
                                                network.nodes[prefetch[m.tensor]].name)
                                           for m in scheduled.moves if m.tensor in release))
         if limits.fits(plan):
             return plan
-        if not _step_back(network, _dry_run(limits)(plan), sizes, release, prefetch):
+        if not _step_back(network, _dry_run(limits)(plan), sizes, release, prefetch,
+                          recompute_at):
             break
     return plain
 
 
 def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
-               release: dict[str, int], prefetch: dict[str, int]) -> bool:
+               release: dict[str, int], prefetch: dict[str, int],
+               recompute_at: dict[str, int]) -> bool:
     """One step back towards vDNN's schedule at the peak: of the maps the moves
     hold on the device at the peak's layer, the largest is freed before that
     layer and at least halfway back to its last forward consumer, where vDNN
@@ -369,8 +381,8 @@ def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
     back earlier). False where no move holds anything at the peak."""
     peak = max(outcome.record.memory, key=lambda event: event.in_use)
     layer, lives = network.index.get(peak.layer, -1), network.lives
-    if peak.phase == RECOMPUTE:  # a map computed again, before its first backward user
-        layer = max(lives[peak.layer].backward_users)
+    if peak.phase == RECOMPUTE:  # a map computed again, where the backward pass needs it
+        layer = recompute_at[peak.layer]
     if peak.phase == "forward":
         held = [n for n in release if lives[n].last_forward_use < layer <= release[n]]
     else:
