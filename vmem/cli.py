@@ -31,6 +31,8 @@ from vmem.units import format_bytes, format_ms, parse_size
 
 # vmem.executor.ALLOCATIONS, named here so that building the parser imports nothing heavy
 ALLOCATIONS = ("liveness", "network-wide")
+# vmem.costs.DEFAULT_COST_MODEL: the GPU `vmem profiles FILE` weighs a peak against
+DEFAULT_SIM_GPU = "h100-pcie5"
 
 
 def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> None:
@@ -91,7 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     # not required: a bare `vmem` prints this help and exits 0 (see main)
     commands = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
-    profiles = commands.add_parser("profiles", help="list the shipped network profiles")
+    profiles = commands.add_parser(
+        "profiles", help="list the shipped network profiles, or check and summarise one",
+        description="Without PROFILE: the shipped profiles, with their input, parameters, "
+        "GFLOPs per sample, layers and batch. With PROFILE (a TOML file of your own, or a "
+        "shipped name): check it (a bad file gets one line naming the file, the line and "
+        "the layer) and summarise it: parameters, GFLOPs per sample, and the peak device "
+        "memory of a training step under policy none at its batch on --device, from a dry "
+        "run, and whether that fits the device's memory.")
+    profiles.add_argument("profile", nargs="?", help="a TOML file (or a shipped name) to "
+                          "check and summarise")
+    profiles.add_argument("--device", help="with PROFILE: the device whose memory the peak "
+                          "is weighed against: sim:GPU (presets: `vmem gpus`), cpu, cuda, "
+                          f"cuda:N (default: sim:{DEFAULT_SIM_GPU})")
+    profiles.add_argument("--batch", type=positive_int, help="with PROFILE: the batch of the "
+                          "peak (default: the profile's batch, its cpu_batch on cpu)")
+    profiles.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="with "
+                          "PROFILE: the optimizer whose state the peak holds (default: sgd)")
     profiles.add_argument("--json", action="store_true", help="print JSON for programs")
 
     gpus = commands.add_parser("gpus", help="list the GPU presets --device sim:NAME models",
@@ -228,23 +246,30 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_row(name: str, profile: Any) -> dict[str, Any]:
+    network = profile.network
+    per_sample = network.flops(1) / 1e9
+    return {"name": name, "input": list(network.input_shape),
+            "vocab": network.vocab or None,
+            "parameters": network.num_params(),
+            "gflops_per_sample": per_sample,
+            # a language model's sample is a sequence of input_shape[0] tokens
+            "gflops_per_token": (per_sample / network.input_shape[0]
+                                 if network.takes_tokens else None),
+            "layers": len(network.nodes), "batch": profile.batch,
+            "cpu_batch": profile.cpu_batch, "description": network.description}
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     from vmem.profile import list_profiles, load_profile
 
-    rows = []
-    for name in list_profiles():
-        profile = load_profile(name)
-        network = profile.network
-        per_sample = network.flops(1) / 1e9
-        rows.append({"name": name, "input": list(network.input_shape),
-                     "vocab": network.vocab or None,
-                     "parameters": network.num_params(),
-                     "gflops_per_sample": per_sample,
-                     # a language model's sample is a sequence of input_shape[0] tokens
-                     "gflops_per_token": (per_sample / network.input_shape[0]
-                                          if network.takes_tokens else None),
-                     "layers": len(network.nodes), "batch": profile.batch,
-                     "cpu_batch": profile.cpu_batch, "description": network.description})
+    if args.profile is not None:
+        return _profile_summary(args)
+    for flag in ("device", "batch"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag}: give a profile too (vmem profiles FILE.toml "
+                             f"--{flag} ...); the list takes none")
+    rows = [_profile_row(name, load_profile(name)) for name in list_profiles()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -265,6 +290,56 @@ def cmd_profiles(args: argparse.Namespace) -> int:
                       "-" if per_token is None else f"{per_token:.4f}", str(row["layers"]),
                       f"{row['batch']} (cpu {row['cpu_batch']})")
     _console().print(table)
+    return 0
+
+
+def _gflops(value: float) -> str:
+    """Three decimals, or three significant figures below one (a small network's
+    0.000241 GFLOPs is no 0.000)."""
+    return f"{value:,.3f}" if value >= 1 else f"{value:.3g}"
+
+
+def _profile_summary(args: argparse.Namespace) -> int:
+    """`vmem profiles FILE`: the file checked (loading it is the check), summarised,
+    and policy none's exact peak at its batch on the device, weighed against the
+    device's memory."""
+    from vmem.planning import oracle_plan, peak_oracle, resolve_target
+    from vmem.profile import load_profile
+
+    profile = load_profile(args.profile)
+    target = resolve_target(args.device or f"sim:{DEFAULT_SIM_GPU}", None)
+    batch = args.batch or target.default_batch(profile)
+    peak = oracle_plan(profile.network, batch,
+                       peak_oracle(profile.network, target, optimizer=args.optimizer)).peak
+    row = {**_profile_row(profile.network.name, profile), "path": str(profile.path),
+           "device": target.name, "device_memory_bytes": target.capacity,
+           "peak_batch": batch, "optimizer": args.optimizer, "none_peak_bytes": peak,
+           "fits": target.capacity is None or peak <= target.capacity}
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    network = profile.network
+    shown = "×".join(map(str, network.input_shape))
+    if network.vocab:
+        shown = f"{shown} tokens of {network.vocab:,}"
+    per_token = row["gflops_per_token"]
+    lines = [f"{row['name']} ({row['path']}): a valid profile",
+             *([network.description] if network.description else []),
+             f"input {shown} · {row['layers']} layers · {row['parameters']:,} parameters · "
+             f"{_gflops(row['gflops_per_sample'])} GFLOPs per sample" +
+             (f" ({_gflops(per_token)} per token)" if per_token is not None else "") +
+             f" · batch {profile.batch} (cpu {profile.cpu_batch})"]
+    capacity = target.capacity
+    room = ("" if capacity is None else
+            f"; fits the device's {format_bytes(capacity)}" if row["fits"] else
+            f"; more than the device's {format_bytes(capacity)}: `vmem fit` finds the batch "
+            "each policy trains there")
+    lines.append(f"peak device memory of a training step under policy none at batch {batch} "
+                 f"on {target.name} ({args.optimizer}): {format_bytes(peak)} ({peak:,} "
+                 f"bytes){room}")
+    console = _console()
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
     return 0
 
 
