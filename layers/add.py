@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vmem.kernels import elementwise
 from vmem.layers._checks import inputs, shape_error
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
 
@@ -33,13 +34,13 @@ class Add(Layer):
 
     def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
                 algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
-        y = xs[0] + xs[1]
+        y = elementwise.add(xp, xs[0], xs[1])
         for x in xs[2:]:
-            y += x
+            elementwise.add_into(xp, y, x)
         return y, ()
 
     def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
                  params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,
                  in_shapes: Sequence[Shape], needs_dx: Sequence[bool]
                  ) -> tuple[list[Array | None], dict[str, Array]]:
-        return [dy.copy() if needed else None for needed in needs_dx], {}
+        return [elementwise.copy(xp, dy) if needed else None for needed in needs_dx], {}

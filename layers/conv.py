@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vmem.kernels import elementwise
 from vmem.kernels.gemm import accumulates_in_place, matmul_nt_sum, matmul_shared_left
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
@@ -216,7 +217,7 @@ class Conv(Layer):
         dx = xp.empty(x.shape, dtype=x.dtype) if needs_dx[0] else None
         # W[g].T, contiguous: the strided-batched GEMM takes contiguous operands only
         # (and CuPy's batched matmul would copy a transposed view per call)
-        weight_t = xp.ascontiguousarray(weight.transpose(0, 2, 1)) if dx is not None else None
+        weight_t = elementwise.transposed(xp, weight) if dx is not None else None
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
             lowered = self._lower(xp, x, n0, m, cols)

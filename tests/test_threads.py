@@ -257,6 +257,33 @@ def test_relu_backward_equals_where(threads, mask_elements, monkeypatch):
                                       expected.view(f"u{dy.itemsize}"))
 
 
+@pytest.mark.parametrize("threads", THREADS)
+def test_elementwise_passes_equal_one_array_operation(threads, monkeypatch):
+    """The residual sum, the gradient added in place and the copy, split over the
+    threads (and into pieces of a few elements), give a single operation's bits; a
+    transposed (not contiguous) operand takes the plain operation."""
+    from vmem.kernels import elementwise
+
+    monkeypatch.setattr(elementwise, "SPLIT_ELEMENTS", 8)
+    a = RNG.standard_normal((4, 3, 5, 7)).astype(np.float32)
+    b = RNG.standard_normal(a.shape).astype(np.float32)
+    with using_threads(threads):
+        total = elementwise.add(np, a, b)
+        np.testing.assert_array_equal(total, a + b)
+        target = a.copy()
+        assert elementwise.add_into(np, target, b) is target
+        np.testing.assert_array_equal(target, a + b)
+        copied = elementwise.copy(np, a)
+        assert copied is not a and not np.shares_memory(copied, a)
+        np.testing.assert_array_equal(copied, a)
+        flipped = b.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)
+        np.testing.assert_array_equal(elementwise.add(np, a, flipped), a + b)
+        weight = a.reshape(3, 20, 7)
+        turned = elementwise.transposed(np, weight)
+        assert turned.flags.c_contiguous
+        np.testing.assert_array_equal(turned, weight.transpose(0, 2, 1))
+
+
 def reference_sgd(w, g, v, lr, momentum, wd):
     v = momentum * v + (g + wd * w)
     return w - lr * v, v

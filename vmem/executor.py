@@ -38,6 +38,7 @@ from vmem.backends.base import Backend, Event
 from vmem.costs import CostModel
 from vmem.errors import NonFiniteError, OutOfDeviceMemory, UsageError
 from vmem.graph import DATA, Network, Node
+from vmem.kernels import elementwise
 from vmem.kernels.softmax import softmax
 from vmem.layers.base import Algorithm, Context, Keeps, Shape, numel
 from vmem.memory import Block, HostBuffer, MemoryKind, PinnedHostPool
@@ -716,5 +717,5 @@ def _backward_and_accumulate(node: Node, xp: Any, dy: Any, xs: Sequence[Any], y:
             by_source[source] = dx if source not in by_source else by_source[source] + dx
     for source, gradient in into.items():
         if source in by_source:
-            gradient += by_source.pop(source)
+            elementwise.add_into(xp, gradient, by_source.pop(source))
     return by_source, dparams

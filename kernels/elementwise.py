@@ -1,0 +1,69 @@
+"""Element-wise passes over whole maps (a residual sum, a gradient added into the one
+already there, a gradient passed on as a copy), split over the threads of
+`kernels.threads` on NumPy. Each element stands alone, so every split gives the
+same bits as one pass; off NumPy, or where the arrays are not C-contiguous of one
+shape and dtype, each call is one plain array operation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmem.kernels.threads import for_ranges, on_threads
+
+Array = Any
+
+#: Elements below which a pass runs as one call: a task costs more than it saves.
+SPLIT_ELEMENTS = 1 << 16
+
+
+def _splits(xp: Any, *arrays: Array) -> bool:
+    first = arrays[0]
+    return (on_threads(xp) and first.size >= SPLIT_ELEMENTS
+            and all(a.shape == first.shape and a.dtype == first.dtype
+                    and a.flags.c_contiguous for a in arrays))
+
+
+def add(xp: Any, a: Array, b: Array) -> Array:
+    """a + b, a new array."""
+    if not _splits(xp, a, b):
+        return a + b
+    out = xp.empty(a.shape, dtype=a.dtype)
+    fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    for_ranges(xp, fo.size, lambda lo, hi: xp.add(fa[lo:hi], fb[lo:hi], out=fo[lo:hi]))
+    return out
+
+
+def add_into(xp: Any, target: Array, source: Array) -> Array:
+    """target += source; returns target."""
+    if not _splits(xp, target, source):
+        target += source
+        return target
+    ft, fs = target.reshape(-1), source.reshape(-1)
+    for_ranges(xp, ft.size, lambda lo, hi: xp.add(ft[lo:hi], fs[lo:hi], out=ft[lo:hi]))
+    return target
+
+
+def copy(xp: Any, a: Array) -> Array:
+    """A copy of a."""
+    if not _splits(xp, a):
+        return a.copy()
+    out = xp.empty(a.shape, dtype=a.dtype)
+    fa, fo = a.reshape(-1), out.reshape(-1)
+    for_ranges(xp, fo.size, lambda lo, hi: xp.copyto(fo[lo:hi], fa[lo:hi]))
+    return out
+
+
+def transposed(xp: Any, a: Array) -> Array:
+    """a (G, M, K) transposed to a new C-contiguous (G, K, M) array, on NumPy its
+    rows copied in ranges over the threads."""
+    if not (on_threads(xp) and a.size >= SPLIT_ELEMENTS):
+        return xp.ascontiguousarray(a.transpose(0, 2, 1))
+    out = xp.empty((a.shape[0], a.shape[2], a.shape[1]), dtype=a.dtype)
+
+    def rows(lo: int, hi: int) -> None:
+        for g in range(a.shape[0]):
+            out[g, lo:hi] = a[g, :, lo:hi].T
+
+    for_ranges(xp, a.shape[2], rows)
+    return out
