@@ -3,10 +3,11 @@
 Geometry follows `windows`: output size by the floor rule or, with `ceil_mode`,
 the Caffe/PyTorch ceil rule. Every function loops over the k*k window offsets
 in row-major order and moves one strided slice per offset. Off NumPy padding is
-never materialized; on NumPy max pooling copies groups of planes into -inf-padded
-planes, where every offset is one 1-D view (`PaddedGrid`), and the groups spread
-over the threads of `kernels.threads`: the same operations on each element in the
-same order, so the same bits, many times faster than slices of 4-D maps.
+never materialized; on NumPy max pooling copies groups of planes into the stride's
+phases of -inf-padded planes, where every offset is one 1-D view (`PaddedGrid`),
+and the groups spread over the threads of `kernels.threads`: the same operations
+on each element in the same order, so the same bits, many times faster than slices
+of 4-D maps.
 
 Max pooling treats padding as -inf. Its backward recomputes the maxima from the
 input and routes each output gradient to the first maximum of its window in
@@ -32,7 +33,7 @@ import numpy as np
 
 from vmem.kernels.cuda_module import kernel_module
 from vmem.kernels.threads import for_ranges, on_threads, run_tasks, split
-from vmem.kernels.windows import offsets_2d, pool_output_size
+from vmem.kernels.windows import offset_slices, offsets_2d, pool_output_size
 
 Array = Any
 
@@ -67,8 +68,8 @@ def max_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
     x_planes, y_planes = x.reshape(n * c, h, w), y.reshape(n * c, ho, wo)
 
     def maxima(lo: int, hi: int) -> None:
-        flat = grid.padded(xp, x_planes[lo:hi])
-        y_planes[lo:hi] = grid.windows(grid.maxima(xp, flat, hi - lo), hi - lo)
+        phases = grid.phased(xp, x_planes[lo:hi])
+        y_planes[lo:hi] = grid.windows(grid.maxima(xp, phases, hi - lo), hi - lo)
 
     _over_planes(xp, n * c, grid.forward_bytes(x.dtype.itemsize), maxima)
     return y
@@ -109,14 +110,17 @@ class PaddedGrid:
     a pass over a strided slice of a 4-D map runs one short inner loop per row, a pass
     over a 1-D view one long loop.
 
-    Each plane (one channel of one sample) is copied into an `hp` x `wp` plane padded
-    with -inf (`pad` rows and columns before, at least `pad` after, more where
-    ceil_mode's last window runs past; `hp` a multiple of the stride), the planes one
-    after another in a flat buffer with a -inf tail. Window (i, j) of plane p is grid
-    point q = (p * hp / stride + i) * wp + j, and its offset (ki, kj) reads element
-    stride * q + ki * wp + kj: each offset is one strided 1-D view over every grid
-    point at once. Grid points with i >= ho or j >= wo are no windows: forward drops
-    their values, backward routes nothing from them.
+    Each plane (one channel of one sample) is padded with -inf (`pad` rows and
+    columns before, at least `pad` after, more where ceil_mode's last window runs
+    past) to a multiple of the stride s each way, and split into its s * s phases:
+    phase (a, b) holds the padded elements (s * t + a, s * u + b) as a `hq` x `wq`
+    plane, the planes one after another in a flat buffer with a -inf tail (stride 1:
+    one phase, the padded planes themselves). Window (i, j) of plane p is grid point
+    q = (p * hq + i) * wq + j, and its offset (ki, kj) reads element
+    q + (ki // s) * wq + kj // s of phase (ki % s, kj % s): each offset is one
+    contiguous 1-D view over every grid point at once. Grid points with i >= ho or
+    j >= wo are no windows: forward drops their values, backward routes nothing from
+    them.
 
     With padding as -inf each window's maximum is that of its input elements, taken
     offset after offset in row-major order as `_window_maxima` takes them: the same
@@ -131,70 +135,96 @@ class PaddedGrid:
     pad: int
     ho: int
     wo: int
-    hp: int
-    wp: int
+    hq: int
+    wq: int
 
     @classmethod
     def of(cls, hw: tuple[int, int], k: int, stride: int, pad: int, out_hw: tuple[int, int]
            ) -> PaddedGrid:
         (h, w), (ho, wo) = hw, out_hw
-        rows = max(h + 2 * pad, stride * (ho - 1) + k)
-        hp = -(-rows // stride) * stride
-        wp = max(w + 2 * pad, stride * (wo - 1) + k)
-        return cls(h, w, k, stride, pad, ho, wo, hp, wp)
+        hq = -(-max(h + 2 * pad, stride * (ho - 1) + k) // stride)
+        wq = -(-max(w + 2 * pad, stride * (wo - 1) + k) // stride)
+        return cls(h, w, k, stride, pad, ho, wo, hq, wq)
+
+    @property
+    def phases(self) -> int:
+        return self.stride * self.stride
 
     def points(self, planes: int) -> int:
         """Grid points over `planes` planes."""
-        return planes * (self.hp // self.stride) * self.wp
+        return planes * self.hq * self.wq
 
-    def flat_size(self, planes: int) -> int:
-        """The padded planes and a tail: every offset's view of the grid stays inside."""
-        last_read = self.stride * (self.points(planes) - 1) + (self.k - 1) * (self.wp + 1)
-        return max(planes * self.hp * self.wp, last_read + 1)
+    def phase_size(self, planes: int) -> int:
+        """A phase's planes and a tail: every offset's view of the grid stays inside."""
+        reach = (self.k - 1) // self.stride
+        return max(self.points(planes), self.points(planes) + reach * (self.wq + 1))
 
     def forward_bytes(self, itemsize: int) -> int:
-        """Scratch a plane: its padded copy and the maxima over its grid."""
-        return (self.flat_size(1) + self.points(1)) * itemsize
+        """Scratch a plane: its phases and the maxima over its grid."""
+        return (self.phases * self.phase_size(1) + self.points(1)) * itemsize
 
     def backward_bytes(self, x_itemsize: int, dy_itemsize: int) -> int:
-        """Scratch a plane: forward's, the padded gradient, the gradient on the grid and
+        """Scratch a plane: forward's, the gradient's phases, the gradient on the grid and
         one offset's share of it, the pending windows and one offset's hits."""
-        return (self.forward_bytes(x_itemsize) + self.flat_size(1) * dy_itemsize
+        return (self.forward_bytes(x_itemsize) + self.phases * self.phase_size(1) * dy_itemsize
                 + self.points(1) * (2 * dy_itemsize + 2))
 
-    def offsets(self) -> list[int]:
-        """Each window offset's distance into the flat buffer, row-major."""
-        return [ki * self.wp + kj for ki in range(self.k) for kj in range(self.k)]
+    def offsets(self) -> list[tuple[int, int]]:
+        """Each window offset's phase and distance into it, row-major."""
+        s = self.stride
+        return [((ki % s) * s + kj % s, (ki // s) * self.wq + kj // s)
+                for ki in range(self.k) for kj in range(self.k)]
 
-    def view(self, flat: Array, offset: int, points: int) -> Array:
-        """The elements that offset `offset` of every grid point reads (a 1-D view)."""
-        return flat[offset:offset + self.stride * (points - 1) + 1:self.stride]
+    def view(self, phases: list[Array], offset: tuple[int, int], points: int) -> Array:
+        """The elements that `offset` of every grid point reads (a 1-D view)."""
+        phase, shift = offset
+        return phases[phase][shift:shift + points]
 
     def windows(self, grid: Array, planes: int) -> Array:
         """The windows of a grid array: a (planes, Ho, Wo) view."""
-        rows = self.hp // self.stride
-        return grid.reshape(planes, rows, self.wp)[:, :self.ho, :self.wo]
+        return grid.reshape(planes, self.hq, self.wq)[:, :self.ho, :self.wo]
 
-    def interior(self, flat: Array, planes: int) -> Array:
-        """The input elements of a flat buffer: a (planes, H, W) view."""
-        padded = flat[:planes * self.hp * self.wp].reshape(planes, self.hp, self.wp)
-        return padded[:, self.pad:self.pad + self.h, self.pad:self.pad + self.w]
+    def _interiors(self) -> list[tuple[int, tuple[slice, slice], tuple[slice, slice]]]:
+        """Per phase holding input elements: its index, the (rows, columns) of its
+        plane that hold them and the strided (rows, columns) of the input they are."""
+        s, found = self.stride, []
+        for a in range(s):
+            rows = offset_slices(self.hq, self.h, a, s, self.pad)
+            for b in range(s):
+                cols = offset_slices(self.wq, self.w, b, s, self.pad)
+                if rows is not None and cols is not None:
+                    found.append((a * s + b, (rows[0], cols[0]), (rows[1], cols[1])))
+        return found
 
-    def padded(self, xp: Any, x: Array) -> Array:
-        """x (planes, H, W) in a new flat buffer, -inf around it."""
-        flat = xp.empty(self.flat_size(x.shape[0]), dtype=x.dtype)
-        flat.fill(-xp.inf)
-        self.interior(flat, x.shape[0])[...] = x
-        return flat
+    def _planes(self, flat: Array, planes: int) -> Array:
+        return flat[:self.points(planes)].reshape(planes, self.hq, self.wq)
 
-    def maxima(self, xp: Any, flat: Array, planes: int) -> Array:
+    def phased(self, xp: Any, x: Array) -> list[Array]:
+        """x (planes, H, W) in new flat phases, -inf around it."""
+        planes = x.shape[0]
+        phases = []
+        for _ in range(self.phases):
+            flat = xp.empty(self.phase_size(planes), dtype=x.dtype)
+            flat.fill(-xp.inf)
+            phases.append(flat)
+        for index, (prows, pcols), (xrows, xcols) in self._interiors():
+            self._planes(phases[index], planes)[:, prows, pcols] = x[:, xrows, xcols]
+        return phases
+
+    def gather(self, phases: list[Array], out: Array) -> None:
+        """out (planes, H, W) = the input elements of `phases` (each in one phase)."""
+        planes = out.shape[0]
+        for index, (prows, pcols), (xrows, xcols) in self._interiors():
+            out[:, xrows, xcols] = self._planes(phases[index], planes)[:, prows, pcols]
+
+    def maxima(self, xp: Any, phases: list[Array], planes: int) -> Array:
         """The maximum of each grid point's window, a new 1-D array: offset (0, 0)'s
         values, then the maximum with each further offset's, in row-major order."""
         points = self.points(planes)
         first, *rest = self.offsets()
-        y = self.view(flat, first, points).copy()
+        y = self.view(phases, first, points).copy()
         for offset in rest:
-            xp.maximum(y, self.view(flat, offset, points), out=y)
+            xp.maximum(y, self.view(phases, offset, points), out=y)
         return y
 
 
@@ -241,8 +271,8 @@ def _route_on_grid(xp: Any, grid: PaddedGrid, x: Array, dy: Array, dx: Array) ->
     (`PaddedGrid`): the same comparisons and additions in the same order as
     `_route_reference`, so the same bits."""
     planes = x.shape[0]
-    flat = grid.padded(xp, x)
-    y = grid.maxima(xp, flat, planes)
+    phases = grid.phased(xp, x)
+    y = grid.maxima(xp, phases, planes)
     points = y.size
     dy_grid = xp.zeros(points, dtype=dy.dtype)  # 0 on grid points that are no window
     grid.windows(dy_grid, planes)[...] = dy
@@ -254,17 +284,17 @@ def _route_on_grid(xp: Any, grid: PaddedGrid, x: Array, dy: Array, dx: Array) ->
     # only sums, rounded to nearest, follow); a branch-free pass, far faster than
     # adding only where hit. An infinite or NaN dy would give NaN where no hit.
     share = xp.empty(points, dtype=dy.dtype) if _finite_sum(xp, dy) else None
-    dflat = xp.zeros(grid.flat_size(planes), dtype=dy.dtype)
+    dphases = [xp.zeros(grid.phase_size(planes), dtype=dy.dtype) for _ in phases]
     for offset in grid.offsets():
-        xp.equal(grid.view(flat, offset, points), y, out=hits)
+        xp.equal(grid.view(phases, offset, points), y, out=hits)
         hits &= pending
         pending ^= hits  # hits is a subset of pending: clears the windows found here
-        view = grid.view(dflat, offset, points)
+        view = grid.view(dphases, offset, points)
         if share is None:
             xp.add(view, dy_grid, out=view, where=hits)
         else:
             xp.add(view, xp.multiply(dy_grid, hits, out=share), out=view)
-    dx[...] = grid.interior(dflat, planes)
+    grid.gather(dphases, dx)
 
 
 def _finite_sum(xp: Any, a: Array) -> bool:
