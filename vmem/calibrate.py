@@ -25,7 +25,6 @@ import json
 import os
 import re
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -282,28 +281,22 @@ def _version() -> str:
 
 
 def _render(document: dict[str, Any], output: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    from vmem.profiler.tables import Column, console, print_table
     from vmem.units import format_bytes
 
     facts = document["device"]
     device = facts.get("device") or facts.get("processor") or facts.get("backend")
-    table = Table(title=f"vmem calibrate {document['profile']} · batch {document['batch']} · "
-                  f"{facts.get('backend')} ({device})")
-    for column in ("layer", "type", "algorithm", "forward", "backward"):
-        table.add_column(column, justify="right" if column in {"forward", "backward"}
-                         else "left", no_wrap=True)
-    for row in document["layers"]:
-        table.add_row(row["name"], row["type"], row["algorithm"], f"{row['forward_ms']:.3f} ms",
-                      f"{row['backward_ms']:.3f} ms")
-    console = Console(no_color="NO_COLOR" in os.environ,
-                      width=None if sys.stdout.isatty() else 120)
-    console.print(table)
-    console.print(
+    out = console()
+    print_table(out, [Column("layer", "left"), Column("type", "left"),
+                      Column("algorithm", "left"), Column("forward"), Column("backward")],
+                [(row["name"], row["type"], row["algorithm"], f"{row['forward_ms']:.3f} ms",
+                  f"{row['backward_ms']:.3f} ms") for row in document["layers"]],
+                title=f"vmem calibrate {document['profile']} · batch {document['batch']} · "
+                f"{facts.get('backend')} ({device})")
+    out.print(
         f"update {document['update_ms']:.3f} ms · copies {document['d2h_gbps']:.1f} GB/s to "
         f"host, {document['h2d_gbps']:.1f} GB/s to device · device copy "
         f"{document['bandwidth_gbps']:.1f} GB/s · launch {document['launch_us']:.1f} µs · "
         f"conv/fc {document['tflops']:.3f} TFLOP/s · memory "
         f"{format_bytes(document['memory_bytes'])}", highlight=False)
-    console.print(f"wrote {output}: predict with --device sim:{output}", highlight=False)
+    out.print(f"wrote {output}: predict with --device sim:{output}", highlight=False)

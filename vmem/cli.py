@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -206,12 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _console(stderr: bool = False) -> Any:
-    """Rich output; 120 columns where the stream is no terminal (a pipe, a file),
-    so tables are not cut to the 80 columns rich assumes there."""
-    from rich.console import Console
+    """Rich output as wide as the terminal or COLUMNS, else 120 columns where the
+    stream is no terminal (vmem.profiler.tables.console)."""
+    from vmem.profiler.tables import console
 
-    width = None if (sys.stderr if stderr else sys.stdout).isatty() else 120
-    return Console(no_color="NO_COLOR" in os.environ, width=width, stderr=stderr)
+    return console(stderr=stderr)
 
 
 def _size(text: str | None, flag: str) -> int | None:
@@ -231,18 +229,16 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.table import Table
+    from vmem.profiler.tables import Column, print_table
 
-    table = Table(title="vmem gpus (--device sim:NAME)",
-                  caption="descriptions: vmem gpus --json; sources: vmem/gpus.toml")
-    for column in ("preset", "memory", "TFLOPS", "GB/s", "copies GB/s", "CUDA names"):
-        table.add_column(column, no_wrap=column != "CUDA names",
-                         justify="left" if column in {"preset", "CUDA names"} else "right")
-    for row in rows:
-        table.add_row(row["name"], format_bytes(row["memory_bytes"]), f"{row['tflops']:g}",
-                      f"{row['bandwidth_gbps']:g}", f"{row['d2h_gbps']:g} / {row['h2d_gbps']:g}",
-                      ", ".join(row["match"]) or "-")
-    _console().print(table)
+    columns = [Column("preset", "left"), Column("memory"), Column("TFLOPS"), Column("GB/s"),
+               Column("copies GB/s"), Column("CUDA names", "left", wrap=True)]
+    print_table(_console(), columns, [
+        (row["name"], format_bytes(row["memory_bytes"]), f"{row['tflops']:g}",
+         f"{row['bandwidth_gbps']:g}", f"{row['d2h_gbps']:g} / {row['h2d_gbps']:g}",
+         ", ".join(row["match"]) or "-") for row in rows],
+        title="vmem gpus (--device sim:NAME)",
+        caption="descriptions: vmem gpus --json; sources: vmem/gpus.toml")
     return 0
 
 
@@ -273,23 +269,23 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.table import Table
+    from vmem.profiler.tables import Column, print_table
 
-    table = Table(title="vmem profiles", caption="descriptions: vmem profiles --json")
-    for column in ("profile", "input", "parameters", "GFLOPs/sample", "GFLOPs/token", "layers",
-                   "batch"):
-        table.add_column(column, no_wrap=True, justify="left" if column in {"profile", "input"}
-                         else "right")
+    columns = [Column("profile", "left"), Column("input", "left"), Column("parameters"),
+               Column("GFLOPs/sample"), Column("GFLOPs/token"), Column("layers"),
+               Column("batch")]
+    cells = []
     for row in rows:
         shown = "×".join(map(str, row["input"]))
         if row["vocab"]:
             shown = f"{shown} tokens of {row['vocab']:,}"
         per_token = row["gflops_per_token"]
-        table.add_row(row["name"], shown, f"{row['parameters']:,}",
+        cells.append((row["name"], shown, f"{row['parameters']:,}",
                       f"{row['gflops_per_sample']:.3f}",
                       "-" if per_token is None else f"{per_token:.4f}", str(row["layers"]),
-                      f"{row['batch']} (cpu {row['cpu_batch']})")
-    _console().print(table)
+                      f"{row['batch']} (cpu {row['cpu_batch']})"))
+    print_table(_console(), columns, cells, title="vmem profiles",
+                caption="descriptions: vmem profiles --json")
     return 0
 
 

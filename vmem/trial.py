@@ -131,6 +131,7 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
             losses=tuple(losses),
             offloaded_bytes=analysis.copied_bytes(timed[-1], "copy_d2h"),
             prefetched_bytes=analysis.copied_bytes(timed[-1], "copy_h2d"),
+            recomputed_bytes=analysis.recomputed_bytes(timed[-1]),
             stall_ms=statistics.median(analysis.stall_ms(r) for r in timed),
             pinned_bytes=runtime.host_pool.reserved,
             pool_reserved_bytes=runtime.backend.pool_reserved_bytes(),

@@ -93,6 +93,18 @@ def copied_bytes(record: StepRecord, kind: str) -> int:
     return sum(span.nbytes for span in record.spans if span.kind == kind)
 
 
+def recomputed_bytes(record: StepRecord) -> int:
+    """Bytes the backward pass computed again (feature maps and what their layers
+    saved, dropped after the forward pass): what was allocated for the recomputing
+    kernels, less their workspace and the maps prefetched for them (an allocation
+    belongs to the next kernel launched, and a recomputation's inputs may come back
+    from the host first)."""
+    prefetched = {span.name for span in record.spans if span.kind == "copy_h2d"}
+    return sum(event.nbytes for event in record.memory if event.op == "alloc" and
+               event.phase == "recompute" and event.kind != str(MemoryKind.WORKSPACE)
+               and event.label not in prefetched)
+
+
 def stall_ms(record: StepRecord) -> float:
     """Time the compute stream waited for prefetches."""
     return sum(span.ms for span in record.spans if span.kind == "wait")

@@ -9,23 +9,26 @@ from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from vmem.profiler.analysis import KINDS
 from vmem.profiler.facts import capacity_text, facts_lines
+from vmem.profiler.noise import spread, step_range, timed_steps, within_noise
 from vmem.profiler.per_layer import LayerStats, layer_table, offloads_outside_layers, update_ms
 from vmem.profiler.session import Session, Trial, TrialResult
+from vmem.profiler.tables import Column, Row, print_table
 from vmem.units import format_bytes
 
-ORACLE_LABEL = "oracle (none, no limit)"
+ORACLE_LABEL = "oracle"  # the caption says what it is: policy none, memory for everything
+NOISE_MARK = "≈"  # a slowdown within the spread of the step times (vmem.profiler.noise)
 
 
 def json_output(session: Session, layers: bool = False) -> Any:
     """What `--json` prints: a run's result as one object, a comparison's as a
     list with one object per policy, then the oracular run's (policy none, no
     limit) where no policy's row is that run; in a comparison, "oracular" says
-    which object is the oracle. With `layers`, each has its per-layer figures
-    under "layers"."""
+    which object is the oracle, and "within_noise" whether the step differs from
+    the oracle's by less than their spread of step times. With `layers`, each has
+    its per-layer figures under "layers"."""
     def one(trial: Trial) -> dict[str, Any]:
         data = trial.result.to_json()
         if layers:
@@ -34,13 +37,15 @@ def json_output(session: Session, layers: bool = False) -> Any:
             data["offloaded_outside_layers"] = offloads_outside_layers(trial.records)
         return data
 
-    if session.meta.command == "run":
-        return one(session.trials[0])
     oracle = session.oracle
-    rows = [{**one(trial), "oracular": oracle is not None and trial.result == oracle.result}
+    if session.meta.command == "run":
+        return {**one(session.trials[0]), "within_noise": within_noise(
+            session.trials[0].result, oracle.result if oracle else None)}
+    rows = [{**one(trial), "oracular": oracle is not None and trial.result == oracle.result,
+             "within_noise": within_noise(trial.result, oracle.result if oracle else None)}
             for trial in session.trials]
     if oracle is not None and not any(row["oracular"] for row in rows):
-        rows.append({**one(oracle), "oracular": True})
+        rows.append({**one(oracle), "oracular": True, "within_noise": False})
     return rows
 
 
@@ -52,7 +57,7 @@ def render(session: Session, console: Console, layers: bool = False) -> None:
     if layers:
         for trial in session.trials:
             if trial.records:
-                console.print(_layer_table(trial))
+                _print_layer_table(trial, console)
 
 
 def _ms(value: float | None) -> str:
@@ -75,41 +80,56 @@ def _header(session: Session, console: Console, title: str) -> None:
 
 def _render_run(session: Session, console: Console) -> None:
     meta, result = session.meta, session.trials[0].result
+    oracle = session.oracle.result if session.oracle else None
     _header(session, console, f"vmem run {result.profile} · batch {result.batch} · "
             f"{result.device} · policy {result.policy} · allocation {meta.allocation} · "
             f"optimizer {meta.optimizer}")
-    steps = Table()
-    steps.add_column("step", justify="right")
-    steps.add_column("loss", justify="right")
-    steps.add_column("time (ms)", justify="right")
-    for i, (loss, ms) in enumerate(zip(result.losses, result.steps_ms, strict=True)):
-        warmup = " (warm-up)" if i == 0 and len(result.losses) > 1 else ""
-        steps.add_row(f"{i + 1}{warmup}", "-" if loss is None else f"{loss:.4f}", f"{ms:,.1f}")
-    console.print(steps)
-    summary = Table(show_header=False, box=None)
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    summary.add_row("step time (median)", _ms(result.step_ms))
+    steps = [Row((f"{i + 1}{' (warm-up)' if i == 0 and len(result.losses) > 1 else ''}",
+                  "-" if loss is None else f"{loss:.4f}", f"{ms:,.1f}"))
+             for i, (loss, ms) in enumerate(zip(result.losses, result.steps_ms, strict=True))]
+    print_table(console, [Column("step"), Column("loss"), Column("time (ms)")], steps)
+    summary = [("step time (median)", _ms(result.step_ms) + _range_note(result))]
     if result.slowdown is not None:
-        summary.add_row("slowdown vs oracular", f"{result.slowdown:.3f}× ({result.oracle})")
-    if session.oracle is not None:
-        oracle = session.oracle.result
-        summary.add_row("oracular step (none, no limit)",
-                        f"{_ms(oracle.step_ms)}, peak {_bytes(oracle.peak_bytes)}")
-    summary.add_row("peak device memory (arena)", _bytes(result.peak_bytes))
-    summary.add_row("average device memory", _bytes(result.average_bytes))
-    summary.add_row("capacity", capacity_text(meta.memory_limit_bytes, meta.device_facts))
-    summary.add_row("offloaded / prefetched per step",
-                    f"{_bytes(result.offloaded_bytes)} / {_bytes(result.prefetched_bytes)}")
-    summary.add_row("compute stalled for copies", _ms(result.stall_ms))
-    summary.add_row("pinned host memory", _bytes(result.pinned_bytes))
+        noise = (f"; {NOISE_MARK} within the noise: the step times' range overlaps the "
+                 "oracle's") if within_noise(result, oracle) else ""
+        summary.append(("slowdown vs oracular", f"{result.slowdown:.3f}× ({result.oracle})"
+                        f"{noise}"))
+    if oracle is not None:
+        summary.append(("oracular step (none, no limit)",
+                        f"{_ms(oracle.step_ms)}{_range_note(oracle)}, peak "
+                        f"{_bytes(oracle.peak_bytes)}"))
+    summary += [
+        ("peak device memory (arena)", _bytes(result.peak_bytes)),
+        ("average device memory", _bytes(result.average_bytes)),
+        ("capacity", capacity_text(meta.memory_limit_bytes, meta.device_facts)),
+        ("offloaded / prefetched per step",
+         f"{_bytes(result.offloaded_bytes)} / {_bytes(result.prefetched_bytes)}")]
+    if result.recomputed_bytes:
+        summary.append(("recomputed per step", _bytes(result.recomputed_bytes)))
+    summary += [("compute stalled for copies", _ms(result.stall_ms)),
+                ("pinned host memory", _bytes(result.pinned_bytes))]
     if result.pool_reserved_bytes is not None:
-        summary.add_row("CuPy pool reserved (peak / at the end)", _pool(result))
+        summary.append(("CuPy pool reserved (peak / at the end)", _pool(result)))
     used = (result.device_facts or {}).get("memory_used_bytes")
     if isinstance(used, int):
-        summary.add_row("used on the card (NVML)", _bytes(used))
-    console.print(summary)
-    console.print(_kinds_table(result))
+        summary.append(("used on the card (NVML)", _bytes(used)))
+    print_table(console, [Column("", "left", style="bold"), Column("", "left", wrap=True)],
+                summary, show_header=False, box=None)
+    _print_kinds_table(result, console)
+
+
+def _range_note(result: TrialResult) -> str:
+    """The fastest and slowest timed step, where they differ (a measured clock)."""
+    bounds = step_range(result)
+    if bounds is None or bounds[0] == bounds[1]:
+        return ""
+    return (f" (range {bounds[0]:,.1f}–{bounds[1]:,.1f} ms over "
+            f"{len(timed_steps(result))} steps)")
+
+
+#: the main comparison's columns, in two groups a narrow terminal prints as two tables
+MEMORY_COLUMNS = ("peak", "average", "offloaded", "prefetched", "recomputed")
+TIME_COLUMNS = ("step", "range", "slowdown", "stall")
 
 
 def _render_compare(session: Session, console: Console) -> None:
@@ -119,32 +139,42 @@ def _render_compare(session: Session, console: Console) -> None:
     _header(session, console, f"vmem compare {meta.profile} · batch {meta.batch} · "
             f"{meta.device} · {capacity_text(meta.memory_limit_bytes, meta.device_facts)} · "
             f"allocation {meta.allocation} · optimizer {meta.optimizer}")
+    shown = rows + ([oracle] if oracle else [])
+    ranged = spread(shown)  # a measured clock: each row's range of step times
+    noisy = any(within_noise(row, oracle) for row in rows)
     caption = "slowdown: step time over the oracular step's, " + (
-        "policy none with memory for everything" if oracle else
+        "the oracle's: policy none with memory for everything" if oracle else
         "the sum of per-layer times (none with no limit does not fit this device)")
-    table = Table(caption=caption)
-    for column in ("policy", "peak", "average", "step", "slowdown", "offloaded", "prefetched",
-                   "stall"):
-        table.add_column(column, no_wrap=True, justify="left" if column == "policy" else "right")
+    caption += "; recomputed: bytes dropped after the forward pass and computed again"
+    if ranged:
+        caption += "; range: fastest–slowest timed step"
+    if noisy:
+        caption += (f"; {NOISE_MARK}: within the noise, the step times' range overlaps the "
+                    "oracle's")
+    time_columns = tuple(c for c in TIME_COLUMNS if ranged or c != "range")
+    columns = [Column("policy", "left"), *(Column(c) for c in MEMORY_COLUMNS + time_columns)]
+    table: list[Row] = []
     failures = []
     for row in rows:
         if row.error is not None:
-            table.add_row(row.policy, "[red]does not fit[/red]", *["-"] * 6)
+            table.append(Row((row.policy, "[red]does not fit[/red]",
+                              *["-"] * (len(columns) - 2))))
             failures.append(f"{row.policy}: {row.error}")
         else:
-            table.add_row(*_compare_cells(row))
+            table.append(Row(_compare_cells(row, oracle, ranged, noisy)))
     if oracle is not None:
-        table.add_section()
-        table.add_row(*_compare_cells(oracle, ORACLE_LABEL), style="italic")
-    console.print(table)
+        table.append(Row(_compare_cells(oracle, oracle, ranged, noisy, ORACLE_LABEL),
+                         style="italic", section=True))
+    print_table(console, columns, table, caption=caption,
+                groups=[("memory per step", MEMORY_COLUMNS), ("time per step", time_columns)])
     for failure in failures:
         console.print(failure, highlight=False, soft_wrap=True)
     fitted = [row for row in rows if row.error is None]
     kinds_rows = [(row.policy, row) for row in fitted]
     if oracle is not None:
-        kinds_rows.append(("oracle", oracle))
+        kinds_rows.append((ORACLE_LABEL, oracle))
     if kinds_rows:
-        console.print(_kinds_at_peak_table(kinds_rows))
+        _print_kinds_at_peak_table(kinds_rows, console)
     for row in fitted:
         if row.pool_reserved_bytes is not None:
             used = (row.device_facts or {}).get("memory_used_bytes")
@@ -161,10 +191,19 @@ def _pool(row: TrialResult) -> str:
     return f"{_bytes(row.pool_peak_bytes)} / {_bytes(row.pool_reserved_bytes)}{bound}"
 
 
-def _compare_cells(row: TrialResult, label: str | None = None) -> list[str]:
-    return [label or row.policy, _bytes(row.peak_bytes), _bytes(row.average_bytes),
-            _ms(row.step_ms), f"{row.slowdown:.3f}×" if row.slowdown else "-",
-            _bytes(row.offloaded_bytes), _bytes(row.prefetched_bytes), _ms(row.stall_ms)]
+def _compare_cells(row: TrialResult, oracle: TrialResult | None, ranged: bool, noisy: bool,
+                   label: str | None = None) -> tuple[str, ...]:
+    slowdown = "-"
+    if row.slowdown:
+        # the mark's column is kept in every row, so the ratios stay aligned
+        mark = NOISE_MARK if within_noise(row, oracle) else " " if noisy else ""
+        slowdown = f"{row.slowdown:.3f}×{mark}"
+    bounds = step_range(row)
+    span = ["-" if bounds is None else f"{bounds[0]:,.1f}–{bounds[1]:,.1f} ms"] if ranged else []
+    return (label or row.policy, _bytes(row.peak_bytes), _bytes(row.average_bytes),
+            _bytes(row.offloaded_bytes), _bytes(row.prefetched_bytes),
+            _bytes(row.recomputed_bytes), _ms(row.step_ms), *span, slowdown,
+            _ms(row.stall_ms))
 
 
 _SHORT_KINDS = {"weight_grads": "weight grads", "gradient_maps": "grad maps"}
@@ -183,48 +222,44 @@ def _kinds(results: list[TrialResult], average: bool = True) -> list[str]:
                                     for r in results)]
 
 
-def _kinds_table(result: TrialResult) -> Table:
+def _print_kinds_table(result: TrialResult, console: Console) -> None:
     """One trial's device memory by kind, at the peak and time-averaged."""
-    table = Table(title="device memory by kind")
-    for column in ("kind", "at peak", "average"):
-        table.add_column(column, justify="left" if column == "kind" else "right")
-    for kind in _kinds([result]):
-        table.add_row(_kind_title(kind), _bytes((result.peak_by_kind or {}).get(kind)),
-                      _bytes((result.average_by_kind or {}).get(kind)))
-    return table
+    rows = [(_kind_title(kind), _bytes((result.peak_by_kind or {}).get(kind)),
+             _bytes((result.average_by_kind or {}).get(kind))) for kind in _kinds([result])]
+    print_table(console, [Column("kind", "left"), Column("at peak"), Column("average")], rows,
+                title="device memory by kind")
 
 
-def _kinds_at_peak_table(rows: list[tuple[str, TrialResult]]) -> Table:
+def _print_kinds_at_peak_table(rows: list[tuple[str, TrialResult]], console: Console) -> None:
     """Several trials' device memory at their peaks, one row each, a column a kind."""
     kinds = _kinds([result for _, result in rows], average=False)
-    table = Table(title="device memory at the peak, by kind")
-    table.add_column("policy", no_wrap=True)
-    for kind in kinds:
-        table.add_column(_kind_title(kind, short=True), justify="right")
-    for label, result in rows:
-        table.add_row(label, *(_bytes((result.peak_by_kind or {}).get(k)) for k in kinds))
-    return table
+    columns = [Column("policy", "left"), *(Column(_kind_title(k, short=True)) for k in kinds)]
+    cells = [(label, *(_bytes((result.peak_by_kind or {}).get(k)) for k in kinds))
+             for label, result in rows]
+    print_table(console, columns, cells, title="device memory at the peak, by kind")
 
 
-def _layer_table(trial: Trial) -> Table:
+#: the per-layer table's columns: times, then memory
+LAYER_TIME_COLUMNS = ("forward", "backward", "recompute", "stall")
+LAYER_MEMORY_COLUMNS = ("allocated fwd", "allocated bwd", "peak", "after forward", "offloaded")
+
+
+def _print_layer_table(trial: Trial, console: Console) -> None:
     result, records = trial.result, trial.records
     timed = records[1:] or records
     steps = (f"step {timed[0].step + 1}" if len(timed) == 1 else
              f"steps {timed[0].step + 1}–{timed[-1].step + 1}")
-    table = Table(title=f"per layer · policy {result.policy} · times: median of {steps}; "
-                  f"memory: step {timed[-1].step + 1}",
-                  caption=f"optimizer update: {_ms(update_ms(timed[-1]))}; allocated: bytes "
-                  "the pass allocated; peak: most in use while it ran; after forward: in use "
-                  "once its forward pass freed" + _outside(trial))
+    title = (f"per layer · policy {result.policy} · times: median of {steps}; "
+             f"memory: step {timed[-1].step + 1}")
+    caption = (f"optimizer update: {_ms(update_ms(timed[-1]))}; allocated: bytes the pass "
+               "allocated; peak: most in use while it ran; after forward: in use once its "
+               "forward pass freed" + _outside(trial))
     rows = layer_table(records)
     recomputed = any(row.recompute_ms for row in rows)
-    columns = ("layer", "forward", "backward", *(("recompute",) if recomputed else ()), "stall",
-               "allocated fwd", "allocated bwd", "peak", "after forward", "offloaded")
-    for column in columns:
-        table.add_column(column, no_wrap=True, justify="left" if column == "layer" else "right")
-    for row in rows:
-        table.add_row(*_layer_cells(row, recomputed))
-    return table
+    times = tuple(c for c in LAYER_TIME_COLUMNS if recomputed or c != "recompute")
+    columns = [Column("layer", "left"), *(Column(c) for c in times + LAYER_MEMORY_COLUMNS)]
+    print_table(console, columns, [_layer_cells(row, recomputed) for row in rows], title=title,
+                caption=caption, groups=[("time", times), ("memory", LAYER_MEMORY_COLUMNS)])
 
 
 def _outside(trial: Trial) -> str:

@@ -4,9 +4,9 @@ of each device's fit at one batch."""
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
 
 from vmem.fit import Fit, FitReport
+from vmem.profiler.tables import Column, print_table
 from vmem.units import format_bytes
 
 
@@ -32,32 +32,29 @@ def render_fit(report: FitReport, console: Console) -> None:
         title = (f"vmem fit {report.profile} · {first.device} · "
                  f"{_capacity(report, first.capacity)} · allocation {report.allocation} · "
                  f"optimizer {report.optimizer}")
-        table = Table(title=title, caption=caption)
-        for column in ("policy", "largest batch", "peak", "step", "samples/s", "slowdown"):
-            table.add_column(column, no_wrap=True, justify="left" if column == "policy"
-                             else "right")
-        for fit in report.fits:
-            table.add_row(fit.policy, *_cells(fit))
-    else:
-        title = (f"vmem fit {report.profile} · batch {report.batch:,} · allocation "
-                 f"{report.allocation} · optimizer {report.optimizer}")
-        table = Table(title=title, caption=caption + "; each row: the fastest policy that fits")
-        for column in ("device", "memory", "policy", "fit", "peak", "step", "samples/s",
-                       "slowdown"):
-            table.add_column(column, no_wrap=True, justify="left" if column in
-                             {"device", "policy"} else "right")
-        devices = dict.fromkeys(fit.device for fit in report.fits)
-        for device in devices:
-            fits = [fit for fit in report.fits if fit.device == device]
-            fitting = [fit for fit in fits if fit.fits]
-            capacity = format_bytes(fits[0].capacity)
-            if not fitting:
-                least = min((f.floor for f in fits if f.floor), default=None)
-                table.add_row(device, capacity, "-", f"0/{len(fits)}",
-                              f"needs {format_bytes(least)}" if least else "-", "-", "-", "-")
-                continue
-            best = min(fitting, key=lambda f: f.step_ms or float("inf"))
-            peak, step, rate, slowdown = _cells(best)[1:]
-            table.add_row(device, capacity, best.policy, f"{len(fitting)}/{len(fits)}", peak,
-                          step, rate, slowdown)
-    console.print(table)
+        columns = [Column(c, "left" if c == "policy" else "right") for c in
+                   ("policy", "largest batch", "peak", "step", "samples/s", "slowdown")]
+        print_table(console, columns, [(fit.policy, *_cells(fit)) for fit in report.fits],
+                    title=title, caption=caption)
+        return
+    title = (f"vmem fit {report.profile} · batch {report.batch:,} · allocation "
+             f"{report.allocation} · optimizer {report.optimizer}")
+    columns = [Column(c, "left" if c in {"device", "policy"} else "right") for c in
+               ("device", "memory", "policy", "fit", "peak", "step", "samples/s", "slowdown")]
+    rows = []
+    devices = dict.fromkeys(fit.device for fit in report.fits)
+    for device in devices:
+        fits = [fit for fit in report.fits if fit.device == device]
+        fitting = [fit for fit in fits if fit.fits]
+        capacity = format_bytes(fits[0].capacity)
+        if not fitting:
+            least = min((f.floor for f in fits if f.floor), default=None)
+            rows.append((device, capacity, "-", f"0/{len(fits)}",
+                         f"needs {format_bytes(least)}" if least else "-", "-", "-", "-"))
+            continue
+        best = min(fitting, key=lambda f: f.step_ms or float("inf"))
+        peak, step, rate, slowdown = _cells(best)[1:]
+        rows.append((device, capacity, best.policy, f"{len(fitting)}/{len(fits)}", peak, step,
+                     rate, slowdown))
+    print_table(console, columns, rows, title=title,
+                caption=caption + "; each row: the fastest policy that fits")

@@ -49,6 +49,8 @@ class TrialResult:
     losses: tuple[float | None, ...] = ()  # None where no loss is computed (sim) or finite
     offloaded_bytes: Bytes | None = None
     prefetched_bytes: Bytes | None = None
+    # feature maps and saved state dropped after the forward pass and computed again
+    recomputed_bytes: Bytes | None = None
     stall_ms: Millis | None = None
     pinned_bytes: Bytes | None = None
     slowdown: Positive | None = None
