@@ -83,7 +83,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     output = _check_output(args.output)
     profile = load_profile(args.profile)
     batch = args.batch or (profile.cpu_batch if device == "cpu" else profile.batch)
-    document = calibrate(profile.network, device, batch, args.steps, threads=args.threads)
+    from vmem.profiler.progress import StepProgress
+
+    # the training steps, then the copies, the device's own copy and the launches
+    with StepProgress(args.steps + len(PROBES), enabled=not args.json,
+                      description="calibrate: training steps") as progress:
+        document = calibrate(profile.network, device, batch, args.steps,
+                             threads=args.threads, progress=progress)
     write_calibration(document, output)
     if args.json:
         print(json.dumps(document))
@@ -126,16 +132,25 @@ def write_calibration(document: dict[str, Any], path: Path) -> None:
 # -- the measurements ---------------------------------------------------------------
 
 
+#: what is measured after the training steps, in order (each a step of a progress bar)
+PROBES = ("pinned copies", "device copy", "kernel launches")
+
+
 def calibrate(network: Network, device: str, batch: int, steps: int, seed: int = 0,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, progress: Any = None) -> dict[str, Any]:
     """Measure `network` at `batch` on `device` (the cpu kernels on `threads` threads,
-    None: the Runtime's default); the calibration as a JSON-ready dict."""
-    return measure(network, device, batch, steps, seed, threads)[0]
+    None: the Runtime's default); the calibration as a JSON-ready dict. `progress`
+    (a vmem.profiler.progress.StepProgress) hears of each step and probe."""
+    return measure(network, device, batch, steps, seed, threads, progress)[0]
 
 
 def measure(network: Network, device: str, batch: int, steps: int, seed: int = 0,
-            threads: int | None = None) -> tuple[dict[str, Any], list[StepRecord]]:
+            threads: int | None = None, progress: Any = None
+            ) -> tuple[dict[str, Any], list[StepRecord]]:
     """The calibration, and the records of the steps it was measured from."""
+    from vmem.profiler.progress import StepProgress
+
+    progress = progress or StepProgress(None, enabled=False)
     from vmem.runtime import Runtime
     from vmem.trial import staged_for_upload, synthetic_data
 
@@ -147,13 +162,20 @@ def measure(network: Network, device: str, batch: int, steps: int, seed: int = 0
             runtime.train_step(x, y)
             assert runtime.last_record is not None
             records.append(runtime.last_record)
+            progress.step()
         kernels = _median_kernels(records[1:])
         executor = runtime.executor(batch)
         backend = runtime.backend
         copy_bytes = COPY_BYTES["cpu" if device == "cpu" else "cuda"]
+        progress.describe(f"calibrate: {PROBES[0]}")
         d2h_gbps, h2d_gbps = measure_copies(backend, runtime.host_pool, copy_bytes)
+        progress.step()
+        progress.describe(f"calibrate: {PROBES[1]}")
         bandwidth_gbps = measure_bandwidth(backend, copy_bytes)
+        progress.step()
+        progress.describe(f"calibrate: {PROBES[2]}")
         launch_us = measure_launch_us(backend)
+        progress.step()
         facts = backend.facts()
         param_bytes = sum(b.nbytes for b in runtime.params.blocks
                           if b.kind == MemoryKind.WEIGHTS)

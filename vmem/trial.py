@@ -22,7 +22,7 @@ from vmem.profiler.events import StepRecord
 from vmem.profiler.session import TrialResult
 from vmem.runtime import Runtime
 
-__all__ = ["TrialResult", "TrialSpec", "failed_trial", "run_trial", "staged_for_upload",
+__all__ = ["TrialResult", "TrialRun", "TrialSpec", "failed_trial", "run_trial", "staged_for_upload",
            "synthetic_batch", "synthetic_data", "with_slowdown"]
 
 
@@ -89,36 +89,64 @@ def staged_for_upload(backend: Backend, x: np.ndarray) -> np.ndarray:
     return staged
 
 
-def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
-              ) -> tuple[TrialResult, list[StepRecord]]:
-    """Train `spec.steps` steps; the first is a warm-up left out of the timing.
-    `on_step` is called after each step (a progress bar). A VmemError (the
-    policy does not fit, ...) propagates."""
-    batch = spec.batch or (spec.default_cpu_batch if resolve_device(spec.device) == "cpu"
-                           else spec.default_batch)
-    with Runtime(spec.network, device=spec.device, policy=spec.policy,
-                 memory_limit=spec.memory_limit, host_memory_limit=spec.host_memory_limit,
-                 optimizer=make_optimizer(spec.optimizer, spec.lr), seed=spec.seed,
-                 oracular=spec.oracular, allocation=spec.allocation, batch=batch,
-                 threads=spec.threads) as runtime:
-        x, y = synthetic_data(spec.network, batch, spec.seed, data=runtime.backend.runs_kernels)
-        if runtime.backend.runs_kernels:
-            x = staged_for_upload(runtime.backend, x)
-        losses: list[float | None] = []
-        records: list[StepRecord] = []
-        for _ in range(spec.steps):
-            loss = runtime.train_step(x, y)
-            losses.append(loss if math.isfinite(loss) else None)
-            assert runtime.last_record is not None
-            records.append(runtime.last_record)
-            if on_step is not None:
-                on_step()
+class TrialRun:
+    """One trial opened and stepped a step at a time, so that several trials' steps
+    can take turns (`vmem compare` interleaves them on a measured clock: a shared
+    CPU's slow moments then fall on every policy alike). Opening it builds the
+    runtime and its data; `result()` summarizes the steps taken. A VmemError (the
+    policy does not fit, ...) propagates from opening or from a step."""
+
+    def __init__(self, spec: TrialSpec) -> None:
+        self.spec = spec
+        self.batch = spec.batch or (spec.default_cpu_batch if resolve_device(spec.device)
+                                    == "cpu" else spec.default_batch)
+        self.runtime = Runtime(spec.network, device=spec.device, policy=spec.policy,
+                               memory_limit=spec.memory_limit,
+                               host_memory_limit=spec.host_memory_limit,
+                               optimizer=make_optimizer(spec.optimizer, spec.lr),
+                               seed=spec.seed, oracular=spec.oracular,
+                               allocation=spec.allocation, batch=self.batch,
+                               threads=spec.threads)
+        try:
+            backend = self.runtime.backend
+            x, self._y = synthetic_data(spec.network, self.batch, spec.seed,
+                                        data=backend.runs_kernels)
+            self._x = staged_for_upload(backend, x) if backend.runs_kernels else x
+        except BaseException:
+            self.runtime.close()
+            raise
+        self.losses: list[float | None] = []
+        self.records: list[StepRecord] = []
+
+    def __enter__(self) -> TrialRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    @property
+    def done(self) -> bool:
+        return len(self.records) >= self.spec.steps
+
+    def step(self) -> None:
+        loss = self.runtime.train_step(self._x, self._y)
+        self.losses.append(loss if math.isfinite(loss) else None)
+        assert self.runtime.last_record is not None
+        self.records.append(self.runtime.last_record)
+
+    def result(self) -> TrialResult:
+        """The steps taken so far, summarized (at least one): the first is a warm-up
+        left out of the timing unless it is the only one."""
+        spec, runtime, records = self.spec, self.runtime, self.records
         timed = records[1:] or records
         peak_record = max(records, key=analysis.peak_bytes)
         by_kind = [analysis.average_bytes_by_kind(r) for r in timed]
-        result = TrialResult(
-            profile=spec.network.name, batch=batch, device=runtime.backend.name,
-            policy=spec.policy, memory_limit_bytes=runtime.memory_limit, steps=spec.steps,
+        return TrialResult(
+            profile=spec.network.name, batch=self.batch, device=runtime.backend.name,
+            policy=spec.policy, memory_limit_bytes=runtime.memory_limit, steps=len(records),
             allocation=spec.allocation, optimizer=spec.optimizer,
             peak_bytes=analysis.peak_bytes(peak_record),
             average_bytes=statistics.fmean(analysis.average_bytes(r) for r in timed),
@@ -128,7 +156,7 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
             step_ms=statistics.median(r.duration_ms for r in timed),
             steps_ms=tuple(r.duration_ms for r in records),
             host_ms=_median_or_none([r.host_ms for r in timed]),
-            losses=tuple(losses),
+            losses=tuple(self.losses),
             offloaded_bytes=analysis.copied_bytes(timed[-1], "copy_d2h"),
             prefetched_bytes=analysis.copied_bytes(timed[-1], "copy_h2d"),
             recomputed_bytes=analysis.recomputed_bytes(timed[-1]),
@@ -137,7 +165,19 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
             pool_reserved_bytes=runtime.backend.pool_reserved_bytes(),
             pool_peak_bytes=runtime.backend.pool_peak_bytes(),
             device_facts=runtime.backend.facts())
-    return result, records
+
+
+def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
+              ) -> tuple[TrialResult, list[StepRecord]]:
+    """Train `spec.steps` steps; the first is a warm-up left out of the timing.
+    `on_step` is called after each step (a progress bar). A VmemError (the
+    policy does not fit, ...) propagates."""
+    with TrialRun(spec) as run:
+        while not run.done:
+            run.step()
+            if on_step is not None:
+                on_step()
+        return run.result(), run.records
 
 
 def _median_or_none(values: list[float | None]) -> float | None:

@@ -1,7 +1,8 @@
-"""A progress bar (rich, on stderr) over the training steps of a command. It
-shows only where stderr is a terminal and the command lasts more than a moment
-(it appears after `delay_s`), never with `--json`, and in plain colours where
-NO_COLOR is set."""
+"""A progress bar (rich, on stderr) over the steps of a long command: training
+steps, a calibration's measurements, a planner's dry runs (counted, where their
+number is not known ahead). It shows only where stderr is a terminal and the
+command lasts more than a moment (it appears after `delay_s`), never with
+`--json`, and in plain colours where NO_COLOR is set."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+DELAY_S = 0.5  # a command done sooner shows no bar at all
+
 
 class StepProgress:
-    def __init__(self, total: int, enabled: bool, delay_s: float = 0.5) -> None:
+    def __init__(self, total: int | None, enabled: bool, delay_s: float | None = None,
+                 description: str = "training") -> None:
+        """`total`: the steps to come; None where not known (a count, no bar's end)."""
+        delay_s = DELAY_S if delay_s is None else delay_s
+        self._delay_s = delay_s
         self.enabled = enabled and sys.stderr.isatty()
         self._lock = threading.Lock()
         self._started = False
@@ -26,7 +33,7 @@ class StepProgress:
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                       MofNCompleteColumn(), TimeElapsedColumn(),
                                       console=console, transient=True)
-            self._task = self._progress.add_task("training", total=total)
+            self._task = self._progress.add_task(description, total=total)
             self._timer = threading.Timer(delay_s, self._start)
             self._timer.daemon = True
 
@@ -51,7 +58,10 @@ class StepProgress:
 
     def __enter__(self) -> StepProgress:
         if self._timer is not None:
-            self._timer.start()
+            if self._delay_s <= 0:
+                self._start()
+            else:
+                self._timer.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
