@@ -179,3 +179,25 @@ def test_dash_where_standard_output_makes_no_sense(tmp_path: Path,
     with pytest.raises(UsageError, match="--out: '-'"):
         write_atomic("-", "report", "--out")
     assert os.listdir(tmp_path) == []
+
+
+def test_each_file_written_is_named_below_the_tables(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    """`run` says where it wrote the trace and the session (on standard error with
+    --json, whose standard output is the JSON alone), and names no output sent to
+    standard output."""
+    trace, session = tmp_path / "my trace.json", tmp_path / "s.json"
+    argv = ["run", "digits", "--device", "sim:titan-x", "--steps", "1", "--trace", str(trace),
+            "--save-session", str(session)]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0 and err == ""
+    assert out.splitlines()[-2:] == [
+        f"wrote the trace to {trace}: open it in Perfetto (ui.perfetto.dev) or chrome://tracing",
+        f"wrote the session to {session}: `vmem report {session}` prints these tables again"]
+    code, out, err = run_cli(capsys, *argv, "--json")
+    assert code == 0 and json.loads(out)["policy"] == "none"
+    assert err.splitlines() == [
+        f"wrote the trace to {trace}: open it in Perfetto (ui.perfetto.dev) or chrome://tracing",
+        f"wrote the session to {session}: `vmem report {session}` prints these tables again"]
+    code, out, err = run_cli(capsys, "report", str(session), "--trace", "-")
+    assert code == 0 and "traceEvents" in out and "wrote" not in out + err

@@ -410,6 +410,26 @@ def _emit(session: Any, args: argparse.Namespace) -> None:
         print(json.dumps(finite_json(json_output(session, args.layers)), allow_nan=False))
     else:
         render(session, _console(stderr=_to_stdout(args) is not None), args.layers)
+    _say_written(args)
+
+
+def _say_written(args: argparse.Namespace) -> None:
+    """A line for each file written, below the tables (on standard error where
+    standard output carries JSON or an output); none for an output sent to
+    standard output."""
+    import shlex
+
+    from vmem.profiler.output import STDOUT
+
+    notes = {"--save-session": "the session to {}: `vmem report {}` prints these tables "
+             "again", "--trace": "the trace to {}: open it in Perfetto (ui.perfetto.dev) or "
+             "chrome://tracing", "--plot": "the plot to {}"}
+    lines = [f"wrote {notes[flag].format(path, shlex.quote(path))}"
+             for flag, path in _outputs(args).items() if path != STDOUT]
+    if lines:
+        console = _console(stderr=args.json or _to_stdout(args) is not None)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _trial_spec(args: argparse.Namespace, policy: str) -> Any:
@@ -593,12 +613,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from vmem.policies import check_policy
     from vmem.policies.vdnn import vdnn_configuration
     from vmem.profile import load_profile
+    from vmem.profiler.progress import StepProgress
 
     check_policy(args.policy)
     profile = load_profile(args.profile)
-    report = plan_with_oracle(profile, args.policy, args.device, args.batch,
-                              _size(args.memory_limit, "--memory-limit"),
-                              allocation=args.allocation, optimizer=args.optimizer)
+    # a count of dry runs, not a bar: how many a planner makes is not known ahead
+    with StepProgress(None, enabled=not args.json,
+                      description=f"plan {args.policy}: dry runs") as progress:
+        report = plan_with_oracle(profile, args.policy, args.device, args.batch,
+                                  _size(args.memory_limit, "--memory-limit"),
+                                  allocation=args.allocation, optimizer=args.optimizer,
+                                  on_dry_run=progress.step)
     planned = report.planned
     plan, peak, capacity, bound = planned.plan, planned.peak, planned.capacity, planned.bound
     configuration = vdnn_configuration(profile.network, plan, report.itemsize)

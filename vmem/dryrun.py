@@ -4,6 +4,7 @@ its time is the one a cost model gives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,12 +49,15 @@ class PeakOracle:
         self.allocation = allocation
         self.costs = costs
         self._runs: dict[Plan, DryRun] = {}
+        self.on_run: Callable[[], None] | None = None  # after each new dry run (progress)
 
     def run(self, plan: Plan) -> DryRun:
         key = Plan("", plan.batch, plan.layers, plan.moves)  # the policy's name does not matter
         if key not in self._runs:
             self._runs[key] = dry_run(self.network, plan, self.dtype, self.optimizer,
                                       self.allocation, self.costs)
+            if self.on_run is not None:
+                self.on_run()
         return self._runs[key]
 
     def __call__(self, plan: Plan) -> int:

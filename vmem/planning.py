@@ -3,6 +3,7 @@ runtime hands its policy."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,11 +155,14 @@ class PlanOnDevice:
 
 def plan_with_oracle(profile: Profile, policy: str, device: str, batch: int | None,
                      limit: int | None, dtype: str = "float32", allocation: str = LIVENESS,
-                     optimizer: str = "sgd") -> PlanOnDevice:
-    """`plan_on_device`, with the oracular step beside it."""
+                     optimizer: str = "sgd", on_dry_run: Callable[[], None] | None = None
+                     ) -> PlanOnDevice:
+    """`plan_on_device`, with the oracular step beside it; `on_dry_run` is called
+    after each dry run the planning makes (a progress bar: `budget` makes hundreds)."""
     itemsize = np.dtype(dtype).itemsize
     target = resolve_target(device, limit, itemsize)
     peak = peak_oracle(profile.network, target, dtype, allocation, optimizer)
+    peak.on_run = on_dry_run
     batch = batch or target.default_batch(profile)
     planned = plan_on_target(profile.network, policy, target, batch, peak)
     return PlanOnDevice(planned, oracle_plan(profile.network, batch, peak), target, itemsize)
