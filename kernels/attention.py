@@ -13,13 +13,18 @@ log-sum-exp (N, heads, T). Its backward pass computes the probabilities again,
 tile by tile, from the saved log-sum-exp, with D = rowsum(dO * O) standing for
 rowsum(dP * P). Every pass is array code over whole tiles (all batches, heads
 and queries of a tile at once), so it runs on the CPU at NumPy speed as well as
-on `xp` = cupy.
+on `xp` = cupy. On CuPy float32 or float16 arrays with heads of up to 128, the flash
+functions run on the CUDA kernels of `vmem.kernels.cuda_attention` when
+`VMEM_CUDA_ATTENTION=1` (off by default until those kernels have run on a GPU; they
+use their own tiles, not `tile`, and give the log-sum-exp in float32).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from vmem.kernels.cuda_module import kernel_module
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 TILE = 128  # keys per tile: the flash algorithm's scores are (N, heads, T, TILE)
@@ -62,6 +67,9 @@ def flash_forward(xp: Any, q: Array, k: Array, v: Array, tile: int = TILE
                   ) -> tuple[Array, Array]:
     """The output and each row's log-sum-exp of scaled scores (N, heads, T),
     walking key tiles: only the queries at or after a tile's first key see it."""
+    kernels = kernel_module(xp, "attention", q, k, v)
+    if kernels is not None:
+        return kernels.flash_forward(*(xp.ascontiguousarray(a) for a in (q, k, v)))
     n, h, t, d = q.shape
     scale = q.dtype.type(_scale(d))
     m = xp.full((n, h, t), -xp.inf, dtype=q.dtype)  # each row's running maximum
@@ -87,6 +95,10 @@ def flash_backward(xp: Any, d_out: Array, q: Array, k: Array, v: Array, out: Arr
     """dQ, dK, dV from the output and log-sum-exp alone: each key tile's
     probabilities computed again as exp(score - lse), and
     rowsum(dP * P) = rowsum(dO * O) (FlashAttention-2)."""
+    kernels = kernel_module(xp, "attention", d_out, q, k, v, out)
+    if kernels is not None:
+        return kernels.flash_backward(*(xp.ascontiguousarray(a) for a in (d_out, q, k, v, out)),
+                                      lse)
     t, d = q.shape[-2], q.shape[-1]
     scale = q.dtype.type(_scale(d))
     delta = (d_out * out).sum(axis=-1)  # (N, heads, T)

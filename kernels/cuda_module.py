@@ -1,7 +1,8 @@
 """One CUDA C source, compiled by NVRTC through CuPy's RawModule on first use, and the
 launcher its kernels go through.
 
-Kernel modules (`cuda_softmax`, `cuda_im2col`, `cuda_pooling`, `cuda_lrn`) hold a
+Kernel modules (`cuda_softmax`, `cuda_im2col`, `cuda_pooling`, `cuda_lrn`,
+`cuda_attention`) hold a
 `LauncherSlot`: it builds the
 CuPy launcher when a kernel first runs (or says in one line why it cannot), and tests
 swap in a stand-in with the same methods (`launch`, `sm_count`, `pointer`,
@@ -28,15 +29,17 @@ TEMPLATE_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 #: vmem's CUDA kernel families, each with the environment variable that switches it
-#: ("1": on, anything else: off) and its default when unset. Softmax stays off until
-#: its kernels have run on a GPU; the others replace array code known to be slow
-#: ("gemm": the convolution's GEMMs as direct cuBLAS calls, `kernels.gemm`).
+#: ("1": on, anything else: off) and its default when unset. Softmax and attention
+#: (the flash algorithm's kernels) stay off until their kernels have run on a GPU; the
+#: others replace array code known to be slow ("gemm": the convolution's GEMMs as direct
+#: cuBLAS calls, `kernels.gemm`).
 KERNEL_SWITCHES: dict[str, tuple[str, bool]] = {
     "im2col": ("VMEM_CUDA_IM2COL", True),
     "gemm": ("VMEM_CUDA_GEMM", True),
     "pooling": ("VMEM_CUDA_POOLING", True),
     "lrn": ("VMEM_CUDA_LRN", True),
     "softmax": ("VMEM_CUDA_SOFTMAX", False),
+    "attention": ("VMEM_CUDA_ATTENTION", False),
 }
 
 
