@@ -4,9 +4,23 @@ tests/test_budget.py, tests/test_recompute.py) and on a GPU (tests/gpu/test_cuda
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import vmem
 from vmem.plan import Plan, recomputable
+from vmem.profile import parse_profile
+
+PROFILES = Path(vmem.__file__).parent.parent / "profiles"
+
+
+def gpt2_tiny(**attention: object) -> vmem.Network:
+    """gpt2-tiny (T = 32), its attention layers configured as given (algorithm,
+    tile)."""
+    text = (PROFILES / "gpt2-tiny.toml").read_text()
+    line = 'heads = "{heads}"'
+    assert line in text
+    extra = "".join(f"\n{key} = {value!r}".replace("'", '"') for key, value in attention.items())
+    return parse_profile(text.replace(line, line + extra), "gpt2-tiny.toml").network
 
 
 def pointwise_network() -> vmem.Network:

@@ -6,10 +6,10 @@ the cpu's, and the planners choosing flash where materialized does not fit."""
 from __future__ import annotations
 
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
+from networks import gpt2_tiny
 
 import vmem
 from vmem.dryrun import dry_run
@@ -20,11 +20,8 @@ from vmem.optim import SGD
 from vmem.planning import make_budget, peak_oracle, resolve_target
 from vmem.policies import make_plan
 from vmem.policies.vdnn import build_plan, offload_kept_inputs
-from vmem.profile import parse_profile
 from vmem.profiler.analysis import peak_bytes
 from vmem.trial import synthetic_data
-
-PROFILES = Path(vmem.__file__).parent.parent / "profiles"
 
 
 def algorithm(layer: Attention, in_shapes: list[tuple[int, ...]], name: str) -> Algorithm:
@@ -132,15 +129,6 @@ def test_each_pass_allocates_no_more_than_the_layer_declares(name: str) -> None:
 
 
 # ---------------------------------------------------------------- in a network
-
-
-def gpt2_tiny(**attention: object) -> vmem.Network:
-    """gpt2-tiny (T = 32), its attention layers configured as given."""
-    text = (PROFILES / "gpt2-tiny.toml").read_text()
-    line = 'heads = "{heads}"'
-    assert line in text
-    extra = "".join(f"\n{key} = {value!r}".replace("'", '"') for key, value in attention.items())
-    return parse_profile(text.replace(line, line + extra), "gpt2-tiny.toml").network
 
 
 def train(network: vmem.Network, policy: str, device: str = "cpu", steps: int = 2,

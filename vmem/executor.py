@@ -90,6 +90,7 @@ class Executor:
         self._held: list[Block] = []  # maps kept to the step's end (network-wide)
         self.batch = plan.batch
         self.shapes = network.shapes(self.batch)
+        self._bytes_of: dict[str, int] = {}  # a tensor's bytes, by name
         self.lives = network.lives
         self._in = {node.name: network.in_shapes(node, self.shapes) for node in network.nodes}
         options = network.algorithms(self.batch, self.dtype.itemsize)
@@ -109,6 +110,10 @@ class Executor:
         for name, after in schedule.freed_after.items():
             self._frees_after.setdefault(after, []).append(name)
         self.release_at, self.prefetch_at = move_schedule(network, plan, self.offloaded)
+        self._prefetched_at: dict[int, list[str]] = {}  # prefetch_at by layer, in its order
+        for name, at in self.prefetch_at.items():
+            self._prefetched_at.setdefault(at, []).append(name)
+        self._reads: dict[str, tuple[str, ...]] = {}  # _backward_reads by layer
         self.grad_adds = _gradient_adds(network, params)
         # The offloaded maps' host buffers are views into one pinned buffer, taken
         # from the pool for a training step and given back after it: steps of any
@@ -117,10 +122,11 @@ class Executor:
         # here, before the first step.
         self.host_pool = host_pool
         self._host_offsets: dict[str, int] = {}
+        offset = 0  # each map's offset: the aligned sizes of the maps before it
         for name in self.offloaded:
-            self._host_offsets[name] = sum(_aligned(self._tensor_bytes(n))
-                                           for n in self._host_offsets)
-        self.host_bytes = sum(_aligned(self._tensor_bytes(n)) for n in self.offloaded)
+            self._host_offsets[name] = offset
+            offset += _aligned(self._tensor_bytes(name))
+        self.host_bytes = offset
         self._host_what = f"offloading {len(self.offloaded)} feature map(s)"
         host_pool.check_room(self.host_bytes, self._host_what)
         self._host_buffer: HostBuffer | None = None
@@ -310,7 +316,11 @@ class Executor:
             self.backend.arena.free(self._held.pop())
 
     def _tensor_bytes(self, name: str) -> int:
-        return numel(self.shapes[name]) * self._dtype_of(name).itemsize
+        known = self._bytes_of.get(name)
+        if known is None:  # asked for again and again in a step: shapes are fixed
+            known = self._bytes_of[name] = numel(self.shapes[name]) * self._dtype_of(
+                name).itemsize
+        return known
 
     def _dtype_of(self, name: str) -> np.dtype:
         return self.network.dtype_of(name, self.dtype)
@@ -459,11 +469,14 @@ class Executor:
 
     def _backward_reads(self, node: Node) -> tuple[str, ...]:
         """Feature maps a node's backward pass reads."""
-        keeps = type(node.layer).KEEPS
-        reads = list(node.inputs) if Keeps.INPUT in keeps else []
-        if Keeps.OUTPUT in keeps:
-            reads.append(node.name)
-        return tuple(dict.fromkeys(reads))
+        known = self._reads.get(node.name)
+        if known is None:
+            keeps = type(node.layer).KEEPS
+            reads = list(node.inputs) if Keeps.INPUT in keeps else []
+            if Keeps.OUTPUT in keeps:
+                reads.append(node.name)
+            known = self._reads[node.name] = tuple(dict.fromkeys(reads))
+        return known
 
     def _prefetch_for(self, recorder: StepRecorder, i: int) -> None:
         """What layer i reads and is still on the host comes back now, and so do
@@ -475,7 +488,7 @@ class Executor:
         for name in self._backward_reads(nodes[i]):
             if name in self._on_host:
                 self._prefetch(recorder, name)
-        for name in [n for n, at in self.prefetch_at.items() if at == i and n in self._on_host]:
+        for name in [n for n in self._prefetched_at.get(i, ()) if n in self._on_host]:
             self._prefetch(recorder, name)
         for j in range(i - 1, -1, -1):
             pending = [n for n in self._backward_reads(nodes[j])

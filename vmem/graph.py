@@ -223,8 +223,15 @@ class Network:
         return tuple(shapes[s] for s in node.inputs)
 
     def param_shapes(self) -> dict[str, dict[str, Shape]]:
+        return {name: dict(params) for name, (params, _) in self.layer_shapes.items()}
+
+    @cached_property
+    def layer_shapes(self) -> dict[str, tuple[dict[str, Shape], dict[str, Shape]]]:
+        """Each layer's parameter shapes and state shapes (at batch 1: neither
+        depends on the batch), by layer name; asked for by every dry run."""
         shapes = self.shapes(1)
-        return {n.name: n.layer.param_shapes(self.in_shapes(n, shapes)) for n in self.nodes}
+        return {n.name: (n.layer.param_shapes(self.in_shapes(n, shapes)),
+                         n.layer.state_shapes(self.in_shapes(n, shapes))) for n in self.nodes}
 
     def num_params(self) -> int:
         """Parameters, each counted once: a shared one (a tied weight) by its owner."""

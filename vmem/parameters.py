@@ -63,10 +63,11 @@ class ParameterStore:
                     initial = node.layer.init_params(in_shapes, rng)
                     states = node.layer.init_state(in_shapes)
                 else:  # no data: shapes are all a data-less backend needs
+                    param_shapes, state_shapes = network.layer_shapes[node.name]
                     initial = {p: _Shaped(shape, np.dtype(dtype)) for p, shape in
-                               node.layer.param_shapes(in_shapes).items()}
+                               param_shapes.items()}
                     states = {s: _Shaped(shape, np.dtype(dtype)) for s, shape in
-                              node.layer.state_shapes(in_shapes).items()}
+                              state_shapes.items()}
                 entry = self.layers[node.name] = LayerParameters()
                 for sname, host in states.items():
                     entry.buffers[sname] = self._place(host.astype(dtype, copy=False),

@@ -51,7 +51,9 @@ class SimBackend(Backend):
         self.xp = None
         self.arena = DeviceArena(bound_capacity(capacity, self.device_memory_bytes(), self.name))
         self.costs = costs if costs is not None else (CostModel(gpu) if gpu else None)
-        self._clock = {self.compute: 0.0, self.memory: 0.0}
+        # each stream's clock, by the stream's name (a string hashes far faster than
+        # the frozen dataclass, and a planner's dry runs ask millions of times)
+        self._clock = {self.compute.name: 0.0, self.memory.name: 0.0}
         self._host = 0.0
 
     def device_memory_bytes(self) -> int | None:
@@ -62,17 +64,17 @@ class SimBackend(Backend):
         self.arena.capacity = bound_capacity(capacity, self.device_memory_bytes(), self.name)
 
     def _start(self, stream: Stream) -> float:
-        return max(self._clock[stream], self._host)
+        return max(self._clock[stream.name], self._host)
 
     def launch(self, stream: Stream, op: Callable[[], Any], cost_ms: float = 0.0) -> None:
-        self._clock[stream] = self._start(stream) + cost_ms
+        self._clock[stream.name] = self._start(stream) + cost_ms
 
     def record(self, stream: Stream) -> Event:
         return SimEvent(self._start(stream))
 
     def wait(self, stream: Stream, event: Event) -> None:
         assert isinstance(event, SimEvent)
-        self._clock[stream] = max(self._start(stream), event.t_ms)
+        self._clock[stream.name] = max(self._start(stream), event.t_ms)
 
     def host_wait(self, event: Event) -> None:
         assert isinstance(event, SimEvent)

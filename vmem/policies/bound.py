@@ -14,12 +14,19 @@ without running it.
 A recomputation's workspace is the one thing the dry run held that a plan
 not recomputing that map does not: it is taken off where it was held.
 
+A layer the smaller plan runs on another algorithm that keeps more for its
+backward pass, and holds at least as much workspace (attention materialized
+where the dry run's was flash), holds the difference from the end of its
+forward pass to its backward pass, and is counted so.
+
 The bound holds only where the smaller plan moves a subset of the maps (the
 same map never offloaded instead of recomputed), no map it stops recomputing
 was brought back for that recomputation (the map's input then comes back
-later than before), and each map it stops recomputing was recomputed alone
+later than before), each map it stops recomputing was recomputed alone
 (no chain: its inputs and consumers were not recomputed too) and is read by a
-backward pass (a chain's inner maps are not); elsewhere there is none.
+backward pass (a chain's inner maps are not), and every algorithm it changes,
+of a layer neither plan computes again, keeps and holds no less; elsewhere
+there is none.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class PeakBound:
         assert not plan.moves, "bounds are taken from plans on vDNN's schedule"
         self.network, self.itemsize = network, itemsize
         self.shapes = network.shapes(plan.batch)
+        self.options = network.algorithms(plan.batch, itemsize)
+        self.algorithms = {e.layer: e.algorithm for e in plan.layers}
         self.offloaded = offloaded_tensors(network, plan)
         schedule = recompute_schedule(network, plan, itemsize)
         self.recomputed = schedule.tensors
@@ -110,6 +119,19 @@ class PeakBound:
                 start, end, nbytes = self.workspace[name]
                 added[start] -= nbytes
                 added[end] += nbytes
+        for entry in plan.layers:
+            if entry.algorithm == self.algorithms[entry.layer]:
+                continue
+            more = self._holds_more(entry.layer, entry.algorithm)
+            if more is None or entry.layer in self.recomputed:
+                return None
+            # held from after its forward pass to before its backward pass
+            k = index[entry.layer]
+            lo = bisect_left(self.positions, k + 1)
+            hi = bisect_left(self.positions, 2 * self._n - 1 - k)
+            if lo < hi:
+                added[lo] += more
+                added[hi] -= more
         for name in kept:
             if name not in self.back_at:  # never came back (a guard: every map does)
                 return None
@@ -122,3 +144,18 @@ class PeakBound:
                 added[lo] += nbytes
                 added[hi] -= nbytes
         return int((self.in_use + np.cumsum(added[:-1])).max(initial=0))
+
+    def _saved_and_workspace(self, layer: str, name: str) -> tuple[int, int]:
+        node = self.network.nodes[self.network.index[layer]]
+        algo = next(a for a in self.options[layer] if a.name == name)
+        in_shapes = self.network.in_shapes(node, self.shapes)
+        return node.layer.saved_bytes(in_shapes, self.itemsize, algo), algo.workspace_bytes
+
+    def _holds_more(self, layer: str, name: str) -> int | None:
+        """How many more bytes `layer` saves for its backward pass on algorithm `name`
+        than on the dry run's; None unless it saves and holds as workspace no less."""
+        saved, workspace = self._saved_and_workspace(layer, name)
+        then_saved, then_workspace = self._saved_and_workspace(layer, self.algorithms[layer])
+        if saved < then_saved or workspace < then_workspace:
+            return None
+        return saved - then_saved

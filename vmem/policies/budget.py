@@ -75,10 +75,13 @@ from vmem.profiler.events import Span
 NAME = "budget"
 SCHEDULE_TRIES = 32  # steps back towards vDNN's schedule before giving the schedule up
 REFINE_TRIES = 24  # copies back started earlier, one at a time
+PRUNE_TRIES = 16  # dry runs that find an action needed before the rest are kept unasked
 WAIT_MS = 1e-3  # a wait shorter than a microsecond is no wait
 BOUNDS_KEPT = 3  # bounds tried before a dry run: the latest plans found to fit, the tightest
-OFFLOAD, RECOMPUTE = "offload", "recompute"
-#: What the planner may do to a layer: offload its inputs, or compute its output again.
+OFFLOAD, RECOMPUTE, LIGHTER = "offload", "recompute", "lighter"
+#: What the planner may do to a layer: offload its inputs, compute its output again, or
+#: run it on its algorithm that keeps the least (attention's flash, whose log-sum-exp
+#: stands for the probabilities the quicker materialized algorithm keeps).
 Action = tuple[str, str]
 
 
@@ -104,17 +107,41 @@ def _quickest(network: Network, batch: int, itemsize: int, limits: Budget) -> di
             for node in network.nodes if len(options[node.name]) > 1}
 
 
+def lighter_algorithms(network: Network, batch: int, itemsize: int,
+                       quickest: dict[str, int]) -> dict[str, int]:
+    """The layers whose last algorithm (the least memory) keeps less for the
+    backward pass than their quickest, and holds less in all, by that algorithm's
+    index: what a LIGHTER action switches them to. Convolutions' algorithms
+    differ in workspace alone, held only while they run: vdnn-dyn's step-down, a
+    candidate here, weighs those."""
+    options, shapes = network.algorithms(batch, itemsize), network.shapes(batch)
+    lighter = {}
+    for node in network.nodes:
+        algos = options[node.name]
+        fast, light = algos[quickest.get(node.name, 0)], algos[-1]
+        in_shapes = network.in_shapes(node, shapes)
+        light_saved = node.layer.saved_bytes(in_shapes, itemsize, light)
+        fast_saved = node.layer.saved_bytes(in_shapes, itemsize, fast)
+        if (light_saved < fast_saved
+                and light_saved + light.workspace_bytes < fast_saved + fast.workspace_bytes):
+            lighter[node.name] = len(algos) - 1
+    return lighter
+
+
 def _search(network: Network, batch: int, itemsize: int, limits: Budget, fastest: Plan,
             quickest: dict[str, int]) -> Plan:
     """Steps 1 to 5 within one limit, where `fastest` does not fit, each layer on
-    its `quickest` algorithm."""
+    its `quickest` algorithm but where a LIGHTER action moves it."""
     run = _dry_run(limits)
     candidates = [_relabel(vdnn_dyn(network, batch, itemsize, limits))]
-    everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs, quickest)
+    lighter = lighter_algorithms(network, batch, itemsize, quickest)
+    everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs,
+                            quickest | lighter)
     if limits.fits(everything):
         timeline = Timeline.of(network, run(fastest), run(everything))
         for recompute in (False, True):
-            ranking = _ranking(network, batch, itemsize, timeline, recompute)
+            ranking = _ranking(network, batch, itemsize, timeline, recompute,
+                               quickest, lighter, limits)
             candidates[:0] = _ranked(network, batch, itemsize, timeline, ranking, limits,
                                      quickest)
     fitting = [plan for plan in candidates if limits.fits(plan)]
@@ -138,8 +165,13 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
     schedule and scheduled; the shortest prefix whose whole schedule fits.
     Nothing where the whole ranking does not fit."""
 
+    made: dict[tuple[Action, ...], Plan] = {}  # plain plans by their actions
+
     def plain(actions: Iterable[Action]) -> Plan:
-        return _plan(network, batch, itemsize, actions, quickest)
+        key = tuple(actions)
+        if key not in made:
+            made[key] = _plan(network, batch, itemsize, key, quickest)
+        return made[key]
 
     def scheduled(actions: Iterable[Action]) -> Plan:
         return _scheduled(network, plain(actions), timeline)
@@ -153,11 +185,14 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
         return any((least := bound.at_least(plan)) is not None and least > capacity
                    for bound in bounds[-BOUNDS_KEPT:])
 
+    needed = [0]  # dry runs that found a plain plan not to fit
+
     def fits_plain(actions: list[Action]) -> bool:
         if ruled_out(actions):
             return False
         plan = plain(actions)
         if not limits.fits(plan):
+            needed[0] += 1
             return False
         bounds.append(PeakBound(network, plan, _dry_run(limits)(plan), itemsize))
         return True
@@ -168,7 +203,8 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
     if not fits_plain(ranking):
         return []
     prefix = _shortest_prefix(ranking, fits_plain, _first_not_ruled_out(ranking, ruled_out))
-    fewest = _pruned(prefix, fits_plain)
+    needed[0] = 0
+    fewest = _pruned(prefix, fits_plain, lambda: needed[0] >= PRUNE_TRIES)
     # the whole ranking too: it fits every limit the search runs within, and the
     # fewest actions are not always the fastest (copies a schedule cannot hide)
     plans = [_fitted(network, plain(fewest), scheduled(fewest), limits, itemsize),
@@ -184,28 +220,32 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
 def _plan(network: Network, batch: int, itemsize: int, actions: Iterable[Action],
           choice: dict[str, int] | None = None) -> Plan:
     """Offloading the inputs of the layers the actions name and computing again
-    the outputs they name, the fastest algorithms, vDNN's schedule. An output is
+    the outputs they name, the algorithms of `choice` but where a LIGHTER action
+    names the layer (its last), vDNN's schedule. An output is
     not computed again from, nor into, another that is: of two such actions, the
     earlier in `actions` is taken."""
-    offloads, recomputed = set(), set()
+    offloads, recomputed, choice = set(), set(), dict(choice or {})
     for kind, layer in actions:
         if kind == OFFLOAD:
             offloads.add(layer)
+        elif kind == LIGHTER:
+            choice[layer] = len(network.algorithms(batch, itemsize)[layer]) - 1
         elif not _chained(network, layer, recomputed):
             recomputed.add(layer)
     plan = build_plan(NAME, network, batch, itemsize, lambda node: node.name in offloads,
                       choice)
     if not recomputed:
         return plan
-    return replace(plan, layers=tuple(replace(entry, recompute_output=entry.layer in recomputed)
+    return replace(plan, layers=tuple(replace(entry, recompute_output=True)
+                                      if entry.layer in recomputed else entry
                                       for entry in plan.layers))
 
 
 def _chained(network: Network, layer: str, recomputed: set[str]) -> bool:
     """Whether `layer`'s output is computed from, or into, one in `recomputed`."""
-    nodes, index = network.nodes, network.index
-    return (any(source in recomputed for source in nodes[index[layer]].inputs)
-            or any(layer in nodes[index[other]].inputs for other in recomputed))
+    nodes = network.nodes
+    return (any(source in recomputed for source in nodes[network.index[layer]].inputs)
+            or any(nodes[k].name in recomputed for k in network.lives[layer].consumers))
 
 
 @dataclass(frozen=True)
@@ -275,13 +315,33 @@ class Timeline:
 
 
 def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
-             recompute: bool = False) -> list[Action]:
+             recompute: bool = False, quickest: dict[str, int] | None = None,
+             lighter: dict[str, int] | None = None, limits: Budget | None = None
+             ) -> list[Action]:
     """Layers whose inputs may be offloaded, by the bytes each frees per modeled
     millisecond it adds to the step on its own under vDNN's schedule; with
     `recompute`, beside them the layers whose output may be computed again, by
-    the bytes it frees per modeled millisecond of the layer's forward pass."""
+    the bytes it frees per modeled millisecond of the layer's forward pass; and
+    the layers `lighter` names, by the bytes their lighter algorithm frees (what
+    it saves and its workspace less the quickest's) per modeled millisecond it
+    adds to the layer's passes."""
     shapes = network.shapes(batch)
     merit: dict[Action, float] = {}
+    options = network.algorithms(batch, itemsize)
+    for node in network.nodes:
+        if node.name not in (lighter or {}):
+            continue
+        assert limits is not None and lighter is not None
+        fast = options[node.name][(quickest or {}).get(node.name, 0)]
+        light = options[node.name][lighter[node.name]]
+        in_shapes = network.in_shapes(node, shapes)
+        freed = (node.layer.saved_bytes(in_shapes, itemsize, fast) + fast.workspace_bytes
+                 - node.layer.saved_bytes(in_shapes, itemsize, light) - light.workspace_bytes)
+        added = 0.0
+        if limits.layer_ms is not None:
+            added = max(limits.layer_ms(node, light, batch) - limits.layer_ms(node, fast, batch),
+                        0.0)
+        merit[(LIGHTER, node.name)] = freed / (added + 0.01)
     for i, node in enumerate(network.nodes):
         action = (OFFLOAD, node.name)
         moved = offloadable_inputs(network, node.name) if offload_kept_inputs(node) else ()
@@ -330,13 +390,27 @@ def _first_not_ruled_out(ranking: list[Action], ruled_out: Callable[[list[Action
     return most
 
 
-def _pruned(chosen: list[Action], fits: Callable[[list[Action]], bool]) -> list[Action]:
-    """`chosen` less each action it fits without, the last taken first."""
-    for action in reversed(chosen):
-        rest = [other for other in chosen if other != action]
+def _pruned(chosen: list[Action], fits: Callable[[list[Action]], bool],
+            done: Callable[[], bool] = lambda: False) -> list[Action]:
+    """`chosen` less each action it fits without, the last taken first, until
+    `done` says the search has spent enough (the actions not yet tried stay: the
+    plan still fits). Where fewer actions hold more memory, dropping a run of
+    actions that fits without all of them gives what dropping them one by one
+    gives, so runs are tried, doubling after each that fits and halving after
+    each that does not: a long run of actions not needed costs a few dry runs,
+    not one each."""
+    kept = list(chosen)  # decided to stay, or not yet tried: the prefix before `end`
+    end, run = len(kept), 1
+    while end > 0 and not done():
+        run = min(run, end)
+        rest = kept[:end - run] + kept[end:]
         if fits(rest):
-            chosen = rest
-    return chosen
+            kept, end, run = rest, end - run, run * 2
+        elif run > 1:
+            run //= 2
+        else:
+            end -= 1  # this one stays
+    return kept
 
 
 def _scheduled(network: Network, plain: Plan, timeline: Timeline) -> Plan:
@@ -364,21 +438,26 @@ def _fitted(network: Network, plain: Plan, scheduled: Plan, limits: Budget, item
                                           for m in scheduled.moves if m.tensor in release))
         if limits.fits(plan):
             return plan
-        if not _step_back(network, _dry_run(limits)(plan), sizes, release, prefetch,
-                          recompute_at):
+        assert limits.capacity is not None, "only a capacity makes a plan offload"
+        outcome = _dry_run(limits)(plan)
+        # maps held at the peak, in elements, that stepping back must free
+        excess = -(-(outcome.peak - limits.capacity) // itemsize)
+        if not _step_back(network, outcome, sizes, release, prefetch, recompute_at, excess):
             break
     return plain
 
 
 def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
                release: dict[str, int], prefetch: dict[str, int],
-               recompute_at: dict[str, int]) -> bool:
+               recompute_at: dict[str, int], excess: int = 0) -> bool:
     """One step back towards vDNN's schedule at the peak: of the maps the moves
     hold on the device at the peak's layer, the largest is freed before that
     layer and at least halfway back to its last forward consumer, where vDNN
     frees it (forward), or brought back just after that layer (backward; where
     that is its first backward user, its move is dropped: vDNN's rule brings it
-    back earlier). False where no move holds anything at the peak."""
+    back earlier); where the largest is smaller than the peak's `excess` over
+    the capacity (in elements, as `sizes`), the largest that together reach it.
+    False where no move holds anything at the peak."""
     peak = max(outcome.record.memory, key=lambda event: event.in_use)
     layer, lives = network.index.get(peak.layer, -1), network.lives
     if peak.phase == RECOMPUTE:  # a map computed again, where the backward pass needs it
@@ -389,14 +468,23 @@ def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
         held = [n for n in prefetch if max(lives[n].backward_users) < layer <= prefetch[n]]
     if not held:
         return False
-    name = max(held, key=lambda n: (sizes[n], n))
-    if peak.phase == "forward":
-        first = lives[name].last_forward_use
-        release[name] = min(first + (release[name] - first) // 2, layer - 1)
-    elif layer - 1 > max(lives[name].backward_users):
-        prefetch[name] = layer - 1
-    else:
-        del release[name], prefetch[name]
+    # the largest first, as many as the excess needs: a deep network's schedule
+    # may hold a hundred small maps at its peak, which one at a time would take as
+    # many tries
+    chosen, covered = [], 0
+    for name in sorted(held, key=lambda n: (sizes[n], n), reverse=True):
+        chosen.append(name)
+        covered += sizes[name]
+        if covered >= excess:
+            break
+    for name in chosen:
+        if peak.phase == "forward":
+            first = lives[name].last_forward_use
+            release[name] = min(first + (release[name] - first) // 2, layer - 1)
+        elif layer - 1 > max(lives[name].backward_users):
+            prefetch[name] = layer - 1
+        else:
+            del release[name], prefetch[name]
     return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -141,7 +142,7 @@ def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: 
     (a convolution's im2col chunks, attention's materialized and flash) to its next
     one down the list, choosing the step that frees the most memory (workspace and
     the state the layer saves for its backward pass) per millisecond it adds (by
-    memory alone where no cost is known)."""
+    memory alone where no cost is known). None where every step taken does not fit."""
     every = network.algorithms(batch, itemsize)
     options = {node.name: every[node.name] for node in network.nodes
                if len(every[node.name]) > 1}
@@ -153,26 +154,70 @@ def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: 
         saved = node.layer.saved_bytes(network.in_shapes(node, shapes), itemsize, algorithm)
         return algorithm.workspace_bytes + saved
 
-    choice = dict.fromkeys(options, 0)
-    while True:
-        plan = build_plan("vdnn-dyn", network, batch, itemsize, offload, choice)
-        if budget.fits(plan):
-            return plan
-        steps = [name for name in options if choice[name] + 1 < len(options[name])]
-        if not steps:
+    def merit(name: str, k: int) -> float | None:
+        """What moving `name` from its algorithm k to k + 1 frees per ms it adds;
+        None where it frees nothing (flash attention's tiles at a T shorter than a
+        tile hold more than the probabilities): no such step is taken."""
+        now, nxt = options[name][k], options[name][k + 1]
+        freed = held(name, now) - held(name, nxt)
+        if freed <= 0:
             return None
+        if budget.layer_ms is None:
+            return float(freed)
+        added = (budget.layer_ms(by_name[name], nxt, batch)
+                 - budget.layer_ms(by_name[name], now, batch))
+        return freed / max(added, 1e-6)
 
-        def merit(name: str) -> float:
-            now, nxt = options[name][choice[name]], options[name][choice[name] + 1]
-            freed = held(name, now) - held(name, nxt)
-            if budget.layer_ms is None:
-                return float(freed)
-            added = (budget.layer_ms(by_name[name], nxt, batch)
-                     - budget.layer_ms(by_name[name], now, batch))
-            return freed / max(added, 1e-6)
+    # A step's merit depends on its layer's algorithm alone, so the greedy order of
+    # every step is known before any dry run: the best next step of any layer first
+    # (the earlier layer of equals).
+    order = {name: i for i, name in enumerate(options)}
+    heap: list[tuple[float, int, str]] = []
+    taken = dict.fromkeys(options, 0)
 
-        best = max(steps, key=merit)
-        choice[best] += 1
+    def offer(name: str) -> None:
+        if taken[name] + 1 < len(options[name]):
+            value = merit(name, taken[name])
+            if value is not None:
+                heapq.heappush(heap, (-value, order[name], name))
+
+    for name in options:
+        offer(name)
+    steps: list[str] = []
+    while heap:
+        _, _, name = heapq.heappop(heap)
+        steps.append(name)
+        taken[name] += 1
+        offer(name)
+
+    plans: dict[int, Plan] = {}
+
+    def plan_after(count: int) -> Plan:
+        if count not in plans:
+            choice = dict.fromkeys(options, 0)
+            for name in steps[:count]:
+                choice[name] += 1
+            plans[count] = build_plan("vdnn-dyn", network, batch, itemsize, offload, choice)
+        return plans[count]
+
+    # Each step frees memory, so fewer steps fit only where more do: the fewest that
+    # fit, found upwards in doubling steps, then by bisection.
+    if not budget.fits(plan_after(len(steps))):
+        return None
+    fewest, most, step = 0, len(steps), 1
+    while fewest + step - 1 < most:
+        probe = fewest + step - 1
+        if budget.fits(plan_after(probe)):
+            most = probe
+            break
+        fewest, step = probe + 1, step * 2
+    while fewest < most:
+        middle = (fewest + most) // 2
+        if budget.fits(plan_after(middle)):
+            most = middle
+        else:
+            fewest = middle + 1
+    return plan_after(most)
 
 
 def vdnn_configuration(network: Network, plan: Plan, itemsize: int) -> str | None:
@@ -205,4 +250,3 @@ def vdnn_configuration(network: Network, plan: Plan, itemsize: int) -> str | Non
         return f"{what}, every layer on its least-workspace algorithm (memory-optimal)"
     return (f"{what}, {len(stepped)} layer{'s' if len(stepped) != 1 else ''} stepped down to "
             "a smaller workspace")
-
