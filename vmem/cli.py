@@ -53,8 +53,10 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
                             "feature maps may use (same units)")
         parser.add_argument("--steps", type=positive_int, default=4, help="training steps; "
                             "the first is a warm-up left out of the timing (default: 4)")
-        parser.add_argument("--lr", type=positive_float, default=0.001, help="learning rate "
-                            "(default: 0.001)")
+        parser.add_argument("--lr", type=positive_float, help="learning rate (default: for "
+                            "sgd the profile's, scaled linearly to the batch: its lr for "
+                            "lr_batch samples, see `vmem profiles PROFILE`, 0.01 where it "
+                            "gives none; for adamw 0.001)")
         parser.add_argument("--seed", type=non_negative_int, default=0, help="seed for "
                             "weights and data, an integer >= 0 (default: 0)")
         add_threads_option(parser)
@@ -253,7 +255,8 @@ def _profile_row(name: str, profile: Any) -> dict[str, Any]:
             "gflops_per_token": (per_sample / network.input_shape[0]
                                  if network.takes_tokens else None),
             "layers": len(network.nodes), "batch": profile.batch,
-            "cpu_batch": profile.cpu_batch, "description": network.description}
+            "cpu_batch": profile.cpu_batch, "lr": profile.learning_rate.lr,
+            "lr_batch": profile.learning_rate.batch, "description": network.description}
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -330,6 +333,11 @@ def _profile_summary(args: argparse.Namespace) -> int:
             f"; fits the device's {format_bytes(capacity)}" if row["fits"] else
             f"; more than the device's {format_bytes(capacity)}: `vmem fit` finds the batch "
             "each policy trains there")
+    rate = profile.learning_rate
+    lines.append(f"SGD learning rate {rate.words()}: {rate.at(profile.batch):.3g} at batch "
+                 f"{profile.batch}, {rate.at(profile.cpu_batch):.3g} at cpu batch "
+                 f"{profile.cpu_batch}" if rate.batch is not None else
+                 f"SGD learning rate {rate.words()}")
     lines.append(f"peak device memory of a training step under policy none at batch {batch} "
                  f"on {target.name} ({args.optimizer}): {format_bytes(peak)} ({peak:,} "
                  f"bytes){room}")
@@ -441,7 +449,8 @@ def _trial_spec(args: argparse.Namespace, policy: str) -> Any:
                      _size(args.memory_limit, "--memory-limit"),
                      _size(args.host_memory_limit, "--host-memory-limit"), args.seed, args.lr,
                      profile.batch, profile.cpu_batch, allocation=args.allocation,
-                     optimizer=args.optimizer, threads=args.threads)
+                     optimizer=args.optimizer, threads=args.threads,
+                     learning_rate=profile.learning_rate)
 
 
 def _progress(args: argparse.Namespace, total: int) -> Any:

@@ -1,7 +1,8 @@
 """TOML profile <-> `Network`, with errors that name the file, the line and the layer.
 
 A profile is a TOML file: top-level keys `input` and optional `name` (the file's
-stem), `description`, `batch` (32), `cpu_batch` (min(batch, 8)) and `vocab` (the
+stem), `description`, `batch` (32), `cpu_batch` (min(batch, 8)), `lr` and `lr_batch`
+(SGD's default learning rate and the batch it is for), and `vocab` (the
 input is then token ids in [0, vocab), `input = [T]`), then one
 `[[layer]]` table per layer (`name`, `type`, optional `inputs`, and the layer
 type's own fields). `profiles/README.md` documents it.
@@ -34,11 +35,12 @@ from vmem.errors import NetworkError, ProfileError, ShapeError, UsageError, Vmem
 from vmem.files import parse_toml, read_text
 from vmem.graph import DATA, Network, Node
 from vmem.layers import LAYER_TYPES, Layer
+from vmem.optim import LearningRate
 from vmem.toml_text import describe, format_value, tables, top_key_line
 
 PROFILE_SUFFIX = ".toml"
-TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "vocab", "block",
-                  "layer")
+TOP_LEVEL_KEYS = ("name", "description", "input", "batch", "cpu_batch", "lr", "lr_batch",
+                  "vocab", "block", "layer")
 REQUIRED_TOP_LEVEL = ("input", "layer")
 DEFAULT_BATCH = 32  # where a profile gives no batch
 DEFAULT_CPU_BATCH_CAP = 8  # where it gives no cpu_batch: min(batch, 8) keeps a cpu step short
@@ -59,6 +61,8 @@ class Profile:
     batch: int  # the batch the vDNN paper used: the CLI's default on a GPU
     cpu_batch: int  # the CLI's default on the cpu backend
     path: Path
+    # SGD's default learning rate, scaled to the batch trained (`lr`, `lr_batch`)
+    learning_rate: LearningRate = LearningRate()
 
 
 # ---------------------------------------------------------------- finding profiles
@@ -183,14 +187,15 @@ def parse_profile(text: str, path: str) -> Profile:
         raise top_error(f"missing top-level key '{missing[0]}' (required: "
                         f"{', '.join(REQUIRED_TOP_LEVEL)})")
     for key, hint in (("name", str), ("description", str), ("input", list[int]),
-                      ("batch", int), ("cpu_batch", int), ("vocab", int)):
+                      ("batch", int), ("cpu_batch", int), ("lr", float), ("lr_batch", int),
+                      ("vocab", int)):
         if key in doc and _coerce(doc[key], hint) is _NO_MATCH:
             raise top_error(f"'{key}' must be {_expected(hint)}, got {describe(doc[key])}", key)
     for key in ("name", "description"):
         if key in doc and not doc[key].isprintable():
             raise top_error(f"'{key}' must be printable characters on one line, got "
                             f"{format_value(doc[key])}", key)
-    for key in ("input", "batch", "cpu_batch", "vocab"):
+    for key in ("input", "batch", "cpu_batch", "lr_batch", "vocab"):
         if key in doc and _too_large(doc[key]):
             raise top_error(f"'{key}' must hold integers up to {MAX_INT}, got "
                             f"{format_value(doc[key])}", key)
@@ -201,9 +206,10 @@ def parse_profile(text: str, path: str) -> Profile:
         raise top_error(f"'input' must be a non-empty list of positive integers (one sample, "
                         f"e.g. [3, 224, 224]), got {format_value(input_shape)}", "input")
     for key, value in (("batch", batch), ("cpu_batch", cpu_batch),
-                       ("vocab", doc.get("vocab", 1))):
+                       ("lr_batch", doc.get("lr_batch", 1)), ("vocab", doc.get("vocab", 1))):
         if value < 1:
             raise top_error(f"'{key}' must be a positive integer, got {value}", key)
+    learning_rate = _learning_rate(doc, top_error)
     layers = doc["layer"]
     if not isinstance(layers, list) or not layers or not all(isinstance(t, dict) for t in layers):
         raise top_error("'layer' must be one or more [[layer]] tables", "layer")
@@ -244,7 +250,22 @@ def parse_profile(text: str, path: str) -> Profile:
         raise ProfileError(message, path=path, line=origin.line(), layer=exc.layer,
                            within=origin.within) from None
     _check_sizes(network, nodes, origins, path, top_key_line(text, "input"))
-    return Profile(network, batch, cpu_batch, Path(path))
+    return Profile(network, batch, cpu_batch, Path(path), learning_rate)
+
+
+def _learning_rate(doc: dict[str, Any], top_error: Any) -> LearningRate:
+    """The profile's `lr` (a positive finite number) and `lr_batch` (the batch it is
+    for, which needs an `lr`), checked; SGD's default where neither is given."""
+    if "lr" not in doc:
+        if "lr_batch" in doc:
+            raise top_error("'lr_batch' is the batch an 'lr' is for: give 'lr' too",
+                            "lr_batch")
+        return LearningRate()
+    lr = float(doc["lr"])
+    if not (math.isfinite(lr) and lr > 0):
+        raise top_error(f"'lr' must be a positive finite number (SGD's learning rate), "
+                        f"got {format_value(doc['lr'])}", "lr")
+    return LearningRate(lr, doc.get("lr_batch"))
 
 
 def _check_sizes(network: Network, nodes: list[Node], origins: list[Origin], path: str,
@@ -394,6 +415,10 @@ def dump_profile(profile: Profile) -> str:
         out.append(f"description = {format_value(network.description)}")
     out += [f"input = {format_value(list(network.input_shape))}",
             f"batch = {profile.batch}", f"cpu_batch = {profile.cpu_batch}"]
+    if profile.learning_rate != LearningRate():
+        out.append(f"lr = {format_value(profile.learning_rate.lr)}")
+        if profile.learning_rate.batch is not None:
+            out.append(f"lr_batch = {profile.learning_rate.batch}")
     if network.takes_tokens:
         out.append(f"vocab = {network.vocab}")
     previous = DATA

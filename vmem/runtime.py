@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
 from vmem.kernels.threads import resolve_threads, using_threads
 from vmem.memory import PinnedHostPool
-from vmem.optim import SGD, Optimizer
+from vmem.optim import SGD, LearningRate, Optimizer
 from vmem.parameters import STEPS, ParameterStore
 from vmem.plan import Plan
 from vmem.planning import make_budget, plan_with
@@ -39,20 +40,31 @@ from vmem.policies.vdnn import LIMIT_FLAG, check_trainable
 from vmem.profiler.events import StepRecord
 from vmem.units import format_bytes, parse_size
 
+if TYPE_CHECKING:
+    from vmem.profile import Profile
+
 DTYPES = ("float32", "float64")
 
 
-def resolve_network(network: str | os.PathLike[str] | Network) -> Network:
-    """A Network as given, or loaded from a profile name or a TOML path."""
-    if isinstance(network, Network):
-        return network
-    from vmem.profile import load_profile
+def resolve_network(network: str | os.PathLike[str] | Network | Profile) -> Network:
+    """A Network as given, or a profile's, or loaded from a profile name or a TOML path."""
+    return _resolve(network)[0]
 
-    return load_profile(network).network
+
+def _resolve(network: str | os.PathLike[str] | Network | Profile
+             ) -> tuple[Network, LearningRate]:
+    """The network and its profile's learning rate (SGD's default for a bare Network)."""
+    from vmem.profile import Profile, load_profile
+
+    if isinstance(network, Network):
+        return network, LearningRate()
+    profile = network if isinstance(network, Profile) else load_profile(network)
+    return profile.network, profile.learning_rate
 
 
 class Runtime:
-    def __init__(self, network: str | os.PathLike[str] | Network, *, device: str = "auto",
+    def __init__(self, network: str | os.PathLike[str] | Network | Profile, *,
+                 device: str = "auto",
                  policy: str = "none", memory_limit: int | str | None = None,
                  host_memory_limit: int | str | None = None, optimizer: Optimizer | None = None,
                  seed: int = 0, dtype: str = "float32", oracular: bool = False,
@@ -68,12 +80,14 @@ class Runtime:
         when it dies; "network-wide" keeps every map to the step's end (the vDNN
         paper's baseline). `optimizer`: vmem.SGD (the default, with momentum: one
         state buffer per parameter) or vmem.AdamW (two), on the device beside the
-        weights and counted in every peak. `threads`: how many threads the NumPy
+        weights and counted in every peak; by default SGD at the profile's learning
+        rate for each step's batch (`lr`, scaled linearly from `lr_batch`:
+        profiles/README.md; 0.01 for a bare Network). `threads`: how many threads the NumPy
         kernels of a step split their work over (None: VMEM_THREADS, else the cores
         available); results are the same bits for every count."""
         self._closed = False
         self.threads = resolve_threads(threads)
-        self.network = resolve_network(network)
+        self.network, learning_rate = _resolve(network)
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise UsageError(f"dtype: unknown {dtype!r}; accepted: {', '.join(DTYPES)}")
         self.dtype = np.dtype(dtype)
@@ -93,10 +107,13 @@ class Runtime:
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise UsageError(f"optimizer: expected vmem.SGD or vmem.AdamW, got "
                              f"{type(optimizer).__name__}")
-        self.optimizer = optimizer or SGD()
         if batch is not None:
             _check_batch(batch)
         self._batch_hint = batch or 1  # the batch a memory limit must let train
+        # Where no optimizer is given, each step's SGD learning rate comes from the
+        # profile's rule at that step's batch; an optimizer given is used as it is.
+        self._learning_rate = None if optimizer is not None else learning_rate
+        self.optimizer = optimizer or SGD(lr=learning_rate.at(self._batch_hint))
         self.backend = get_backend(device, self.memory_limit, bounded=not oracular)
         try:
             self._peak = PeakOracle(self.network, self.dtype, self.optimizer, allocation,
@@ -136,6 +153,7 @@ class Runtime:
         batch = x.shape[0]
         labels = self._check_labels(y, batch)
         executor = self.executor(batch)
+        self._scale_learning_rate(batch)
         try:
             with using_threads(self.threads):
                 result = executor.train_step(x, labels, self.steps,
@@ -147,6 +165,16 @@ class Runtime:
             raise
         self.last_record = result.record
         return float(result.loss) if result.loss is not None else float("nan")
+
+    def _scale_learning_rate(self, batch: int) -> None:
+        """The default optimizer at the profile's learning rate for `batch`; its
+        state (the velocity) carries over, as only the rate changes."""
+        if self._learning_rate is None:
+            return
+        lr = self._learning_rate.at(batch)
+        if lr != self.optimizer.lr:
+            self.optimizer = replace(self.optimizer, lr=lr)
+            self.params.optimizer = self.optimizer
 
     def evaluate(self, x: Any) -> np.ndarray:
         """Class probabilities, shape (N, classes), as a NumPy array (for a language

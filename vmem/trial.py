@@ -16,7 +16,7 @@ from vmem.backends.base import Backend
 from vmem.errors import VmemError
 from vmem.executor import LIVENESS
 from vmem.graph import Network
-from vmem.optim import make_optimizer
+from vmem.optim import LearningRate, make_optimizer
 from vmem.profiler import analysis
 from vmem.profiler.events import StepRecord
 from vmem.profiler.session import TrialResult
@@ -36,13 +36,14 @@ class TrialSpec:
     memory_limit: int | None = None
     host_memory_limit: int | None = None
     seed: int = 0
-    lr: float = 0.001
+    lr: float | None = None  # None: for sgd the profile's rule at the batch, else the default
     default_batch: int = 32
     default_cpu_batch: int = 8
     oracular: bool = False  # a device with memory for everything (see Runtime)
     allocation: str = LIVENESS  # or "network-wide", the vDNN paper's baseline
     optimizer: str = "sgd"  # a name in vmem.optim.OPTIMIZERS
     threads: int | None = None  # the NumPy kernels' threads (None: Runtime's default)
+    learning_rate: LearningRate = LearningRate()  # the profile's SGD learning rate
 
 
 def synthetic_batch(input_shape: tuple[int, ...], classes: int, batch: int,
@@ -103,7 +104,8 @@ class TrialRun:
         self.runtime = Runtime(spec.network, device=spec.device, policy=spec.policy,
                                memory_limit=spec.memory_limit,
                                host_memory_limit=spec.host_memory_limit,
-                               optimizer=make_optimizer(spec.optimizer, spec.lr),
+                               optimizer=make_optimizer(spec.optimizer,
+                                                        trial_lr(spec, self.batch)),
                                seed=spec.seed, oracular=spec.oracular,
                                allocation=spec.allocation, batch=self.batch,
                                threads=spec.threads)
@@ -147,7 +149,7 @@ class TrialRun:
         return TrialResult(
             profile=spec.network.name, batch=self.batch, device=runtime.backend.name,
             policy=spec.policy, memory_limit_bytes=runtime.memory_limit, steps=len(records),
-            allocation=spec.allocation, optimizer=spec.optimizer,
+            allocation=spec.allocation, optimizer=spec.optimizer, lr=runtime.optimizer.lr,
             peak_bytes=analysis.peak_bytes(peak_record),
             average_bytes=statistics.fmean(analysis.average_bytes(r) for r in timed),
             peak_by_kind=analysis.bytes_by_kind_at_peak(peak_record),
@@ -178,6 +180,14 @@ def run_trial(spec: TrialSpec, on_step: Callable[[], None] | None = None
             if on_step is not None:
                 on_step()
         return run.result(), run.records
+
+
+def trial_lr(spec: TrialSpec, batch: int) -> float | None:
+    """The learning rate a trial trains at: `--lr` where given; for SGD the
+    profile's rule at the batch; None (the optimizer's default) for another."""
+    if spec.lr is not None:
+        return spec.lr
+    return spec.learning_rate.at(batch) if spec.optimizer == "sgd" else None
 
 
 def _median_or_none(values: list[float | None]) -> float | None:

@@ -83,7 +83,7 @@ def _render_run(session: Session, console: Console) -> None:
     oracle = session.oracle.result if session.oracle else None
     _header(session, console, f"vmem run {result.profile} · batch {result.batch} · "
             f"{result.device} · policy {result.policy} · allocation {meta.allocation} · "
-            f"optimizer {meta.optimizer}")
+            f"optimizer {meta.optimizer}" + (f" (lr {result.lr:.3g})" if result.lr else ""))
     steps = [Row((f"{i + 1}{' (warm-up)' if i == 0 and len(result.losses) > 1 else ''}",
                   "-" if loss is None else f"{loss:.4f}", f"{ms:,.1f}"))
              for i, (loss, ms) in enumerate(zip(result.losses, result.steps_ms, strict=True))]

@@ -39,6 +39,7 @@ class TrialResult:
     steps: Count
     allocation: str = "liveness"
     optimizer: str = "sgd"
+    lr: Positive | None = None  # the optimizer's learning rate (None in older sessions)
     peak_bytes: Bytes | None = None
     average_bytes: ByteAverage | None = None
     peak_by_kind: dict[str, Bytes] | None = None  # device bytes by kind at the peak
