@@ -1,5 +1,6 @@
 """Element-wise passes over whole maps (a residual sum, a gradient added into the one
-already there, a gradient passed on as a copy), split over the threads of
+already there, a gradient passed on as a copy, ReLU; and a weight's transposed
+copy), split over the threads of
 `kernels.threads` on NumPy. Each element stands alone, so every split gives the
 same bits as one pass; off NumPy, or where the arrays are not C-contiguous of one
 shape and dtype, each call is one plain array operation.
@@ -66,4 +67,14 @@ def transposed(xp: Any, a: Array) -> Array:
             out[g, lo:hi] = a[g, :, lo:hi].T
 
     for_ranges(xp, a.shape[2], rows)
+    return out
+
+
+def relu(xp: Any, x: Array, inplace: bool) -> Array:
+    """max(x, 0), written over x where `inplace`, else a new array."""
+    if not _splits(xp, x):
+        return xp.maximum(x, 0, out=x if inplace else None)
+    out = x if inplace else xp.empty(x.shape, dtype=x.dtype)
+    fx, fo = x.reshape(-1), out.reshape(-1)
+    for_ranges(xp, fo.size, lambda lo, hi: xp.maximum(fx[lo:hi], 0, out=fo[lo:hi]))
     return out

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vmem.kernels import elementwise
 from vmem.kernels.threads import for_ranges, on_threads
 from vmem.layers._checks import inputs
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape, numel
@@ -63,7 +64,7 @@ class ReLU(Layer):
     def forward(self, xp: Any, xs: Sequence[Array], params: dict[str, Array],
                 algo: Algorithm, ctx: Context) -> tuple[Array, tuple[Array, ...]]:
         (x,) = xs
-        return xp.maximum(x, 0, out=x if ctx.inplace else None), ()
+        return elementwise.relu(xp, x, ctx.inplace), ()
 
     def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
                  params: dict[str, Array], saved: tuple[Array, ...], algo: Algorithm,

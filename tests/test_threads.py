@@ -259,7 +259,7 @@ def test_relu_backward_equals_where(threads, mask_elements, monkeypatch):
 
 @pytest.mark.parametrize("threads", THREADS)
 def test_elementwise_passes_equal_one_array_operation(threads, monkeypatch):
-    """The residual sum, the gradient added in place and the copy, split over the
+    """The residual sum, the gradient added in place, the copy and ReLU, split over the
     threads (and into pieces of a few elements), give a single operation's bits; a
     transposed (not contiguous) operand takes the plain operation."""
     from vmem.kernels import elementwise
@@ -278,6 +278,11 @@ def test_elementwise_passes_equal_one_array_operation(threads, monkeypatch):
         np.testing.assert_array_equal(copied, a)
         flipped = b.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)
         np.testing.assert_array_equal(elementwise.add(np, a, flipped), a + b)
+        for inplace in (False, True):
+            source = a.copy()
+            rectified = elementwise.relu(np, source, inplace)
+            assert (rectified is source) == inplace
+            np.testing.assert_array_equal(rectified, np.maximum(a, 0))
         weight = a.reshape(3, 20, 7)
         turned = elementwise.transposed(np, weight)
         assert turned.flags.c_contiguous
