@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_options(compare, training=True)
     compare.add_argument("--policies", default="none,vdnn-all,vdnn-conv,vdnn-dyn,budget",
                          help="comma-separated policies (default: all five)")
+    compare.add_argument("--one-after-another", action="store_true", help="on the cpu, run "
+                         "each policy's steps in one go, holding one policy's runtime at a "
+                         "time (default there: the policies' steps in turn, a step of each a "
+                         "round, so load from elsewhere on a shared machine falls on every "
+                         "policy alike; it holds every policy's weights at once). On cuda "
+                         "and sim the policies always run one after another")
 
     report = commands.add_parser("report", help="render a saved session again",
                                  description="Render a session saved with --save-session "
@@ -479,7 +485,7 @@ def _oracle(spec: Any, progress: Any) -> Any:
 
 
 def _session(args: argparse.Namespace, spec: Any, policies: list[str], trials: list[Any],
-             oracle: Any) -> Any:
+             oracle: Any, in_turn: bool = False) -> Any:
     from datetime import UTC, datetime
 
     from vmem import __version__
@@ -496,7 +502,7 @@ def _session(args: argparse.Namespace, spec: Any, policies: list[str], trials: l
         device_facts=next((r.device_facts for r in ran if r.device_facts), {}),
         vmem_version=__version__,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), argv=tuple(args.argv),
-        optimizer=spec.optimizer)
+        optimizer=spec.optimizer, in_turn=in_turn)
     return Session(meta, tuple(trials), oracle)
 
 
@@ -522,9 +528,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from vmem.errors import MemoryLimitTooSmall
+    from vmem.comparison import in_turn_by_default, run_trials
     from vmem.profiler.session import Trial
-    from vmem.trial import failed_trial, run_trial, with_slowdown
+    from vmem.trial import failed_trial, with_slowdown
 
     policies = _policies(args.policies)
     _check_outputs(args)
@@ -533,60 +539,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from vmem.backends import get_backend
 
         get_backend(base.device, base.memory_limit).close()
-    ran: dict[str, tuple[Any, list[Any]] | VmemError] = {}
-
-    def attempt(policy: str, progress: Any) -> None:
-        spec = replace(base, policy=policy)
-        progress.describe(f"policy {policy}")
-        done = [0]
-
-        def step() -> None:
-            done[0] += 1
-            progress.step()
-
-        try:
-            ran[policy] = run_trial(spec, step)
-        except MemoryLimitTooSmall as exc:
-            if base.memory_limit is not None:
-                raise  # no policy can meet the limit given: refused, as `vmem run` refuses it
-            # the device's own memory: each row says so, and the oracle, with memory for
-            # everything, still runs (the vDNN paper's baseline is measured that way)
-            progress.skip(spec.steps - done[0])
-            ran[policy] = exc
-        except VmemError as exc:  # a policy that cannot fit says so in its row
-            progress.skip(spec.steps - done[0])
-            ran[policy] = exc
-
+    in_turn = not args.one_after_another and in_turn_by_default(base)
     with _progress(args, base.steps * (len(policies) + 1)) as progress:
-        oracle = None
-        if base.memory_limit is None and "none" in policies:
-            # policy none without a limit is the oracle itself, where it fits the device
-            attempt("none", progress)
-            if not isinstance(ran["none"], VmemError):
-                result, records = ran["none"]
-                oracle = Trial(result, tuple(records))
-                progress.skip(base.steps)
-        if oracle is None:
-            oracle = _oracle(base, progress)
-        oracle_result = oracle.result if oracle else None
-        if oracle is not None:
-            oracle = Trial(with_slowdown(oracle.result, list(oracle.records), oracle_result),
-                           oracle.records)
-        trials = []
-        for policy in policies:
-            if policy not in ran:
-                attempt(policy, progress)
-            outcome = ran[policy]
-            if isinstance(outcome, VmemError):
-                spec = replace(base, policy=policy)
-                batch = oracle_result.batch if oracle_result else (spec.batch or 0)
-                device = oracle_result.device if oracle_result else spec.device
-                trials.append(Trial(failed_trial(spec, outcome, batch, device)))
-            else:
-                result, records = outcome
-                trials.append(Trial(with_slowdown(result, records, oracle_result),
-                                    tuple(records)))
-    _emit(_session(args, base, policies, trials, oracle), args)
+        ran = run_trials(base, policies, progress, in_turn)
+    oracle = ran.oracle
+    oracle_result = oracle.result if oracle else None
+    if oracle is not None:
+        oracle = Trial(with_slowdown(oracle.result, list(oracle.records), oracle_result),
+                       oracle.records)
+    trials = []
+    for policy in policies:
+        outcome = ran.outcomes[policy]
+        if isinstance(outcome, VmemError):
+            spec = replace(base, policy=policy)
+            batch = oracle_result.batch if oracle_result else (spec.batch or 0)
+            device = oracle_result.device if oracle_result else spec.device
+            trials.append(Trial(failed_trial(spec, outcome, batch, device)))
+        else:
+            result, records = outcome
+            trials.append(Trial(with_slowdown(result, records, oracle_result), tuple(records)))
+    _emit(_session(args, base, policies, trials, oracle, in_turn=in_turn), args)
     return 0
 
 

@@ -147,7 +147,8 @@ def _render_compare(session: Session, console: Console) -> None:
         "the sum of per-layer times (none with no limit does not fit this device)")
     caption += "; recomputed: bytes dropped after the forward pass and computed again"
     if ranged:
-        caption += "; range: fastest–slowest timed step"
+        caption += "; range: fastest–slowest timed step" + (
+            " (the policies' steps taken in turn)" if meta.in_turn else "")
     if noisy:
         caption += (f"; {NOISE_MARK}: within the noise, the step times' range overlaps the "
                     "oracle's")

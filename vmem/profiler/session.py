@@ -88,6 +88,7 @@ class SessionMeta:
     created: str  # ISO 8601, UTC
     argv: tuple[str, ...] = ()
     optimizer: str = "sgd"
+    in_turn: bool = False  # compare: the policies' steps taken in turn (vmem.comparison)
 
 
 @dataclass(frozen=True)
