@@ -100,18 +100,24 @@ def _kernel(kernel: str, dtype: Any, d: int) -> str:
     return f"vmem_{kernel}<{CTYPES[np.dtype(dtype)]}, {dmax}, {bq}, {bk}>"
 
 
-def all_name_expressions() -> list[str]:
-    """Every kernel instantiation the functions below can launch (for nvrtc-check, the
-    emulator, and CuPy's cache)."""
+def kernel_names(head_dims: Any = HEAD_DIMS, dtypes: Any = tuple(CTYPES)) -> list[str]:
+    """The instantiations heads of these sizes and arrays of these dtypes launch."""
     names = []
-    for ct in CTYPES.values():
-        for dmax in HEAD_DIMS:
+    for dtype in dtypes:
+        ct = CTYPES[np.dtype(dtype)]
+        for dmax in sorted({head_dim_compiled(d) for d in head_dims}):
             bq, bk = TILES[dmax]
             names += [f"vmem_{kernel}<{ct}, {dmax}, {bq}, {bk}>"
                       for kernel in ("flash_forward", "flash_backward_dkdv",
                                      "flash_backward_dq")]
         names.append(f"vmem_flash_delta<{ct}>")
     return names
+
+
+def all_name_expressions() -> list[str]:
+    """Every kernel instantiation the functions below can launch (for nvrtc-check, the
+    emulator, and CuPy's cache)."""
+    return kernel_names()
 
 
 def precompile(names: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@ of vmem.kernels.gemm by their definition in NumPy. It checks the GPU tests thems
 (their shapes, references and calls), not CuPy, cuBLAS or a device:
 
     PYTHONPATH=tests python -m pytest --noconftest -p gpu_on_numpy \\
-        tests/gpu/test_conv_cuda.py tests/gpu/test_pooling_cuda.py tests/gpu/test_lrn_cuda.py
+        tests/gpu/test_conv_cuda.py tests/gpu/test_pooling_cuda.py tests/gpu/test_lrn_cuda.py \\
+        tests/gpu/test_attention_cuda.py
 
 (--noconftest: tests/gpu/conftest.py would skip everything where CUDA is missing.)
 Only for these files: the others need CuPy's streams and memory pool.
@@ -20,12 +21,14 @@ import pytest
 import test_cuda_conv
 from cuda_emulator import emulated, numpy_as_cupy
 
-from vmem.kernels import cuda_im2col, cuda_lrn, cuda_pooling, gemm
+from vmem.kernels import cuda_attention, cuda_im2col, cuda_lrn, cuda_pooling, gemm
 
 _cupy = numpy_as_cupy()
 _cupy.asnumpy = np.asarray  # type: ignore[attr-defined]
 _cupy.ndarray = np.ndarray  # type: ignore[attr-defined]
-_emulators = [emulated(module) for module in (cuda_im2col, cuda_pooling, cuda_lrn)]
+_cupy.vmem_stand_in = True  # type: ignore[attr-defined]  # GPU tests leave long runs out
+_emulators = [emulated(module) for module in (cuda_im2col, cuda_pooling, cuda_lrn,
+                                              cuda_attention)]
 
 
 @pytest.fixture

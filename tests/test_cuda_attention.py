@@ -234,3 +234,62 @@ def test_the_module_imports_without_cupy_and_says_why_it_cannot_run():
             cuda_attention.flash_forward(*(np.zeros((1, 1, 2, 4), np.float32),) * 3)
     finally:
         cuda_attention._use_launcher(previous)
+
+
+# ------------------------------------------------------------------ vmem bench attention
+
+
+def test_bench_without_a_gpu_exits_2_with_one_line(capsys):
+    from vmem.backends import cuda
+    from vmem.bench.__main__ import main
+
+    if cuda.available():
+        pytest.skip("a GPU is here")
+    assert main(["attention"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vmem bench: error: attention needs CUDA") and "\n" not in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["attention", "--shapes", "8x12x1024"], "a shape is NxHEADSxTxD"),
+    (["attention", "--shapes", "1x1x4x256"], "heads of up to 128, got d = 256"),
+    (["attention", "--runs", "0"], "--runs: must be a positive integer"),
+])
+def test_bench_usage_errors_are_one_line(capsys, argv, words):
+    from vmem.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err
+
+
+def test_a_bench_row_on_the_emulator_agrees_with_torch(emulator):
+    """One row of `vmem bench attention` with its CuPy calls on NumPy, the kernels on the
+    emulator, torch's CPU SDPA and a timer that calls without timing: the row's error
+    against torch is computed and within the tolerance (not FAIL)."""
+    torch = pytest.importorskip("torch")
+    from vmem.bench import attention as bench
+    from vmem.bench.timing import Timing
+
+    rng = np.random.default_rng(0)
+    cp = numpy_as_cupy()
+    cp.random = types.SimpleNamespace(  # type: ignore[attr-defined]
+        standard_normal=lambda shape, dtype: rng.standard_normal(shape, dtype=dtype))
+    cp.asnumpy = np.asarray  # type: ignore[attr-defined]
+
+    class Calls:
+        l2_bytes = 1 << 10
+
+        def time(self, fn, *, warmup: int, runs: int) -> Timing:  # noqa: ANN001
+            for i in range(2):
+                fn(i)
+            return Timing(2.0, 2.0, 2)
+
+    row = bench._row((1, 2, 40, 32), np.float32, runs=1, warmup=1, backward=True, cp=cp,
+                     ca=cuda_attention, torch=torch, timer=Calls())
+    assert row[0] == "1×2×40×32" and row[1] == 2.0 and row[5] == 2.0
+    assert row[2] == pytest.approx(2 * 2 * 40 * 40 * 32 / 2e9)
+    err = float(row[-1])  # "1.2e-07", no " FAIL"
+    assert err < bench.TOLERANCE[np.dtype(np.float32)]

@@ -15,7 +15,8 @@ from vmem.backends import cuda
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check"
 # the steps the script runs after the preflight, most valuable first
 STEPS = ("nvidia-smi", "gpu-tests-cuda", "alexnet-run", "alexnet-compare", "gpu-tests-kernels",
-         "offload-vgg16-b128", "gpu-tests-softmax", "bench-kernels")
+         "offload-vgg16-b128", "gpu-tests-attention", "gpu-tests-softmax", "bench-kernels",
+         "bench-attention")
 
 
 @pytest.mark.skipif(cuda.available(), reason="this machine has a GPU: gpu-check would run")

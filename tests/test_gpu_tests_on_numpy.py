@@ -13,14 +13,16 @@ import pytest
 from cuda_emulator import UNAVAILABLE
 
 TESTS = Path(__file__).parent
-FILES = ["gpu/test_conv_cuda.py", "gpu/test_pooling_cuda.py", "gpu/test_lrn_cuda.py"]
+FILES = ["gpu/test_conv_cuda.py", "gpu/test_pooling_cuda.py", "gpu/test_lrn_cuda.py",
+         "gpu/test_attention_cuda.py"]
 
 
 @pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE))
 def test_gpu_kernel_tests_pass_on_the_numpy_stand_in():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    for name in ("VMEM_CUDA_IM2COL", "VMEM_CUDA_GEMM", "VMEM_CUDA_POOLING", "VMEM_CUDA_LRN"):
+    for name in ("VMEM_CUDA_IM2COL", "VMEM_CUDA_GEMM", "VMEM_CUDA_POOLING", "VMEM_CUDA_LRN",
+                 "VMEM_CUDA_ATTENTION"):
         env.pop(name, None)
     run = subprocess.run([sys.executable, "-m", "pytest", "--noconftest", "-p", "gpu_on_numpy",
                           "-p", "no:cacheprovider", "-q", *(str(TESTS / f) for f in FILES)],

@@ -1,9 +1,10 @@
-"""`vmem bench softmax|topk|conv|step|cpu-step`: benchmarks of vmem's kernels and
+"""`vmem bench softmax|topk|conv|attention|step|cpu-step`: benchmarks of vmem's kernels and
 training step against PyTorch, written as markdown tables; all but cpu-step on a GPU.
 
     vmem bench softmax [--shapes 8192x1024,16x1048576] [--no-sweep] [--runs 50] [--out FILE]
     vmem bench topk    [--k 5,10] ...
     vmem bench conv    [--batch 64] [--no-backward] [--every-algorithm] ...
+    vmem bench attention [--shapes 8x12x1024x64,1x16x4096x64] [--no-backward] [--runs 20] ...
     vmem bench step    [--profile vgg16] [--batch 64] [--steps 6] [--policy none] ...
     vmem bench cpu-step [--cases alexnet:32,vgg16:2,googlenet:8] [--rounds 3] [--steps 3]
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from vmem.cliargs import add_threads_option, positive_int, thread_count
 
-KINDS = ("softmax", "topk", "conv", "step", "cpu-step")
+KINDS = ("softmax", "topk", "conv", "attention", "step", "cpu-step")
 
 
 
@@ -38,6 +39,16 @@ def _cases(text: str) -> list[Any]:
 
 def _shapes(text: str) -> list[tuple[int, int]]:
     from vmem.bench.softmax import parse_shape
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return [parse_shape(part) for part in parts or [text]]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _attention_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    from vmem.bench.attention import parse_shape
 
     parts = [part.strip() for part in text.split(",") if part.strip()]
     try:
@@ -98,6 +109,14 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     conv.add_argument("--every-algorithm", action="store_true",
                       help="time every algorithm the layer offers, not the first of each family")
     _common(conv, 10, 3)
+    attention = kinds.add_parser("attention", help="causal flash attention kernels vs torch "
+                                 "scaled_dot_product_attention (float32 and float16)")
+    attention.add_argument("--shapes", type=_attention_shapes, help="NxHEADSxTxD,... instead "
+                           "of the five default shapes (GPT-2 small and medium at T = 1024, "
+                           "T = 2048 and 4096, a head of 128)")
+    attention.add_argument("--no-backward", action="store_true",
+                           help="time the forward pass only")
+    _common(attention, 20, 3)
     step = kinds.add_parser("step", help="a training step through vmem.Runtime vs PyTorch")
     step.add_argument("--profile", default="vgg16", help="a profile name (default: vgg16)")
     step.add_argument("--batch", type=positive_int, default=64, help="batch (default: 64)")
@@ -161,6 +180,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
         report = bench_conv(batch=args.batch, runs=args.runs, warmup=args.warmup,
                             backward=not args.no_backward, every_algorithm=args.every_algorithm)
+    elif kind == "attention":
+        from vmem.bench.attention import bench_attention
+
+        report = bench_attention(args.shapes, runs=args.runs, warmup=args.warmup,
+                                 backward=not args.no_backward)
     elif kind == "step":
         from vmem.bench.step import bench_step
 
