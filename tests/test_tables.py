@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from dataclasses import replace
 
 import pytest
 from cli_helpers import run_cli
@@ -227,3 +228,34 @@ def test_a_width_too_narrow_for_any_column_prints_lines(capsys: pytest.CaptureFi
     assert "…" not in out and isinstance(gpus, list)
     for gpu in gpus:
         _assert_whole(out, gpu["name"], [f"memory {format_bytes(gpu['memory_bytes'])}"])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_plan_shows_every_figure_whole(capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+    out, plan = _both(capsys, monkeypatch, width, "plan", "gpt2-tiny", "--policy", "vdnn-all",
+                      "--device", "sim:titan-x", "--batch", "2")
+    _assert_fits(out, width)
+    assert isinstance(plan, dict)
+    for entry in plan["layers"]:
+        _assert_whole(out, entry["layer"], [
+            entry["algorithm"], format_bytes(entry["workspace_bytes"]),
+            "yes" if entry["offload_input"] else "-"])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_plans_moves_show_whole(width: int) -> None:
+    from vmem.plan import Move
+    from vmem.planning import plan_for
+    from vmem.profile import load_profile
+    from vmem.profiler.render_plan import print_plan
+
+    plan, _ = plan_for(load_profile("gpt2-tiny"), "vdnn-all", "sim:titan-x", 2, None)
+    names = [entry.layer for entry in plan.layers]
+    moves = tuple(Move(names[i], names[i + 1], names[-i - 2]) for i in range(3))
+    out = io.StringIO()
+    print_plan(Console(file=out, width=width, no_color=True), replace(plan, moves=moves))
+    text = out.getvalue()
+    _assert_fits(text, width)
+    for move in moves:
+        _assert_whole(text, move.tensor, [move.release_after, move.prefetch_before])

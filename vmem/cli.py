@@ -619,11 +619,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           "step_ms": planned.step_ms, "oracle_step_ms": report.oracle.step_ms,
                           "slowdown": slowdown, "configuration": configuration}))
         return 0
+    from vmem.profiler.render_plan import print_plan
+
     console = _console()
-    console.print(plan.explain(), highlight=False)
+    print_plan(console, plan)
     console.print(f"peak device memory of a step under this plan ({args.allocation} "
                   f"allocation, {args.optimizer}): {format_bytes(peak)} ({peak:,} bytes)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if slowdown is not None:
         console.print(f"modeled step {format_ms(planned.step_ms)} on {report.target.name} "
                       f"({model} cost model); the oracular step (none, memory for "
