@@ -194,6 +194,10 @@ def test_alexnet_with_defaults_from_the_installed_command() -> None:
     (["run", "digits", "--memory-limit", "４GiB"], ["--memory-limit", "'４GiB'", "ASCII digits"]),
     (["run", "digits", "--host-memory-limit", "٤MiB"], ["--host-memory-limit", "ASCII"]),
     (["run", "digits", "--batch", "４"], ["--batch", "'４'", "ASCII digits"]),
+    (["run", "digits", "--batch", "1_0"], ["--batch", "'1_0'", "ASCII digits"]),
+    (["run", "digits", "--steps", "0x10"], ["--steps", "'0x10'"]),
+    (["run", "digits", "--memory-limit", "1.5"], ["--memory-limit", "'1.5'", "whole number"]),
+    (["run", "digits", "--memory-limit", "2.5B"], ["--memory-limit", "whole number of bytes"]),
     # control characters in a value are written as escapes: the line stays one line
     (["run", "digits", "--batch", "\x1e"], ["--batch", "'\\x1e'"]),
     (["run", "digits", "--device", "a\nb"], ["--device", "'a\\nb'"]),

@@ -286,6 +286,16 @@ def test_set_memory_limit_refuses_what_is_not_a_size() -> None:
         rt.set_memory_limit([1])
 
 
+def test_a_fraction_of_a_byte_is_refused_not_rounded() -> None:
+    """1.5 would be read as 1 byte; a whole-valued float (1e9) is a size."""
+    with runtime() as rt:
+        with pytest.raises(UsageError, match="memory_limit: '1.5' is not a whole number"):
+            rt.set_memory_limit(1.5)
+        assert rt.memory_limit is None
+        rt.set_memory_limit(1e9)
+        assert rt.memory_limit == 10**9
+
+
 # -- state dicts are copies ----------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import NoReturn
 
 EXIT_USAGE = 2
@@ -29,15 +30,14 @@ class OneLineParser(argparse.ArgumentParser):
 # "４" (full-width) or "٤" (Arabic-Indic) for 4, which a user rarely means.
 
 
+# int() also takes "1_0" for 10: a typo more often than a number meant
+_INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*", re.ASCII)
+
+
 def _int_or(text: str, fallback: int) -> int:
     """The integer `text` spells in ASCII digits, else `fallback` (a value the
     caller refuses)."""
-    if not text.isascii():
-        return fallback
-    try:
-        return int(text)
-    except ValueError:
-        return fallback
+    return int(text) if _INTEGER.fullmatch(text) else fallback
 
 
 def positive_int(text: str) -> int:

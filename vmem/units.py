@@ -37,6 +37,9 @@ def parse_size(text: str | int, flag: str = "size") -> int:
     if not math.isfinite(value):
         raise UsageError(f"{flag}: '{text}' is too large to be a size; expected "
                          f"{ACCEPTED_SIZES}")
+    if unit in ("", "b") and not value.is_integer():
+        raise UsageError(f"{flag}: '{text}' is not a whole number of bytes; expected "
+                         f"{ACCEPTED_SIZES}")
     return int(value)
 
 
