@@ -40,14 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from vmem.kernels.cuda_module import LauncherSlot
+from vmem.kernels.cuda_module import HALF_SOURCE, LauncherSlot
 
 Array = Any
 
 #: NVRTC options. CuPy adds the architecture of the current device itself.
 NVRTC_OPTIONS = ("--std=c++17",)
 #: The CUDA C, shipped beside this module (package data).
-SOURCE = (Path(__file__).resolve().parent / "cuda_attention.cu").read_text()
+SOURCE = HALF_SOURCE + (Path(__file__).resolve().parent / "cuda_attention.cu").read_text()
 
 #: Threads per block of every kernel (VMEM_ATTN_THREADS in the source).
 THREADS = 128

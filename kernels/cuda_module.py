@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,10 @@ import numpy as np
 from vmem.errors import DeviceUnavailable
 
 Array = Any
+
+#: float16 as bits and its conversions to and from float32, the CUDA C the softmax and
+#: attention sources begin with.
+HALF_SOURCE = (Path(__file__).resolve().parent / "cuda_half.cuh").read_text()
 
 #: The C++ type each array dtype instantiates a `template <typename T>` kernel with.
 TEMPLATE_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
