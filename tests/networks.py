@@ -6,9 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 import vmem
 from vmem.plan import Plan, recomputable
 from vmem.profile import parse_profile
+from vmem.trial import synthetic_data
 
 PROFILES = Path(vmem.__file__).parent.parent / "profiles"
 
@@ -82,3 +85,15 @@ def resnet18_plain() -> vmem.Network:
               vmem.Node(t["linear"](name="fc", out_features=1000), ("pool5",)),
               vmem.Node(t["softmax_loss"](name="loss"), ("fc",))]
     return vmem.Network.build("resnet18-plain", (3, 224, 224), nodes)
+
+
+def train(network: vmem.Network, policy: str, device: str = "cpu", steps: int = 2,
+          **options: object) -> tuple[list[float], dict[str, np.ndarray], vmem.Runtime]:
+    """`steps` AdamW steps on one synthetic batch of 2 under `policy`: the losses, the
+    weights after (where the backend runs kernels) and the runtime, for comparing
+    policies bit for bit."""
+    runtime = vmem.Runtime(network, device=device, policy=policy, seed=5,
+                           optimizer=vmem.AdamW(lr=0.01), **options)
+    x, y = synthetic_data(network, 2, seed=2, data=runtime.backend.runs_kernels)
+    losses = [runtime.train_step(x, y) for _ in range(steps)]
+    return losses, (runtime.state_dict() if runtime.backend.runs_kernels else {}), runtime

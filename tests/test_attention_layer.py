@@ -9,9 +9,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from networks import gpt2_tiny
+from networks import gpt2_tiny, train
 
-import vmem
 from vmem.dryrun import dry_run
 from vmem.layers import Context
 from vmem.layers.attention import FLASH, MATERIALIZED, Attention, visited_scores
@@ -21,7 +20,6 @@ from vmem.planning import make_budget, peak_oracle, resolve_target
 from vmem.policies import make_plan
 from vmem.policies.vdnn import build_plan, offload_kept_inputs
 from vmem.profiler.analysis import peak_bytes
-from vmem.trial import synthetic_data
 
 
 def algorithm(layer: Attention, in_shapes: list[tuple[int, ...]], name: str) -> Algorithm:
@@ -129,15 +127,6 @@ def test_each_pass_allocates_no_more_than_the_layer_declares(name: str) -> None:
 
 
 # ---------------------------------------------------------------- in a network
-
-
-def train(network: vmem.Network, policy: str, device: str = "cpu", steps: int = 2,
-          **options: object) -> tuple[list[float], dict[str, np.ndarray], vmem.Runtime]:
-    runtime = vmem.Runtime(network, device=device, policy=policy, seed=5,
-                           optimizer=vmem.AdamW(lr=0.01), **options)
-    x, y = synthetic_data(network, 2, seed=2, data=runtime.backend.runs_kernels)
-    losses = [runtime.train_step(x, y) for _ in range(steps)]
-    return losses, (runtime.state_dict() if runtime.backend.runs_kernels else {}), runtime
 
 
 def test_every_policy_trains_flash_gpt2_bit_identically_to_none() -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from networks import train
 from torch_reference import torch_loss
 
 import vmem
@@ -201,15 +202,6 @@ def test_evaluate_gives_each_positions_next_token_distribution() -> None:
 # ---------------------------------------------------------------- memory virtualization
 
 POLICIES = ("none", "vdnn-all", "vdnn-conv", "vdnn-dyn", "budget")
-
-
-def train(network: vmem.Network, policy: str, device: str = "cpu", steps: int = 2,
-          **options: object) -> tuple[list[float], dict[str, np.ndarray], vmem.Runtime]:
-    runtime = vmem.Runtime(network, device=device, policy=policy, seed=5,
-                           optimizer=vmem.AdamW(lr=0.01), **options)
-    x, y = synthetic_data(network, 2, seed=2, data=runtime.backend.runs_kernels)
-    losses = [runtime.train_step(x, y) for _ in range(steps)]
-    return losses, (runtime.state_dict() if runtime.backend.runs_kernels else {}), runtime
 
 
 def test_every_policy_trains_gpt2_bit_identically_to_none() -> None:
