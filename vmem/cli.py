@@ -69,7 +69,16 @@ def _add_network_options(parser: argparse.ArgumentParser, *, training: bool) -> 
         _add_output_options(parser, live=True)
 
 
+def _add_peak_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--peak-tensors", type=non_negative_int, metavar="N", help="how many "
+                        "of the tensors on the device at the peak to show, biggest first, "
+                        "with their kind, layer, size and whether the plan offloads or "
+                        f"recomputes them, the others summed in a line (default: {default}; "
+                        "0: none; --json has them all)")
+
+
 def _add_output_options(parser: argparse.ArgumentParser, *, live: bool) -> None:
+    _add_peak_option(parser, "10, or 5 a policy in a comparison")
     parser.add_argument("--layers", action="store_true", help="also show per-layer forward and "
                         "backward time, stalls and device memory (in JSON: a \"layers\" list)")
     parser.add_argument("--trace", metavar="FILE", help="write a Chrome trace (JSON) of every "
@@ -161,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "it chose.")
     _add_network_options(plan, training=False)
     plan.add_argument("--policy", default="vdnn-dyn", help="memory policy (default: vdnn-dyn)")
+    _add_peak_option(plan, "10")
 
     fit = commands.add_parser(
         "fit", help="the largest batch each policy trains on a device, or which devices fit "
@@ -423,7 +433,8 @@ def _emit(session: Any, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(finite_json(json_output(session, args.layers)), allow_nan=False))
     else:
-        render(session, _console(stderr=_to_stdout(args) is not None), args.layers)
+        render(session, _console(stderr=_to_stdout(args) is not None), args.layers,
+               args.peak_tensors)
     _say_written(args)
 
 
@@ -611,14 +622,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     costs = report.target.costs
     model = costs.gpu.name if costs is not None else None
     slowdown = report.slowdown
+    from vmem.profiler.peak import live_at_peak
+    from vmem.roles import describe
+
+    at_peak = describe(live_at_peak(planned.run.record), profile.network, plan,
+                       report.itemsize)
     if args.json:
+        from dataclasses import asdict
+
         print(json.dumps({**json.loads(plan.to_json()), "peak_bytes": peak,
                           "allocation": args.allocation, "optimizer": args.optimizer,
                           "capacity_bytes": capacity, "fits": planned.fits,
                           "device": report.target.name, "cost_model": model,
                           "step_ms": planned.step_ms, "oracle_step_ms": report.oracle.step_ms,
-                          "slowdown": slowdown, "configuration": configuration}))
+                          "slowdown": slowdown, "configuration": configuration,
+                          "at_peak": asdict(at_peak)}))
         return 0
+    from vmem.profiler.render_peak import DEFAULT_COUNT, print_peak
     from vmem.profiler.render_plan import print_plan
 
     console = _console()
@@ -639,6 +659,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(f"this plan does not fit: its peak exceeds the {format_bytes(capacity)} "
                       f"({capacity:,} bytes) of {bound}, so a step would run out of device "
                       f"memory{hint}", highlight=False, soft_wrap=True)
+    print_peak(console, at_peak, DEFAULT_COUNT if args.peak_tensors is None else
+               args.peak_tensors)
     return 0
 
 

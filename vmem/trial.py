@@ -19,7 +19,9 @@ from vmem.graph import Network
 from vmem.optim import LearningRate, make_optimizer
 from vmem.profiler import analysis
 from vmem.profiler.events import StepRecord
+from vmem.profiler.peak import live_at_peak
 from vmem.profiler.session import TrialResult
+from vmem.roles import describe
 from vmem.runtime import Runtime
 
 __all__ = ["TrialResult", "TrialRun", "TrialSpec", "failed_trial", "run_trial", "staged_for_upload",
@@ -146,6 +148,8 @@ class TrialRun:
         timed = records[1:] or records
         peak_record = max(records, key=analysis.peak_bytes)
         by_kind = [analysis.average_bytes_by_kind(r) for r in timed]
+        at_peak = describe(live_at_peak(peak_record), spec.network,
+                           runtime.executor(self.batch).plan, runtime.dtype.itemsize)
         return TrialResult(
             profile=spec.network.name, batch=self.batch, device=runtime.backend.name,
             policy=spec.policy, memory_limit_bytes=runtime.memory_limit, steps=len(records),
@@ -153,6 +157,7 @@ class TrialRun:
             peak_bytes=analysis.peak_bytes(peak_record),
             average_bytes=statistics.fmean(analysis.average_bytes(r) for r in timed),
             peak_by_kind=analysis.bytes_by_kind_at_peak(peak_record),
+            at_peak=at_peak,
             average_by_kind={kind: statistics.fmean(b.get(kind, 0.0) for b in by_kind)
                              for kind in by_kind[0]},
             step_ms=statistics.median(r.duration_ms for r in timed),

@@ -55,3 +55,7 @@ class StepRecord:
     # work was issued, less the host's waits for the device (offloads, the upload):
     # near duration_ms, the device waited for the host (a launch-bound step)
     host_ms: Millis | None = None
+    # every block in use when the step began, (kind, label, bytes), in the arena's order:
+    # what the peak's contents name beside the step's own allocations (empty in a record
+    # made without it; start_by_kind then says only how much of each kind)
+    start_blocks: tuple[tuple[str, str, Bytes], ...] = ()

@@ -37,6 +37,8 @@ class StepRecorder:
         self.start_in_use = backend.arena.in_use
         self.start_by_kind = tuple((str(kind), nbytes) for kind, nbytes
                                    in backend.arena.bytes_by_kind().items())
+        self.start_blocks = tuple((str(block.kind), block.label, block.nbytes)
+                                  for block in backend.arena.live_blocks())
         self._start = backend.mark(backend.compute)
         self._host_start = time.perf_counter()
         self._host_ms: float | None = None
@@ -97,4 +99,4 @@ class StepRecorder:
         spans = tuple(Span(s.name, s.phase, s.stream, ms(self._start, s.start),
                            ms(self._start, s.end), s.kind, s.nbytes) for s in self._spans)
         return StepRecord(step, ms(self._start, end), self.start_in_use, memory, spans, loss,
-                          self.start_by_kind, self._host_ms)
+                          self.start_by_kind, self._host_ms, self.start_blocks)

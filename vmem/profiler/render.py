@@ -14,6 +14,13 @@ from vmem.profiler.analysis import KINDS
 from vmem.profiler.facts import capacity_text, facts_lines
 from vmem.profiler.noise import spread, step_range, timed_steps, within_noise
 from vmem.profiler.per_layer import LayerStats, layer_table, offloads_outside_layers, update_ms
+from vmem.profiler.render_peak import (
+    DEFAULT_COUNT,
+    DEFAULT_COUNT_EACH,
+    kind_title,
+    print_missing,
+    print_peak,
+)
 from vmem.profiler.session import Session, Trial, TrialResult
 from vmem.profiler.tables import Column, Row, print_table
 from vmem.units import format_bytes
@@ -49,15 +56,37 @@ def json_output(session: Session, layers: bool = False) -> Any:
     return rows
 
 
-def render(session: Session, console: Console, layers: bool = False) -> None:
+def render(session: Session, console: Console, layers: bool = False,
+           peak_tensors: int | None = None) -> None:
+    """The session's tables; `peak_tensors`: how many of the tensors on the device at
+    the peak to show (None: DEFAULT_COUNT for a run, DEFAULT_COUNT_EACH a policy for
+    a comparison; 0: none)."""
     if session.meta.command == "run":
         _render_run(session, console)
+        _print_peaks(session, console, DEFAULT_COUNT if peak_tensors is None else peak_tensors)
     else:
         _render_compare(session, console)
+        _print_peaks(session, console,
+                     DEFAULT_COUNT_EACH if peak_tensors is None else peak_tensors)
     if layers:
         for trial in session.trials:
             if trial.records:
                 _print_layer_table(trial, console)
+
+
+def _print_peaks(session: Session, console: Console, count: int) -> None:
+    """Each trial's tensors at its peak (the oracle's apart from the policies' is left
+    out: its peak is in the main table); one line where the session predates them."""
+    if count <= 0:
+        return
+    ran = [trial.result for trial in session.trials if trial.result.error is None]
+    for result in ran:
+        heading = ("on the device at the peak" if session.meta.command == "run" else
+                   f"policy {result.policy}: on the device at the peak")
+        if result.at_peak is not None:
+            print_peak(console, result.at_peak, count, heading)
+    if any(result.at_peak is None for result in ran):
+        print_missing(console, session.meta.vmem_version)
 
 
 def _ms(value: float | None) -> str:
@@ -207,15 +236,6 @@ def _compare_cells(row: TrialResult, oracle: TrialResult | None, ranged: bool, n
             _ms(row.stall_ms))
 
 
-_SHORT_KINDS = {"weight_grads": "weight grads", "gradient_maps": "grad maps"}
-
-
-def _kind_title(kind: str, short: bool = False) -> str:
-    if short and kind in _SHORT_KINDS:
-        return _SHORT_KINDS[kind]
-    return kind.replace("_", " ").replace("grads", "gradients")
-
-
 def _kinds(results: list[TrialResult], average: bool = True) -> list[str]:
     """The kinds that hold any bytes in these results, in the report's order."""
     return [k for k in KINDS if any((r.peak_by_kind or {}).get(k) or
@@ -225,7 +245,7 @@ def _kinds(results: list[TrialResult], average: bool = True) -> list[str]:
 
 def _print_kinds_table(result: TrialResult, console: Console) -> None:
     """One trial's device memory by kind, at the peak and time-averaged."""
-    rows = [(_kind_title(kind), _bytes((result.peak_by_kind or {}).get(kind)),
+    rows = [(kind_title(kind), _bytes((result.peak_by_kind or {}).get(kind)),
              _bytes((result.average_by_kind or {}).get(kind))) for kind in _kinds([result])]
     print_table(console, [Column("kind", "left"), Column("at peak"), Column("average")], rows,
                 title="device memory by kind")
@@ -234,7 +254,7 @@ def _print_kinds_table(result: TrialResult, console: Console) -> None:
 def _print_kinds_at_peak_table(rows: list[tuple[str, TrialResult]], console: Console) -> None:
     """Several trials' device memory at their peaks, one row each, a column a kind."""
     kinds = _kinds([result for _, result in rows], average=False)
-    columns = [Column("policy", "left"), *(Column(_kind_title(k, short=True)) for k in kinds)]
+    columns = [Column("policy", "left"), *(Column(kind_title(k, short=True)) for k in kinds)]
     cells = [(label, *(_bytes((result.peak_by_kind or {}).get(k)) for k in kinds))
              for label, result in rows]
     print_table(console, columns, cells, title="device memory at the peak, by kind")

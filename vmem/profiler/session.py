@@ -16,6 +16,7 @@ from vmem.errors import VmemError
 from vmem.files import parse_json, read_text
 from vmem.profiler.events import StepRecord
 from vmem.profiler.output import write_atomic
+from vmem.profiler.peak import PeakContents
 from vmem.schema import ByteAverage, Bytes, Count, Millis, Positive, SchemaError, build
 
 FORMAT = "vmem-session"
@@ -44,6 +45,9 @@ class TrialResult:
     average_bytes: ByteAverage | None = None
     peak_by_kind: dict[str, Bytes] | None = None  # device bytes by kind at the peak
     average_by_kind: dict[str, ByteAverage] | None = None  # time-averaged, by kind
+    # the instant of the peak and the tensors on the device then (None in sessions
+    # saved before vmem recorded them, and where the trial did not run)
+    at_peak: PeakContents | None = None
     step_ms: Millis | None = None
     steps_ms: tuple[Millis, ...] = ()
     host_ms: Millis | None = None  # median host time to issue a step (StepRecord.host_ms)
@@ -135,6 +139,12 @@ class Session:
         named = [(f"trials[{i}]", t) for i, t in enumerate(session.trials)]
         for where, trial in [*named, *([("oracle", session.oracle)] if session.oracle else [])]:
             result = trial.result
+            peak = result.at_peak
+            if peak is not None and sum(t.nbytes for t in peak.tensors) != peak.peak_bytes:
+                raise SessionError(f"{source}: not a valid vmem session: "
+                                   f"'{where}.result.at_peak' has tensors of "
+                                   f"{sum(t.nbytes for t in peak.tensors):,} bytes at a peak "
+                                   f"of {peak.peak_bytes:,}; they sum to the peak")
             if len(result.losses) != len(result.steps_ms):
                 raise SessionError(f"{source}: not a valid vmem session: '{where}.result' has "
                                    f"{len(result.losses)} losses for {len(result.steps_ms)} "
