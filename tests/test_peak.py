@@ -20,9 +20,9 @@ from vmem.optim import make_optimizer
 from vmem.planning import plan_for
 from vmem.profile import load_profile
 from vmem.profiler import analysis
-from vmem.profiler.peak import AT_START, live_at_peak
+from vmem.profiler.peak import AT_START, PeakContents, live_at_peak
 from vmem.profiler.session import load_session
-from vmem.roles import describe, owning_layer
+from vmem.roles import describe, held_tensor, owning_layer
 from vmem.trial import TrialSpec, run_trial
 from vmem.units import format_bytes
 
@@ -157,6 +157,19 @@ def test_a_parameters_layer_is_the_longest_name_it_begins_with() -> None:
     assert owning_layer("h.1.ln.weight", layers) == "h.1"
     assert owning_layer("fc6.weight.velocity", layers) == "fc6"
     assert owning_layer("fc60.weight", layers) == ""
+
+
+def test_a_block_holds_the_map_written_over_it_in_place_once_that_layer_ran() -> None:
+    """digits' relu1 writes over conv1's block: before relu1 runs the block holds conv1,
+    from then on (and in the backward pass) relu1."""
+    network = load_profile("digits").network
+
+    def at(layer: str, phase: str) -> str:
+        return held_tensor(network, "conv1", PeakContents(0, 0.0, layer, phase, 0, ()))
+
+    assert at("conv1", "forward") == at("relu1", "forward") == "conv1"
+    assert at("pool1", "forward") == at("conv2", "backward") == at("sgd", "update") == "relu1"
+    assert held_tensor(network, "pool1", PeakContents(0, 0.0, "fc4", "forward", 0, ())) == "pool1"
 
 
 # -- the commands --------------------------------------------------------------------

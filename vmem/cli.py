@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a profile for a few steps and report memory "
                               "and time", description="Train a network profile on seeded "
                               "synthetic data and report per-step time and loss, peak and "
-                              "time-averaged device memory, copies, and the slowdown against "
-                              "the oracular step (policy none, no memory limit).")
+                              "time-averaged device memory, copies, the slowdown against "
+                              "the oracular step (policy none, no memory limit), and the "
+                              "tensors on the device at the peak.")
     _add_network_options(run, training=True)
     run.add_argument("--policy", default="none", help="memory policy: none, vdnn-all, "
                      "vdnn-conv, vdnn-dyn, budget (default: none)")
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="run several policies side by side",
                                   description="One row per policy: peak and average device "
                                   "memory, step time, slowdown against the oracular step, "
-                                  "bytes offloaded and prefetched, and compute-stream stalls.")
+                                  "bytes offloaded and prefetched, and compute-stream stalls; then "
+                                  "each policy's tensors on the device at its peak.")
     _add_network_options(compare, training=True)
     compare.add_argument("--policies", default="none,vdnn-all,vdnn-conv,vdnn-dyn,budget",
                          help="comma-separated policies (default: all five)")
@@ -166,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         "each layer's algorithm and workspace, which inputs leave the device and which "
         "outputs are computed again, and, from a dry run of the step on the device's cost "
         "model, its exact peak, its modeled step and slowdown against the oracular step "
-        "(policy none with memory for everything) and, for vdnn-dyn, which configuration "
-        "it chose.")
+        "(policy none with memory for everything), for vdnn-dyn which configuration "
+        "it chose, and the tensors on the device at the peak.")
     _add_network_options(plan, training=False)
     plan.add_argument("--policy", default="vdnn-dyn", help="memory policy (default: vdnn-dyn)")
     _add_peak_option(plan, "10")
