@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from networks import gpt2_tiny, pointwise_network, resnet18_plain
 
 import vmem
 from vmem.costs import load_costs
-from vmem.dryrun import PeakOracle
+from vmem.dryrun import DryRun, PeakOracle
 from vmem.graph import Network
 from vmem.optim import SGD
 from vmem.plan import recomputable
@@ -258,3 +259,33 @@ def test_the_step_down_by_bisection_is_the_greedy_loop(network: Network, batch: 
             assert got == expected, limit
             compared += expected is not None
     assert compared >= 4
+
+
+@pytest.mark.parametrize(("network", "batch"), [
+    (pointwise_network(), 16), (load_profile("googlenet-tiny").network, 8),
+    (gpt2_tiny(tile=2), 4)], ids=["pointwise", "googlenet-tiny", "gpt2-tiny"])
+def test_a_step_stopped_past_the_capacity_tells_what_the_whole_dry_run_does(
+        network: Network, batch: int) -> None:
+    """`PeakOracle.fits` against the peaks of whole dry runs (a second oracle) for
+    random plans, within capacities about each peak: the same answer every time;
+    a step that completes within the capacity is the whole dry run, event for
+    event; and a plan found past a capacity is not run again for a smaller one."""
+    whole, rng = oracle(network), random.Random(3)
+    every = actions(network, batch)
+
+    def same(a: DryRun, b: DryRun) -> bool:  # the host's own issuing time aside
+        return a.peak == b.peak and replace(a.record, host_ms=None) == replace(b.record,
+                                                                                host_ms=None)
+
+    for _ in range(6):
+        plan = _plan(network, batch, 4, rng.sample(every, k=rng.randint(0, len(every))))
+        exact = whole.run(plan)
+        for capacity in (exact.peak - 1, exact.peak, exact.peak // 2, exact.peak + 1):
+            stopped = oracle(network)
+            assert stopped.fits(plan, capacity) == (exact.peak <= capacity)
+            assert stopped.dry_runs == 1
+            if exact.peak <= capacity:
+                assert same(stopped.run(plan), exact) and stopped.dry_runs == 1
+            else:
+                assert not stopped.fits(plan, capacity - 1) and stopped.dry_runs == 1
+                assert same(stopped.run(plan), exact) and stopped.dry_runs == 2

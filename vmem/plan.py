@@ -112,8 +112,8 @@ def offloaded_tensors(network: Network, plan: Plan) -> frozenset[str]:
     (GoogLeNet's forks)."""
     asked = {entry.layer for entry in plan.layers if entry.offload_input}
     recomputed = {entry.layer for entry in plan.layers if entry.recompute_output}
-    return frozenset(source for node in network.nodes if node.name in asked
-                     for source in offloadable_inputs(network, node.name)
+    return frozenset(source for layer in asked if layer in network.index
+                     for source in offloadable_inputs(network, layer)
                      if source not in recomputed)
 
 

@@ -3,7 +3,9 @@ runtime hands its policy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,7 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
     choices as the device's model says."""
     costs = peak.costs
     if costs is None:  # a peaks-only oracle: nothing to weigh time by
-        return Budget(capacity, peak.run, bound=bound)
+        return Budget(capacity, peak.run, bound=bound, within=peak.fits)
 
     def layer_ms(node: Node, algorithm: Algorithm, batch: int) -> float:
         shapes = network.shapes(batch)
@@ -37,14 +39,31 @@ def make_budget(network: Network, capacity: int | None, peak: PeakOracle,
         return sum(costs.layer_ms(node.layer, in_shapes, out, algorithm, phase)
                    for phase in ("forward", "backward"))
 
-    return Budget(capacity, peak.run, layer_ms, bound)
+    return Budget(capacity, peak.run, layer_ms, bound, peak.fits)
 
 
 def plan_with(network: Network, policy: str, batch: int, itemsize: int,
               budget: Budget) -> Plan:
     """The plan a policy makes; a capacity no policy can meet is refused first."""
-    check_trainable(network, batch, itemsize, budget)
-    return make_plan(policy, network, batch, itemsize, budget)
+    with _collector_paused():
+        check_trainable(network, batch, itemsize, budget)
+        return make_plan(policy, network, batch, itemsize, budget)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a policy plans: the dry runs it
+    keeps hold hundreds of thousands of event records, which each collection would
+    walk again (half of budget's planning time on GPT-2 XL), and what a dry run
+    leaves behind is freed by reference counting all the same."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,9 @@ class SimBackend(Backend):
         self.arena.capacity = bound_capacity(capacity, self.device_memory_bytes(), self.name)
 
     def _start(self, stream: Stream) -> float:
-        return max(self._clock[stream.name], self._host)
+        # a comparison, not max(): a planner's dry runs ask millions of times
+        clock, host = self._clock[stream.name], self._host
+        return clock if clock > host else host
 
     def launch(self, stream: Stream, op: Callable[[], Any], cost_ms: float = 0.0) -> None:
         self._clock[stream.name] = self._start(stream) + cost_ms
@@ -74,11 +76,13 @@ class SimBackend(Backend):
 
     def wait(self, stream: Stream, event: Event) -> None:
         assert isinstance(event, SimEvent)
-        self._clock[stream.name] = max(self._start(stream), event.t_ms)
+        start = self._start(stream)
+        self._clock[stream.name] = start if start > event.t_ms else event.t_ms
 
     def host_wait(self, event: Event) -> None:
         assert isinstance(event, SimEvent)
-        self._host = max(self._host, event.t_ms)
+        if event.t_ms > self._host:
+            self._host = event.t_ms
 
     def mark(self, stream: Stream) -> Mark:
         return SimMark(self._start(stream))

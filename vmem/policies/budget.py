@@ -25,9 +25,9 @@ planner spends the memory budget instead:
 4. the fastest on the dry run's modeled clock of those, the fewest offloads on
    vDNN's schedule, the whole ranking (on vDNN's schedule and scheduled), and
    what `vdnn-dyn` makes: never slower than vDNN where the model holds;
-5. where the compute stream still waits for a copy back under that plan, the
-   copy starts earlier, a change at a time, kept where it fits and shortens
-   the step.
+5. where the compute stream still waits for copies back under that plan, they
+   start earlier: all at once by a layer while that fits and shortens the step,
+   then one at a time, each change kept where it does.
 
 Every layer runs the algorithm the cost model times fastest, so that a
 smaller limit (which steps `vdnn-dyn`'s convolutions down) cannot buy a faster
@@ -36,7 +36,9 @@ slower plan less often (not never: the search's other choices depend on the
 limit; bench/planner_monotone.py lists where it does).
 
 Everything is decided from dry runs (exact peaks, modeled steps), so the
-planner is a pure function of the network, the batch and the budget. A plan on
+planner is a pure function of the network, the batch and the budget. A dry run
+that only asks whether a plan fits stops at the first allocation past the
+capacity (`PeakOracle.fits`). A plan on
 vDNN's schedule that does less than one found to fit is not run where a bound
 from that one's dry run already puts its peak above the capacity
 (`vmem.policies.bound`): pruning and most of the search for the fewest
@@ -54,6 +56,7 @@ from vmem.dryrun import DryRun
 from vmem.graph import Network, TensorLife
 from vmem.layers.base import numel
 from vmem.plan import (
+    LayerPlan,
     Move,
     Plan,
     offloadable_inputs,
@@ -74,7 +77,8 @@ from vmem.profiler.events import Span
 
 NAME = "budget"
 SCHEDULE_TRIES = 32  # steps back towards vDNN's schedule before giving the schedule up
-REFINE_TRIES = 24  # copies back started earlier, one at a time
+REFINE_TRIES = 24  # changes kept that start copies back earlier
+REFINE_MISSES = 16  # plans tried in a row that do not help before refining stops
 PRUNE_TRIES = 16  # dry runs that find an action needed before the rest are kept unasked
 WAIT_MS = 1e-3  # a wait shorter than a microsecond is no wait
 BOUNDS_KEPT = 3  # bounds tried before a dry run: the latest plans found to fit, the tightest
@@ -166,11 +170,12 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
     Nothing where the whole ranking does not fit."""
 
     made: dict[tuple[Action, ...], Plan] = {}  # plain plans by their actions
+    base = build_plan(NAME, network, batch, itemsize, offload_nothing, quickest)
 
     def plain(actions: Iterable[Action]) -> Plan:
         key = tuple(actions)
         if key not in made:
-            made[key] = _plan(network, batch, itemsize, key, quickest)
+            made[key] = _plan(network, batch, itemsize, key, quickest, base)
         return made[key]
 
     def scheduled(actions: Iterable[Action]) -> Plan:
@@ -218,27 +223,34 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
 
 
 def _plan(network: Network, batch: int, itemsize: int, actions: Iterable[Action],
-          choice: dict[str, int] | None = None) -> Plan:
+          choice: dict[str, int] | None = None, base: Plan | None = None) -> Plan:
     """Offloading the inputs of the layers the actions name and computing again
     the outputs they name, the algorithms of `choice` but where a LIGHTER action
     names the layer (its last), vDNN's schedule. An output is
     not computed again from, nor into, another that is: of two such actions, the
-    earlier in `actions` is taken."""
-    offloads, recomputed, choice = set(), set(), dict(choice or {})
+    earlier in `actions` is taken. `base` is the plan of no actions on `choice`'s
+    algorithms, where the caller has it: only the entries the actions touch are
+    made anew (a search makes hundreds of plans of a thousand layers)."""
+    offloads, recomputed, lighter = set(), set(), set()
     for kind, layer in actions:
         if kind == OFFLOAD:
             offloads.add(layer)
         elif kind == LIGHTER:
-            choice[layer] = len(network.algorithms(batch, itemsize)[layer]) - 1
+            lighter.add(layer)
         elif not _chained(network, layer, recomputed):
             recomputed.add(layer)
-    plan = build_plan(NAME, network, batch, itemsize, lambda node: node.name in offloads,
-                      choice)
-    if not recomputed:
-        return plan
-    return replace(plan, layers=tuple(replace(entry, recompute_output=True)
-                                      if entry.layer in recomputed else entry
-                                      for entry in plan.layers))
+    if base is None:
+        base = build_plan(NAME, network, batch, itemsize, offload_nothing, choice)
+    options, index, entries = network.algorithms(batch, itemsize), network.index, list(base.layers)
+    for layer in offloads | recomputed | lighter:
+        entry = entries[index[layer]]
+        algorithm, workspace = entry.algorithm, entry.workspace_bytes
+        if layer in lighter:
+            light = options[layer][-1]
+            algorithm, workspace = light.name, light.workspace_bytes
+        entries[index[layer]] = LayerPlan(layer, algorithm, workspace, layer in offloads,
+                                          layer in recomputed)
+    return replace(base, layers=tuple(entries))
 
 
 def _chained(network: Network, layer: str, recomputed: set[str]) -> bool:
@@ -436,10 +448,10 @@ def _fitted(network: Network, plain: Plan, scheduled: Plan, limits: Budget, item
         plan = replace(plain, moves=tuple(Move(m.tensor, network.nodes[release[m.tensor]].name,
                                                network.nodes[prefetch[m.tensor]].name)
                                           for m in scheduled.moves if m.tensor in release))
-        if limits.fits(plan):
-            return plan
         assert limits.capacity is not None, "only a capacity makes a plan offload"
-        outcome = _dry_run(limits)(plan)
+        outcome = _dry_run(limits)(plan)  # whole: stepping back reads where its peak is
+        if outcome.peak <= limits.capacity:
+            return plan
         # maps held at the peak, in elements, that stepping back must free
         excess = -(-(outcome.peak - limits.capacity) // itemsize)
         if not _step_back(network, outcome, sizes, release, prefetch, recompute_at, excess):
@@ -489,35 +501,63 @@ def _step_back(network: Network, outcome: DryRun, sizes: dict[str, int],
 
 
 def _refined(network: Network, plan: Plan, limits: Budget) -> Plan:
-    """Where the compute stream waits for a copy back, that copy started 1, 2 or
-    4 layers earlier in the backward pass, the longest wait first; a change is
-    kept where the plan still fits and its modeled step is shorter."""
+    """Where the compute stream waits for copies back, those copies started
+    earlier in the backward pass, a change kept where the plan still fits and
+    its modeled step is shorter: first every waited-for copy one layer earlier
+    at once (a transformer's blocks wait alike, and one dry run then does what
+    one a map would), again while that helps; then each alone 1, 2 or 4 layers
+    earlier, the longest wait first. At most REFINE_TRIES changes are kept, and
+    the search ends after REFINE_MISSES plans tried in a row are not."""
     run, index, nodes = _dry_run(limits), network.index, network.nodes
     settled: set[str] = set()  # maps no earlier start helps
-    for _ in range(REFINE_TRIES):
-        where = {move.tensor: k for k, move in enumerate(plan.moves)}
-        waits = sorted((s for s in run(plan).record.spans if s.kind == "wait"
-                        and s.ms > WAIT_MS and s.name in where and s.name not in settled),
-                       key=lambda s: (-s.ms, s.name))
-        better = None
-        for wait in waits:
-            k = where[wait.name]
-            move = plan.moves[k]
-            for step in (1, 2, 4):
-                at = index[move.prefetch_before] + step
+    misses = 0
+
+    def earlier(base: Plan, steps: dict[str, int]) -> Plan | None:
+        """`base` with the named maps' copies back started that many layers earlier."""
+        moves = list(base.moves)
+        for k, move in enumerate(moves):
+            if move.tensor in steps:
+                at = index[move.prefetch_before] + steps[move.tensor]
                 if at >= len(nodes):
-                    break
-                moves = list(plan.moves)
+                    return None
                 moves[k] = replace(move, prefetch_before=nodes[at].name)
-                trial = replace(plan, moves=tuple(moves))
-                if (limits.fits(trial) and run(trial).record.duration_ms
-                        < run(plan).record.duration_ms):
-                    better = trial
+        return replace(base, moves=tuple(moves))
+
+    def better(trial: Plan) -> bool:
+        nonlocal misses
+        if (limits.fits(trial)
+                and run(trial).record.duration_ms < run(plan).record.duration_ms):
+            misses = 0
+            return True
+        misses += 1
+        return False
+
+    together = True
+    for _ in range(REFINE_TRIES):
+        moved = {move.tensor for move in plan.moves}
+        waits = sorted((s for s in run(plan).record.spans if s.kind == "wait"
+                        and s.ms > WAIT_MS and s.name in moved and s.name not in settled),
+                       key=lambda s: (-s.ms, s.name))
+        found = None
+        if together and len(waits) > 1:
+            trial = earlier(plan, {wait.name: 1 for wait in waits})
+            if trial is not None and better(trial):
+                found = trial
+            together = found is not None
+        for wait in waits if found is None else ():
+            for step in (1, 2, 4):
+                if misses >= REFINE_MISSES:
+                    return plan
+                trial = earlier(plan, {wait.name: step})
+                if trial is None:
                     break
-            if better is not None:
+                if better(trial):
+                    found = trial
+                    break
+            if found is not None:
                 break
             settled.add(wait.name)
-        if better is None:
+        if found is None:
             return plan
-        plan = better
+        plan = found
     return plan

@@ -6,15 +6,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmem.backends.base import Backend, Mark, Stream
 from vmem.memory import ArenaEvent
 from vmem.profiler.events import MemoryEvent, Span, StepRecord
 
 
-@dataclass(frozen=True)
-class _PendingSpan:
+class _PendingSpan(NamedTuple):
     name: str
     phase: str
     stream: str
@@ -24,8 +23,7 @@ class _PendingSpan:
     nbytes: int
 
 
-@dataclass(frozen=True)
-class _PendingMemory:
+class _PendingMemory(NamedTuple):
     mark: Mark
     event: ArenaEvent
     kernels_before: int  # kernel spans recorded when the event happened
@@ -85,7 +83,8 @@ class StepRecorder:
             return "", ""
         before = pending.kernels_before
         index = before if pending.event.op == "alloc" else before - 1
-        return self._kernels[min(max(index, 0), len(self._kernels) - 1)]
+        last = len(self._kernels) - 1
+        return self._kernels[0 if index < 0 else last if index > last else index]
 
     def finish(self, step: int, loss: float | None) -> StepRecord:
         """Resolve every mark; the caller has synchronized the backend."""
