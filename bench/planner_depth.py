@@ -1,7 +1,8 @@
 """Planning time against depth: `budget` and `vdnn-dyn` on plain convolution
 stacks (conv + relu pairs, then a pool, a linear layer and the loss) at batch
 256 on sim:h100-pcie5, within half of `none`'s peak. Prints one markdown row
-per depth: nodes, planning times, and each plan's modeled step.
+per depth: nodes, planning times (wall; CPU for budget), each plan's modeled
+step.
 
     python bench/planner_depth.py [--pairs 32 64 128 256] [--profile]
 """
@@ -52,8 +53,9 @@ def none_peak(network: vmem.Network, batch: int = BATCH) -> int:
 
 @dataclass(frozen=True)
 class Planned:
-    seconds: float  # to plan, on this machine
-    dry_runs: int  # distinct plans the planner ran (the same on every machine)
+    seconds: float  # to plan, on this machine: wall-clock
+    cpu_s: float  # to plan: this process's CPU time (less swayed by other work on the machine)
+    dry_runs: int  # steps the planner ran, whole or stopped past the capacity (any machine's)
     step_ms: float  # the plan's modeled step
     peak: int  # the plan's peak, bytes
 
@@ -61,12 +63,12 @@ class Planned:
 def plan_timed(network: vmem.Network, policy: str, limit: int, batch: int = BATCH) -> Planned:
     """Planning within `limit` bytes, with a fresh oracle, as `vmem plan` has."""
     peak = oracle(network)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     plan = plan_with(network, policy, batch, 4, make_budget(network, limit, peak))
-    seconds = time.perf_counter() - started
-    dry_runs = len(peak._runs)
+    seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    dry_runs = peak.dry_runs
     run = peak.run(plan)
-    return Planned(seconds, dry_runs, run.record.duration_ms, run.peak)
+    return Planned(seconds, cpu_s, dry_runs, run.record.duration_ms, run.peak)
 
 
 def main() -> None:
@@ -80,14 +82,15 @@ def main() -> None:
           "limit half of none's peak")
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on "
           f"{os.cpu_count()} cores")
-    print("| nodes | budget s | budget dry runs | budget step ms | vdnn-dyn s | "
+    print("| nodes | budget s | budget cpu s | budget dry runs | budget step ms | vdnn-dyn s | "
           "vdnn-dyn step ms |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for pairs in args.pairs:
         network = conv_stack(pairs)
         limit = none_peak(network) // 2
         b, d = plan_timed(network, "budget", limit), plan_timed(network, "vdnn-dyn", limit)
-        print(f"| {len(network.nodes)} | {b.seconds:.2f} | {b.dry_runs} | {b.step_ms:.2f} | "
+        print(f"| {len(network.nodes)} | {b.seconds:.2f} | {b.cpu_s:.2f} | {b.dry_runs} | "
+              f"{b.step_ms:.2f} | "
               f"{d.seconds:.2f} | {d.step_ms:.2f} |", flush=True)
     if args.profile:
         profiler = cProfile.Profile()

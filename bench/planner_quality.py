@@ -38,13 +38,14 @@ def cases() -> list[tuple[str, vmem.Network, list[int]]]:
 def main() -> None:
     print(f"{platform.machine()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; sim:{DEVICE}, "
           "batch 256")
-    print("| network | limit bytes | budget step ms | budget s | budget dry runs | "
+    print("| network | limit bytes | budget step ms | budget s | budget cpu s | budget dry runs | "
           "vdnn-dyn step ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, network, limits in cases():
         for limit in limits:
             b, d = plan_timed(network, "budget", limit), plan_timed(network, "vdnn-dyn", limit)
-            print(f"| {name} | {limit} | {b.step_ms:.3f} | {b.seconds:.2f} | {b.dry_runs} | "
+            print(f"| {name} | {limit} | {b.step_ms:.3f} | {b.seconds:.2f} | {b.cpu_s:.2f} | "
+                  f"{b.dry_runs} | "
                   f"{d.step_ms:.3f} |", flush=True)
 
 
