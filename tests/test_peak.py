@@ -264,13 +264,19 @@ def test_compare_and_report_show_each_policys_peak(capsys: pytest.CaptureFixture
     assert [r["at_peak"] for r in json.loads(out)] == [r["at_peak"] for r in rows]
 
 
-def test_an_older_session_without_the_peak_still_renders(capsys: pytest.CaptureFixture[str],
-                                                         tmp_path: Path) -> None:
+def _saved_digits_session(capsys: pytest.CaptureFixture[str],
+                          tmp_path: Path) -> tuple[Path, dict]:
+    """A one-step digits run on the sim saved as a session: its path and its JSON."""
     path = tmp_path / "session.json"
     code, _, err = run_cli(capsys, "run", "digits", "--device", "sim:titan-x", "--batch", "2",
                            "--steps", "1", "--save-session", str(path))
     assert code == 0, err
-    data = json.loads(path.read_text())
+    return path, json.loads(path.read_text())
+
+
+def test_an_older_session_without_the_peak_still_renders(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    path, data = _saved_digits_session(capsys, tmp_path)
     for trial in data["trials"]:
         del trial["result"]["at_peak"]
         for record in trial["records"]:
@@ -294,11 +300,7 @@ def test_a_bad_count_is_one_line(capsys: pytest.CaptureFixture[str], command: st
 
 def test_a_session_whose_peak_does_not_add_up_is_refused(capsys: pytest.CaptureFixture[str],
                                                          tmp_path: Path) -> None:
-    path = tmp_path / "session.json"
-    code, _, err = run_cli(capsys, "run", "digits", "--device", "sim:titan-x", "--batch", "2",
-                           "--steps", "1", "--save-session", str(path))
-    assert code == 0, err
-    data = json.loads(path.read_text())
+    path, data = _saved_digits_session(capsys, tmp_path)
     data["trials"][0]["result"]["at_peak"]["tensors"][0]["nbytes"] += 1
     path.write_text(json.dumps(data))
     code, _, err = run_cli(capsys, "report", str(path))
