@@ -5,11 +5,12 @@ dry runs); devices at a batch; bad input."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from test_cli import assert_one_line_error, run_cli
 
-from vmem.errors import VmemError
+from vmem.errors import MemoryLimitTooSmall, VmemError
 from vmem.fit import fit_device, largest_batch
 from vmem.profile import load_profile
 from vmem.trial import TrialSpec, run_trial
@@ -51,6 +52,22 @@ def test_the_largest_batch_trains_and_one_more_does_not(policy: str) -> None:
     assert not _trains(network, fit.batch + 1, policy, limit)
     assert fit.slowdown is not None and fit.slowdown >= 1.0 - 1e-9
     assert fit.samples_per_s == pytest.approx(fit.batch / fit.step_ms * 1e3)
+
+
+def test_budget_fits_past_vdnn_dyn_where_its_lightest_plan_recomputes_blocks() -> None:
+    """GPT-2 small (12 blocks, T = 1024) on sim:a100-80gb within 8 GiB, AdamW:
+    budget's largest batch is past vdnn-dyn's, since its lightest plan computes
+    every block again from its input; the plan there fits and trains, and one
+    sample more does not, each refused with the least it would need."""
+    network, limit = load_profile("gpt2").network, 8 * 2**30
+    vdnn, ours = fit_device(network, "sim:a100-80gb", limit, ["vdnn-dyn", "budget"],
+                            "liveness", "adamw").fits
+    assert 0 < vdnn.batch < ours.batch and ours.peak <= limit
+    spec = TrialSpec(network, ours.batch, steps=1, device="sim:a100-80gb", policy="budget",
+                     memory_limit=limit, optimizer="adamw")
+    run_trial(spec)
+    with pytest.raises(MemoryLimitTooSmall, match="every repeated block computed again"):
+        run_trial(replace(spec, batch=ours.batch + 1))
 
 
 def test_fit_json_and_devices(capsys: pytest.CaptureFixture[str]) -> None:

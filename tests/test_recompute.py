@@ -18,6 +18,7 @@ import vmem
 from vmem.backends import get_backend
 from vmem.costs import load_costs
 from vmem.dryrun import PeakOracle
+from vmem.errors import MemoryLimitTooSmall
 from vmem.executor import Executor
 from vmem.graph import Network
 from vmem.layers.base import numel
@@ -32,7 +33,13 @@ from vmem.plan import (
     recomputed_tensors,
 )
 from vmem.planning import make_budget
-from vmem.policies.vdnn import build_plan, offload_kept_inputs, offload_nothing
+from vmem.policies.vdnn import (
+    blocks_recomputed,
+    build_plan,
+    floor_plans,
+    offload_kept_inputs,
+    offload_nothing,
+)
 from vmem.profile import load_profile
 from vmem.profiler.analysis import peak_bytes
 from vmem.profiler.per_layer import layer_stats
@@ -247,3 +254,74 @@ def test_a_recomputed_gpt2_block_holds_none_of_its_activations_after_the_forward
     record = train_plan(network, plan, steps=1)[2]
     again = [s for s in record.spans if s.phase == "recompute"]
     assert sorted(s.name for s in again) == sorted(whole_blocks(network))
+
+
+def test_budget_plans_below_vdnns_floor_by_recomputing_whole_blocks() -> None:
+    """GPT-2 small (12 blocks, T = 1024) at batch 2 on sim:a100-80gb's model, AdamW,
+    within a limit halfway between budget's lightest plan (vdnn-all on
+    memory-optimal algorithms, every block computed again from its input) and
+    vDNN's floor (the same without recomputation): budget's plan fits, computing
+    every block again, vdnn-dyn's does not; a byte below the lightest plan the
+    limit is refused, by that plan and its exact peak."""
+    network = load_profile("gpt2").network
+    oracle = PeakOracle(network, np.dtype("float32"), vmem.AdamW(), costs=load_costs("a100-80gb"))
+    vdnn_floor, lightest = floor_plans(network, 2, 4).values()
+    low, high = oracle(lightest), oracle(vdnn_floor)
+    assert low < high
+    limits = make_budget(network, (low + high) // 2, oracle)
+    plan = vmem.planning.plan_with(network, "budget", 2, 4, limits)
+    assert oracle(plan) <= limits.capacity
+    assert recomputed_tensors(network, plan, 4) >= whole_blocks_at(network, 2)
+    assert not limits.fits(vmem.planning.plan_with(network, "vdnn-dyn", 2, 4, limits))
+    words = "vdnn-all with memory-optimal algorithms, every repeated block computed again"
+    with pytest.raises(MemoryLimitTooSmall, match=f"under any policy: {words}.*\\({low:,} bytes"):
+        vmem.planning.plan_with(network, "budget", 2, 4, make_budget(network, low - 1, oracle))
+
+
+def test_blocks_computed_again_beside_single_maps_and_offloads_change_no_bit() -> None:
+    """A budget plan of every kind of action on gpt2-tiny: one block computed
+    again whole, the other's cheap maps singly, offloads in both (the first
+    block's input comes back for its recomputation): `none`'s losses and
+    weights to the bit, the cpu backend's peak the dry run's to the byte."""
+    network = load_profile("gpt2-tiny").network
+    (first, members), (second, _) = network.blocks
+    blocks = {first: block_recomputation(network, first, 4, 4)}
+    singles = [(budget_module.RECOMPUTE, name) for name in selective(network)
+               if name.startswith(second + ".")]
+    offloads = [(budget_module.OFFLOAD, n.name) for n in network.nodes if offload_kept_inputs(n)]
+    actions = [(budget_module.BLOCK, first), *singles, *offloads]
+    plan = budget_module._plan(network, 4, 4, actions, blocks=blocks)
+    recomputed = recomputed_tensors(network, plan, 4)
+    assert blocks[first] <= recomputed and len(recomputed) > len(blocks[first])
+    block_input = network.nodes[network.index[members[0]]].inputs[0]
+    assert block_input in offloaded_tensors(network, plan)
+    losses, weights, record, dry_peak = train_plan(network, plan)
+    assert peak_bytes(record) == dry_peak
+    assert_same_training(losses, weights, network)
+
+
+def test_budget_is_no_slower_than_computing_every_block_again_where_that_fits() -> None:
+    """GPT-2 small (12 blocks, T = 1024) at batch 8 on sim:a100-80gb's model, AdamW,
+    within each block-recomputing plan's own peak (on the fastest algorithms, and
+    with flash attention) and a little above: budget's plan fits and models a step
+    no longer than that plan's (torch.utils.checkpoint's configuration is one of
+    its candidates, and its search may find quicker)."""
+    network = load_profile("gpt2").network
+    oracle = PeakOracle(network, np.dtype("float32"), vmem.AdamW(), costs=load_costs("a100-80gb"))
+    fastest = build_plan("none", network, 8, 4, offload_nothing)
+    flash = {n.name: len(network.algorithms(8, 4)[n.name]) - 1 for n in network.nodes
+             if n.layer.TYPE == "attention"}
+    for base in (fastest, build_plan("flash", network, 8, 4, offload_nothing, flash)):
+        checkpointed = blocks_recomputed(network, base, 4)
+        assert recomputed_tensors(network, checkpointed, 4) == whole_blocks_at(network, 8)
+        for limit in (oracle(checkpointed), oracle(checkpointed) + 2**28):
+            limits = make_budget(network, limit, oracle)
+            plan = budget_module.budget(network, 8, 4, limits)
+            assert oracle(plan) <= limit
+            assert (oracle.run(plan).record.duration_ms
+                    <= oracle.run(checkpointed).record.duration_ms + 1e-9)
+
+
+def whole_blocks_at(network: Network, batch: int) -> frozenset[str]:
+    return frozenset().union(*(block_recomputation(network, instance, 4, batch)
+                               for instance, _ in network.blocks))

@@ -22,6 +22,7 @@ from vmem.cliargs import MAX_COUNT
 from vmem.dryrun import PeakOracle
 from vmem.errors import MemoryLimitTooSmall, UsageError
 from vmem.graph import Network
+from vmem.plan import Plan
 from vmem.planning import (
     DevicePlan,
     Target,
@@ -31,11 +32,12 @@ from vmem.planning import (
     plan_on_target,
     resolve_target,
 )
-from vmem.policies.vdnn import memory_optimal
+from vmem.policies.vdnn import floor_plans, memory_optimal
 
 # vdnn-dyn falls back to vdnn-all with memory-optimal algorithms, and budget keeps
-# vdnn-dyn's plan among its candidates: each fits wherever that floor fits, so a
-# search for them probes the floor alone (one dry run, not a whole planning)
+# that and its own lightest plans among its candidates (`floor_plans`): each fits
+# wherever its floor fits, so a search for them probes the floor alone (a dry run or
+# two, not a whole planning)
 FLOOR_POLICIES = frozenset({"vdnn-dyn", "budget"})
 
 
@@ -117,13 +119,20 @@ class DeviceFitter:
             return None
         return planned if planned.fits else None
 
-    def floor_fits(self, batch: int) -> bool:
-        return self.budget.fits(memory_optimal(self.network, batch, self.itemsize))
+    def floors(self, policy: str, batch: int) -> list[Plan]:
+        """The lightest plans `policy` can fall back to at `batch`: budget's
+        `floor_plans`, vDNN's memory-optimal configuration for the others."""
+        if policy == "budget":
+            return list(floor_plans(self.network, batch, self.itemsize).values())
+        return [memory_optimal(self.network, batch, self.itemsize)]
+
+    def floor_fits(self, policy: str, batch: int) -> bool:
+        return any(self.budget.fits(plan) for plan in self.floors(policy, batch))
 
     def at(self, policy: str, batch: int) -> Fit:
         planned = self.plan(policy, batch) if batch else None
         if planned is None:
-            floor = self.peak(memory_optimal(self.network, max(batch, 1), self.itemsize))
+            floor = min(self.peak(plan) for plan in self.floors(policy, max(batch, 1)))
             return Fit(policy, self.target.name, self.capacity, batch, floor=floor)
         oracle = oracle_plan(self.network, batch, self.peak)
         return Fit(policy, self.target.name, self.capacity, batch, planned.peak,
@@ -132,7 +141,7 @@ class DeviceFitter:
     def largest(self, policy: str) -> Fit:
         """The largest batch the policy trains within the capacity."""
         if policy in FLOOR_POLICIES:
-            batch = largest_batch(self.floor_fits)
+            batch = largest_batch(lambda b: self.floor_fits(policy, b))
             if batch and self.plan(policy, batch) is None:  # the floor's promise broke
                 batch = largest_batch(lambda b: self.plan(policy, b) is not None, batch)
         else:

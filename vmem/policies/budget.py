@@ -12,7 +12,10 @@ planner spends the memory budget instead:
    with recomputation ranked beside the offloads: a cheap layer's output
    (pooling, LRN, concatenation) dropped after the forward pass and computed
    again before its first backward user, for the bytes it frees per modeled
-   millisecond of its forward pass;
+   millisecond of its forward pass; and the same once more with whole repeated
+   blocks ranked beside those (each computed again from its input, as
+   torch.utils.checkpoint does, for the bytes its layers' outputs and saved
+   state free per modeled millisecond of their forward passes);
 2. a schedule for them (`Move`), timed on the step with no offloads: a map's
    device block is freed at the end of the first layer by which its copy is
    modeled to be done, so the host does not wait for it, and its copy back
@@ -23,8 +26,11 @@ planner spends the memory budget instead:
 3. the same schedule over the shortest prefix of the ranking with which it fits
    whole (more offloads, none held back);
 4. the fastest on the dry run's modeled clock of those, the fewest offloads on
-   vDNN's schedule, the whole ranking (on vDNN's schedule and scheduled), and
-   what `vdnn-dyn` makes: never slower than vDNN where the model holds;
+   vDNN's schedule, the whole ranking (on vDNN's schedule and scheduled), what
+   `vdnn-dyn` makes, every block computed again (on the quickest algorithms,
+   and on the lighter ones), and the lightest plans (`floor_plans`): never
+   slower than vDNN, nor than recomputing every block, where the model holds,
+   and a plan wherever the lightest fits, below vDNN's floor too;
 5. where the compute stream still waits for copies back under that plan, they
    start earlier: all at once by a layer while that fits and shortens the step,
    then one at a time, each change kept where it does.
@@ -59,6 +65,7 @@ from vmem.plan import (
     LayerPlan,
     Move,
     Plan,
+    block_recomputation,
     offloadable_inputs,
     offloaded_tensors,
     recomputable,
@@ -67,8 +74,10 @@ from vmem.plan import (
 from vmem.policies.bound import PeakBound
 from vmem.policies.vdnn import (
     Budget,
+    blocks_recomputed,
     build_plan,
     check_trainable,
+    floor_plans,
     offload_kept_inputs,
     offload_nothing,
     vdnn_dyn,
@@ -82,11 +91,15 @@ REFINE_MISSES = 16  # plans tried in a row that do not help before refining stop
 PRUNE_TRIES = 16  # dry runs that find an action needed before the rest are kept unasked
 WAIT_MS = 1e-3  # a wait shorter than a microsecond is no wait
 BOUNDS_KEPT = 3  # bounds tried before a dry run: the latest plans found to fit, the tightest
-OFFLOAD, RECOMPUTE, LIGHTER = "offload", "recompute", "lighter"
+OFFLOAD, RECOMPUTE, LIGHTER, BLOCK = "offload", "recompute", "lighter", "block"
 #: What the planner may do to a layer: offload its inputs, compute its output again, or
 #: run it on its algorithm that keeps the least (attention's flash, whose log-sum-exp
-#: stands for the probabilities the quicker materialized algorithm keeps).
+#: stands for the probabilities the quicker materialized algorithm keeps); or to a
+#: repeated block's instance (named as the profile names it): compute the whole block
+#: again from its input (`block_recomputation`), as torch.utils.checkpoint does.
 Action = tuple[str, str]
+#: A repeated block's instance by name: the layers computing it again recomputes.
+Blocks = dict[str, frozenset[str]]
 
 
 def budget(network: Network, batch: int, itemsize: int, limits: Budget) -> Plan:
@@ -135,22 +148,42 @@ def lighter_algorithms(network: Network, batch: int, itemsize: int,
 def _search(network: Network, batch: int, itemsize: int, limits: Budget, fastest: Plan,
             quickest: dict[str, int]) -> Plan:
     """Steps 1 to 5 within one limit, where `fastest` does not fit, each layer on
-    its `quickest` algorithm but where a LIGHTER action moves it."""
+    its `quickest` algorithm but where a LIGHTER action moves it. The lightest
+    plans (`floor_plans`) are candidates too: the search finds a plan wherever
+    either fits."""
     run = _dry_run(limits)
-    candidates = [_relabel(vdnn_dyn(network, batch, itemsize, limits))]
     lighter = lighter_algorithms(network, batch, itemsize, quickest)
+    # every block computed again, as torch.utils.checkpoint does, on the quickest
+    # algorithms and on the lighter ones: where that fits, the search's fewest
+    # actions (offloads first, as they rank) are not always quicker
+    checkpointed = [blocks_recomputed(network, plan, itemsize) for plan in
+                    (fastest, build_plan(NAME, network, batch, itemsize, offload_nothing,
+                                         quickest | lighter))]
+    candidates = [*(plan for plan in checkpointed if plan.layers != fastest.layers),
+                  _relabel(vdnn_dyn(network, batch, itemsize, limits)),
+                  *map(_relabel, floor_plans(network, batch, itemsize).values())]
     everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs,
                             quickest | lighter)
-    if limits.fits(everything):
-        timeline = Timeline.of(network, run(fastest), run(everything))
-        for recompute in (False, True):
-            ranking = _ranking(network, batch, itemsize, timeline, recompute,
-                               quickest, lighter, limits)
-            candidates[:0] = _ranked(network, batch, itemsize, timeline, ranking, limits,
-                                     quickest)
+    blocks = _blocks(network, batch, itemsize)
+    timeline = Timeline.of(network, run(fastest), run(everything))
+    # offloads alone; with single maps computed again; and with whole blocks too
+    # (a ranking with more actions may settle on a slower plan: each is a candidate)
+    for recompute, whole in ((False, {}), (True, {}), (True, blocks)) if blocks else (
+            (False, {}), (True, {})):
+        ranking = _ranking(network, batch, itemsize, timeline, recompute,
+                           quickest, lighter, limits, whole)
+        candidates[:0] = _ranked(network, batch, itemsize, timeline, ranking, limits,
+                                 quickest, whole)
     fitting = [plan for plan in candidates if limits.fits(plan)]
     best = min(fitting or candidates[-1:], key=lambda plan: run(plan).record.duration_ms)
     return _refined(network, best, limits) if best.moves else best
+
+
+def _blocks(network: Network, batch: int, itemsize: int) -> Blocks:
+    """The network's block instances that can be computed again from their input."""
+    blocks = {instance: block_recomputation(network, instance, itemsize, batch)
+              for instance, _ in network.blocks}
+    return {instance: layers for instance, layers in blocks.items() if layers}
 
 
 def _dry_run(limits: Budget) -> Callable[[Plan], DryRun]:
@@ -163,8 +196,8 @@ def _relabel(plan: Plan) -> Plan:
 
 
 def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
-            ranking: list[Action], limits: Budget, quickest: dict[str, int] | None = None
-            ) -> list[Plan]:
+            ranking: list[Action], limits: Budget, quickest: dict[str, int] | None = None,
+            blocks: Blocks | None = None) -> list[Plan]:
     """Steps 1 to 3 over one ranking: the fewest actions that fit, on vDNN's
     schedule and scheduled; the shortest prefix whose whole schedule fits.
     Nothing where the whole ranking does not fit."""
@@ -175,7 +208,7 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
     def plain(actions: Iterable[Action]) -> Plan:
         key = tuple(actions)
         if key not in made:
-            made[key] = _plan(network, batch, itemsize, key, quickest, base)
+            made[key] = _plan(network, batch, itemsize, key, quickest, base, blocks)
         return made[key]
 
     def scheduled(actions: Iterable[Action]) -> Plan:
@@ -223,21 +256,30 @@ def _ranked(network: Network, batch: int, itemsize: int, timeline: Timeline,
 
 
 def _plan(network: Network, batch: int, itemsize: int, actions: Iterable[Action],
-          choice: dict[str, int] | None = None, base: Plan | None = None) -> Plan:
+          choice: dict[str, int] | None = None, base: Plan | None = None,
+          blocks: Blocks | None = None) -> Plan:
     """Offloading the inputs of the layers the actions name and computing again
-    the outputs they name, the algorithms of `choice` but where a LIGHTER action
-    names the layer (its last), vDNN's schedule. An output is
-    not computed again from, nor into, another that is: of two such actions, the
-    earlier in `actions` is taken. `base` is the plan of no actions on `choice`'s
-    algorithms, where the caller has it: only the entries the actions touch are
-    made anew (a search makes hundreds of plans of a thousand layers)."""
+    the outputs they name (every layer `blocks` gives a BLOCK action's
+    instance), the algorithms of `choice` but where a LIGHTER action names the
+    layer (its last), vDNN's schedule. The blocks are computed again first
+    (a chain from each block's input, which the block before keeps); beside
+    them an output is not computed again from, nor into, another that is: of
+    two such actions, the earlier in `actions` is taken. `base` is the plan of
+    no actions on `choice`'s algorithms, where the caller has it: only the
+    entries the actions touch are made anew (a search makes hundreds of plans of
+    a thousand layers)."""
+    actions = list(actions)
     offloads, recomputed, lighter = set(), set(), set()
+    for kind, name in actions:
+        if kind == BLOCK:
+            assert blocks is not None, "a block action needs the blocks"
+            recomputed |= blocks[name]
     for kind, layer in actions:
         if kind == OFFLOAD:
             offloads.add(layer)
         elif kind == LIGHTER:
             lighter.add(layer)
-        elif not _chained(network, layer, recomputed):
+        elif kind == RECOMPUTE and not _chained(network, layer, recomputed):
             recomputed.add(layer)
     if base is None:
         base = build_plan(NAME, network, batch, itemsize, offload_nothing, choice)
@@ -328,12 +370,14 @@ class Timeline:
 
 def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
              recompute: bool = False, quickest: dict[str, int] | None = None,
-             lighter: dict[str, int] | None = None, limits: Budget | None = None
-             ) -> list[Action]:
+             lighter: dict[str, int] | None = None, limits: Budget | None = None,
+             blocks: Blocks | None = None) -> list[Action]:
     """Layers whose inputs may be offloaded, by the bytes each frees per modeled
     millisecond it adds to the step on its own under vDNN's schedule; with
     `recompute`, beside them the layers whose output may be computed again, by
-    the bytes it frees per modeled millisecond of the layer's forward pass; and
+    the bytes it frees per modeled millisecond of the layer's forward pass, and
+    the `blocks` that may be, by the bytes their layers' outputs and saved state
+    free per modeled millisecond of their forward passes; and
     the layers `lighter` names, by the bytes their lighter algorithm frees (what
     it saves and its workspace less the quickest's) per modeled millisecond it
     adds to the layer's passes."""
@@ -364,6 +408,16 @@ def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
         if recompute and recomputable(network, node.name, itemsize, batch) is None:
             freed = numel(shapes[node.name]) * itemsize
             merit[(RECOMPUTE, node.name)] = freed / (timeline.forward[i].ms + 0.01)
+    for instance, layers in (blocks or {}).items() if recompute else ():
+        freed, took = 0, 0.0
+        for name in layers:
+            k = network.index[name]
+            node, algorithm = network.nodes[k], options[name][(quickest or {}).get(name, 0)]
+            freed += (numel(shapes[name]) * itemsize
+                      + node.layer.saved_bytes(network.in_shapes(node, shapes), itemsize,
+                                               algorithm))
+            took += timeline.forward[k].ms
+        merit[(BLOCK, instance)] = freed / (took + 0.01)
     return sorted(merit, key=lambda action: (-merit[action], action))
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vmem.dryrun import DryRun
 from vmem.errors import MemoryLimitTooSmall
 from vmem.graph import Network, Node
 from vmem.layers.base import Algorithm, Keeps
-from vmem.plan import LayerPlan, Plan
+from vmem.plan import LayerPlan, Plan, block_recomputation
 from vmem.units import format_bytes
 
 Offload = Callable[[Node], bool]
@@ -98,24 +98,63 @@ def vdnn_conv(network: Network, batch: int, itemsize: int, budget: Budget) -> Pl
 
 
 def memory_optimal(network: Network, batch: int, itemsize: int) -> Plan:
-    """vdnn-all with every layer on its least-workspace algorithm: the least
-    device memory any vDNN configuration needs."""
-    least = {node.name: -1 for node in network.nodes}
+    """vdnn-all with every layer on the algorithm that holds the least (its
+    workspace and what it saves for its backward pass; of equals the later, the
+    smaller workspace in a convolution's list): the least device memory any
+    vDNN configuration needs. Flash attention's tiles, at a T shorter than a
+    tile, hold more than the probabilities the materialized algorithm saves."""
+    options, shapes = network.algorithms(batch, itemsize), network.shapes(batch)
+    least = {}
+    for node in network.nodes:
+        in_shapes = network.in_shapes(node, shapes)
+        algos = options[node.name]
+        least[node.name] = min(range(len(algos)), key=lambda k: (
+            algos[k].workspace_bytes + node.layer.saved_bytes(in_shapes, itemsize, algos[k]),
+            -k))
     return build_plan("vdnn-all (memory-optimal)", network, batch, itemsize,
                       offload_kept_inputs, least)
 
 
+def blocks_recomputed(network: Network, plan: Plan, itemsize: int) -> Plan:
+    """`plan` with every repeated block computed again from its input as well
+    (`vmem.plan.block_recomputation`); the plan itself in a network without any."""
+    chosen = frozenset().union(*(block_recomputation(network, instance, itemsize, plan.batch)
+                                 for instance, _ in network.blocks))
+    if not chosen:
+        return plan
+    return Plan(plan.policy, plan.batch, tuple(
+        replace(entry, recompute_output=entry.recompute_output or entry.layer in chosen)
+        for entry in plan.layers), plan.moves)
+
+
+def floor_plans(network: Network, batch: int, itemsize: int) -> dict[str, Plan]:
+    """The lightest plans, by what they do: vDNN's floor (`memory_optimal`) and,
+    in a network of repeated blocks, budget's: the same with every block
+    computed again from its input, which keeps a block's input alone (offloaded
+    too) where vDNN keeps every map a backward pass reads. A capacity that
+    neither fits no policy meets; vdnn-dyn meets the first wherever it fits,
+    budget either."""
+    vdnn = memory_optimal(network, batch, itemsize)
+    floors = {"vdnn-all with memory-optimal algorithms": vdnn}
+    lighter = blocks_recomputed(network, vdnn, itemsize)
+    if lighter is not vdnn:
+        floors["vdnn-all with memory-optimal algorithms, every repeated block computed "
+               "again from its input"] = replace(lighter, policy="budget (lightest)")
+    return floors
+
+
 def check_trainable(network: Network, batch: int, itemsize: int, budget: Budget) -> None:
-    """Refuse a capacity that even the memory-optimal configuration exceeds."""
+    """Refuse a capacity that even the lightest plan vmem makes exceeds."""
     if budget.capacity is None:
         return
-    floor = memory_optimal(network, batch, itemsize)
-    if not budget.fits(floor):
-        raise MemoryLimitTooSmall(
-            f"{budget.describe_capacity()} cannot train "
-            f"{network.name} at batch {batch} under any policy: vdnn-all with memory-optimal "
-            f"algorithms needs at least {format_bytes(budget.peak(floor))} "
-            f"({budget.peak(floor):,} bytes)")
+    floors = floor_plans(network, batch, itemsize)
+    if any(budget.fits(plan) for plan in floors.values()):
+        return
+    words, least = min(floors.items(), key=lambda item: budget.peak(item[1]))
+    raise MemoryLimitTooSmall(
+        f"{budget.describe_capacity()} cannot train "
+        f"{network.name} at batch {batch} under any policy: {words} needs at least "
+        f"{format_bytes(budget.peak(least))} ({budget.peak(least):,} bytes)")
 
 
 def vdnn_dyn(network: Network, batch: int, itemsize: int, budget: Budget) -> Plan:
