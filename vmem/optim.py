@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from vmem.checks import finite_number
 from vmem.errors import UsageError
-from vmem.kernels.threads import for_ranges, on_threads, split
+from vmem.kernels.threads import for_ranges, on_threads
 
 #: Elements of each array an update handles at once on NumPy: the blocks of the
 #: weight, its gradient and its state (up to four arrays, 256 KiB in float32) stay
@@ -194,11 +194,14 @@ def in_blocks(xp: Any, rule: Callable[..., None], *arrays: Any) -> None:
         return
     flats = [a.reshape(-1) for a in arrays]
 
-    def run(lo: int, hi: int) -> None:
-        for start, stop in split(hi - lo, UPDATE_BLOCK_ELEMENTS):
-            rule(*(flat[lo + start:lo + stop] for flat in flats))
+    def run(first: int, stop: int) -> None:
+        # blocks first .. stop-1: the ranges cut whole blocks, so an array of one
+        # block (a bias, a batch norm's weight) is one task, run here
+        for lo in range(first * UPDATE_BLOCK_ELEMENTS, min(size, stop * UPDATE_BLOCK_ELEMENTS),
+                        UPDATE_BLOCK_ELEMENTS):
+            rule(*(flat[lo:lo + UPDATE_BLOCK_ELEMENTS] for flat in flats))
 
-    for_ranges(xp, size, run)
+    for_ranges(xp, -(-size // UPDATE_BLOCK_ELEMENTS), run)
 
 
 def update_traffic(optimizer: Optimizer) -> int:
