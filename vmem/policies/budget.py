@@ -98,7 +98,7 @@ OFFLOAD, RECOMPUTE, LIGHTER, BLOCK = "offload", "recompute", "lighter", "block"
 #: repeated block's instance (named as the profile names it): compute the whole block
 #: again from its input (`block_recomputation`), as torch.utils.checkpoint does.
 Action = tuple[str, str]
-#: A repeated block's instance by name: the layers computing it again recomputes.
+#: Repeated blocks' instances by name, each with the layers a BLOCK action on it recomputes.
 Blocks = dict[str, frozenset[str]]
 
 
@@ -168,8 +168,10 @@ def _search(network: Network, batch: int, itemsize: int, limits: Budget, fastest
     timeline = Timeline.of(network, run(fastest), run(everything))
     # offloads alone; with single maps computed again; and with whole blocks too
     # (a ranking with more actions may settle on a slower plan: each is a candidate)
-    for recompute, whole in ((False, {}), (True, {}), (True, blocks)) if blocks else (
-            (False, {}), (True, {})):
+    rankings: list[tuple[bool, Blocks]] = [(False, {}), (True, {})]
+    if blocks:
+        rankings.append((True, blocks))
+    for recompute, whole in rankings:
         ranking = _ranking(network, batch, itemsize, timeline, recompute,
                            quickest, lighter, limits, whole)
         candidates[:0] = _ranked(network, batch, itemsize, timeline, ranking, limits,
