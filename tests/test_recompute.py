@@ -201,9 +201,9 @@ def with_recomputed(plan: Plan, layers: frozenset[str] | set[str]) -> Plan:
                                       for e in plan.layers))
 
 
-def whole_blocks(network: Network) -> frozenset[str]:
+def whole_blocks(network: Network, batch: int = 4) -> frozenset[str]:
     """Every block instance computed again from its input (torch.utils.checkpoint)."""
-    return frozenset().union(*(block_recomputation(network, instance, 4, 4)
+    return frozenset().union(*(block_recomputation(network, instance, 4, batch)
                                for instance, _ in network.blocks))
 
 
@@ -271,7 +271,7 @@ def test_budget_plans_below_vdnns_floor_by_recomputing_whole_blocks() -> None:
     limits = make_budget(network, (low + high) // 2, oracle)
     plan = vmem.planning.plan_with(network, "budget", 2, 4, limits)
     assert oracle(plan) <= limits.capacity
-    assert recomputed_tensors(network, plan, 4) >= whole_blocks_at(network, 2)
+    assert recomputed_tensors(network, plan, 4) >= whole_blocks(network, 2)
     assert not limits.fits(vmem.planning.plan_with(network, "vdnn-dyn", 2, 4, limits))
     words = "vdnn-all with memory-optimal algorithms, every repeated block computed again"
     with pytest.raises(MemoryLimitTooSmall, match=f"under any policy: {words}.*\\({low:,} bytes"):
@@ -313,15 +313,10 @@ def test_budget_is_no_slower_than_computing_every_block_again_where_that_fits() 
              if n.layer.TYPE == "attention"}
     for base in (fastest, build_plan("flash", network, 8, 4, offload_nothing, flash)):
         checkpointed = blocks_recomputed(network, base, 4)
-        assert recomputed_tensors(network, checkpointed, 4) == whole_blocks_at(network, 8)
+        assert recomputed_tensors(network, checkpointed, 4) == whole_blocks(network, 8)
         for limit in (oracle(checkpointed), oracle(checkpointed) + 2**28):
             limits = make_budget(network, limit, oracle)
             plan = budget_module.budget(network, 8, 4, limits)
             assert oracle(plan) <= limit
             assert (oracle.run(plan).record.duration_ms
                     <= oracle.run(checkpointed).record.duration_ms + 1e-9)
-
-
-def whole_blocks_at(network: Network, batch: int) -> frozenset[str]:
-    return frozenset().union(*(block_recomputation(network, instance, 4, batch)
-                               for instance, _ in network.blocks))

@@ -22,7 +22,6 @@ from vmem.cliargs import MAX_COUNT
 from vmem.dryrun import PeakOracle
 from vmem.errors import MemoryLimitTooSmall, UsageError
 from vmem.graph import Network
-from vmem.plan import Plan
 from vmem.planning import (
     DevicePlan,
     Target,
@@ -32,10 +31,10 @@ from vmem.planning import (
     plan_on_target,
     resolve_target,
 )
-from vmem.policies.vdnn import floor_plans, memory_optimal
+from vmem.policies.vdnn import policy_floors
 
 # vdnn-dyn falls back to vdnn-all with memory-optimal algorithms, and budget keeps
-# that and its own lightest plans among its candidates (`floor_plans`): each fits
+# that and its own lightest plans among its candidates (`policy_floors`): each fits
 # wherever its floor fits, so a search for them probes the floor alone (a dry run or
 # two, not a whole planning)
 FLOOR_POLICIES = frozenset({"vdnn-dyn", "budget"})
@@ -119,20 +118,15 @@ class DeviceFitter:
             return None
         return planned if planned.fits else None
 
-    def floors(self, policy: str, batch: int) -> list[Plan]:
-        """The lightest plans `policy` can fall back to at `batch`: budget's
-        `floor_plans`, vDNN's memory-optimal configuration for the others."""
-        if policy == "budget":
-            return list(floor_plans(self.network, batch, self.itemsize).values())
-        return [memory_optimal(self.network, batch, self.itemsize)]
-
     def floor_fits(self, policy: str, batch: int) -> bool:
-        return any(self.budget.fits(plan) for plan in self.floors(policy, batch))
+        return any(self.budget.fits(plan)
+                   for plan in policy_floors(self.network, batch, self.itemsize, policy))
 
     def at(self, policy: str, batch: int) -> Fit:
         planned = self.plan(policy, batch) if batch else None
         if planned is None:
-            floor = min(self.peak(plan) for plan in self.floors(policy, max(batch, 1)))
+            floor = min(map(self.peak, policy_floors(self.network, max(batch, 1),
+                                                     self.itemsize, policy)))
             return Fit(policy, self.target.name, self.capacity, batch, floor=floor)
         oracle = oracle_plan(self.network, batch, self.peak)
         return Fit(policy, self.target.name, self.capacity, batch, planned.peak,

@@ -258,6 +258,15 @@ def block_recomputation(network: Network, instance: str, itemsize: int, batch: i
     return frozenset(chosen)
 
 
+def recomputable_blocks(network: Network, itemsize: int, batch: int = 1
+                        ) -> dict[str, frozenset[str]]:
+    """Each repeated block's instance that can be computed again from its input,
+    with the layers that recomputes (`block_recomputation`), in profile order."""
+    blocks = {instance: block_recomputation(network, instance, itemsize, batch)
+              for instance, _ in network.blocks}
+    return {instance: layers for instance, layers in blocks.items() if layers}
+
+
 def recomputed_tensors(network: Network, plan: Plan, itemsize: int) -> frozenset[str]:
     """The feature maps a plan computes again in the backward pass (each is a
     layer's output, named as the layer); a ValueError where one cannot be."""

@@ -65,10 +65,10 @@ from vmem.plan import (
     LayerPlan,
     Move,
     Plan,
-    block_recomputation,
     offloadable_inputs,
     offloaded_tensors,
     recomputable,
+    recomputable_blocks,
     recompute_schedule,
 )
 from vmem.policies.bound import PeakBound
@@ -78,6 +78,7 @@ from vmem.policies.vdnn import (
     build_plan,
     check_trainable,
     floor_plans,
+    held_bytes,
     offload_kept_inputs,
     offload_nothing,
     vdnn_dyn,
@@ -153,10 +154,11 @@ def _search(network: Network, batch: int, itemsize: int, limits: Budget, fastest
     either fits."""
     run = _dry_run(limits)
     lighter = lighter_algorithms(network, batch, itemsize, quickest)
+    blocks = recomputable_blocks(network, itemsize, batch)
     # every block computed again, as torch.utils.checkpoint does, on the quickest
     # algorithms and on the lighter ones: where that fits, the search's fewest
     # actions (offloads first, as they rank) are not always quicker
-    checkpointed = [blocks_recomputed(network, plan, itemsize) for plan in
+    checkpointed = [blocks_recomputed(network, plan, itemsize, blocks) for plan in
                     (fastest, build_plan(NAME, network, batch, itemsize, offload_nothing,
                                          quickest | lighter))]
     candidates = [*(plan for plan in checkpointed if plan.layers != fastest.layers),
@@ -164,7 +166,6 @@ def _search(network: Network, batch: int, itemsize: int, limits: Budget, fastest
                   *map(_relabel, floor_plans(network, batch, itemsize).values())]
     everything = build_plan(NAME, network, batch, itemsize, offload_kept_inputs,
                             quickest | lighter)
-    blocks = _blocks(network, batch, itemsize)
     timeline = Timeline.of(network, run(fastest), run(everything))
     # offloads alone; with single maps computed again; and with whole blocks too
     # (a ranking with more actions may settle on a slower plan: each is a candidate)
@@ -179,13 +180,6 @@ def _search(network: Network, batch: int, itemsize: int, limits: Budget, fastest
     fitting = [plan for plan in candidates if limits.fits(plan)]
     best = min(fitting or candidates[-1:], key=lambda plan: run(plan).record.duration_ms)
     return _refined(network, best, limits) if best.moves else best
-
-
-def _blocks(network: Network, batch: int, itemsize: int) -> Blocks:
-    """The network's block instances that can be computed again from their input."""
-    blocks = {instance: block_recomputation(network, instance, itemsize, batch)
-              for instance, _ in network.blocks}
-    return {instance: layers for instance, layers in blocks.items() if layers}
 
 
 def _dry_run(limits: Budget) -> Callable[[Plan], DryRun]:
@@ -392,9 +386,8 @@ def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
         assert limits is not None and lighter is not None
         fast = options[node.name][(quickest or {}).get(node.name, 0)]
         light = options[node.name][lighter[node.name]]
-        in_shapes = network.in_shapes(node, shapes)
-        freed = (node.layer.saved_bytes(in_shapes, itemsize, fast) + fast.workspace_bytes
-                 - node.layer.saved_bytes(in_shapes, itemsize, light) - light.workspace_bytes)
+        freed = (held_bytes(network, node, shapes, itemsize, fast)
+                 - held_bytes(network, node, shapes, itemsize, light))
         added = 0.0
         if limits.layer_ms is not None:
             added = max(limits.layer_ms(node, light, batch) - limits.layer_ms(node, fast, batch),
@@ -415,9 +408,8 @@ def _ranking(network: Network, batch: int, itemsize: int, timeline: Timeline,
         for name in layers:
             k = network.index[name]
             node, algorithm = network.nodes[k], options[name][(quickest or {}).get(name, 0)]
-            freed += (numel(shapes[name]) * itemsize
-                      + node.layer.saved_bytes(network.in_shapes(node, shapes), itemsize,
-                                               algorithm))
+            freed += (numel(shapes[name]) * itemsize + node.layer.saved_bytes(
+                network.in_shapes(node, shapes), itemsize, algorithm))
             took += timeline.forward[k].ms
         merit[(BLOCK, instance)] = freed / (took + 0.01)
     return sorted(merit, key=lambda action: (-merit[action], action))

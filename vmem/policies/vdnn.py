@@ -10,7 +10,7 @@ from vmem.dryrun import DryRun
 from vmem.errors import MemoryLimitTooSmall
 from vmem.graph import Network, Node
 from vmem.layers.base import Algorithm, Keeps
-from vmem.plan import LayerPlan, Plan, block_recomputation
+from vmem.plan import LayerPlan, Plan, recomputable_blocks
 from vmem.units import format_bytes
 
 Offload = Callable[[Node], bool]
@@ -106,20 +106,29 @@ def memory_optimal(network: Network, batch: int, itemsize: int) -> Plan:
     options, shapes = network.algorithms(batch, itemsize), network.shapes(batch)
     least = {}
     for node in network.nodes:
-        in_shapes = network.in_shapes(node, shapes)
         algos = options[node.name]
         least[node.name] = min(range(len(algos)), key=lambda k: (
-            algos[k].workspace_bytes + node.layer.saved_bytes(in_shapes, itemsize, algos[k]),
-            -k))
+            held_bytes(network, node, shapes, itemsize, algos[k]), -k))
     return build_plan("vdnn-all (memory-optimal)", network, batch, itemsize,
                       offload_kept_inputs, least)
 
 
-def blocks_recomputed(network: Network, plan: Plan, itemsize: int) -> Plan:
+def held_bytes(network: Network, node: Node, shapes: dict[str, tuple[int, ...]],
+               itemsize: int, algorithm: Algorithm) -> int:
+    """What a layer holds on an algorithm beyond its inputs and output: its
+    workspace and what it saves for its backward pass."""
+    in_shapes = network.in_shapes(node, shapes)
+    return algorithm.workspace_bytes + node.layer.saved_bytes(in_shapes, itemsize, algorithm)
+
+
+def blocks_recomputed(network: Network, plan: Plan, itemsize: int,
+                      blocks: dict[str, frozenset[str]] | None = None) -> Plan:
     """`plan` with every repeated block computed again from its input as well
-    (`vmem.plan.block_recomputation`); the plan itself in a network without any."""
-    chosen = frozenset().union(*(block_recomputation(network, instance, itemsize, plan.batch)
-                                 for instance, _ in network.blocks))
+    (`vmem.plan.recomputable_blocks`, or `blocks` where the caller has them at the
+    plan's batch); the plan itself in a network without any."""
+    if blocks is None:
+        blocks = recomputable_blocks(network, itemsize, plan.batch)
+    chosen = frozenset().union(*blocks.values())
     if not chosen:
         return plan
     return Plan(plan.policy, plan.batch, tuple(
@@ -141,6 +150,13 @@ def floor_plans(network: Network, batch: int, itemsize: int) -> dict[str, Plan]:
         floors["vdnn-all with memory-optimal algorithms, every repeated block computed "
                "again from its input"] = replace(lighter, policy="budget (lightest)")
     return floors
+
+
+def policy_floors(network: Network, batch: int, itemsize: int, policy: str) -> list[Plan]:
+    """The lightest plans `policy` can fall back to: budget's `floor_plans`, vDNN's
+    memory-optimal configuration for the others."""
+    floors = list(floor_plans(network, batch, itemsize).values())
+    return floors if policy == "budget" else floors[:1]
 
 
 def check_trainable(network: Network, batch: int, itemsize: int, budget: Budget) -> None:
@@ -196,9 +212,7 @@ def _step_down_until_fits(network: Network, batch: int, itemsize: int, offload: 
     shapes = network.shapes(batch)
 
     def held(name: str, algorithm: Algorithm) -> int:
-        node = by_name[name]
-        saved = node.layer.saved_bytes(network.in_shapes(node, shapes), itemsize, algorithm)
-        return algorithm.workspace_bytes + saved
+        return held_bytes(network, by_name[name], shapes, itemsize, algorithm)
 
     def merit(name: str, k: int) -> float | None:
         """What moving `name` from its algorithm k to k + 1 frees per ms it adds;
