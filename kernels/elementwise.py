@@ -14,13 +14,15 @@ from vmem.kernels.threads import for_ranges, on_threads
 
 Array = Any
 
-#: Elements below which a pass runs as one call: a task costs more than it saves.
-SPLIT_ELEMENTS = 1 << 16
+#: The fewest elements of a task (1 MiB of float32): waking a thread to run one costs
+#: about as long as a pass over 2**16 elements, so a pass of fewer than two tasks'
+#: worth runs as one call.
+TASK_ELEMENTS = 1 << 18
 
 
 def _splits(xp: Any, *arrays: Array) -> bool:
     first = arrays[0]
-    return (on_threads(xp) and first.size >= SPLIT_ELEMENTS
+    return (on_threads(xp) and first.size >= 2 * TASK_ELEMENTS
             and all(a.shape == first.shape and a.dtype == first.dtype
                     and a.flags.c_contiguous for a in arrays))
 
@@ -31,7 +33,8 @@ def add(xp: Any, a: Array, b: Array) -> Array:
         return a + b
     out = xp.empty(a.shape, dtype=a.dtype)
     fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
-    for_ranges(xp, fo.size, lambda lo, hi: xp.add(fa[lo:hi], fb[lo:hi], out=fo[lo:hi]))
+    for_ranges(xp, fo.size, lambda lo, hi: xp.add(fa[lo:hi], fb[lo:hi], out=fo[lo:hi]),
+               min_items=TASK_ELEMENTS)
     return out
 
 
@@ -41,7 +44,8 @@ def add_into(xp: Any, target: Array, source: Array) -> Array:
         target += source
         return target
     ft, fs = target.reshape(-1), source.reshape(-1)
-    for_ranges(xp, ft.size, lambda lo, hi: xp.add(ft[lo:hi], fs[lo:hi], out=ft[lo:hi]))
+    for_ranges(xp, ft.size, lambda lo, hi: xp.add(ft[lo:hi], fs[lo:hi], out=ft[lo:hi]),
+               min_items=TASK_ELEMENTS)
     return target
 
 
@@ -51,14 +55,15 @@ def copy(xp: Any, a: Array) -> Array:
         return a.copy()
     out = xp.empty(a.shape, dtype=a.dtype)
     fa, fo = a.reshape(-1), out.reshape(-1)
-    for_ranges(xp, fo.size, lambda lo, hi: xp.copyto(fo[lo:hi], fa[lo:hi]))
+    for_ranges(xp, fo.size, lambda lo, hi: xp.copyto(fo[lo:hi], fa[lo:hi]),
+               min_items=TASK_ELEMENTS)
     return out
 
 
 def transposed(xp: Any, a: Array) -> Array:
     """a (G, M, K) transposed to a new C-contiguous (G, K, M) array, on NumPy its
     rows copied in ranges over the threads."""
-    if not (on_threads(xp) and a.size >= SPLIT_ELEMENTS):
+    if not (on_threads(xp) and a.size >= 2 * TASK_ELEMENTS):
         return xp.ascontiguousarray(a.transpose(0, 2, 1))
     out = xp.empty((a.shape[0], a.shape[2], a.shape[1]), dtype=a.dtype)
 
@@ -66,7 +71,7 @@ def transposed(xp: Any, a: Array) -> Array:
         for g in range(a.shape[0]):
             out[g, lo:hi] = a[g, :, lo:hi].T
 
-    for_ranges(xp, a.shape[2], rows)
+    for_ranges(xp, a.shape[2], rows, min_items=-(-TASK_ELEMENTS // (a.shape[0] * a.shape[1])))
     return out
 
 
@@ -76,5 +81,6 @@ def relu(xp: Any, x: Array, inplace: bool) -> Array:
         return xp.maximum(x, 0, out=x if inplace else None)
     out = x if inplace else xp.empty(x.shape, dtype=x.dtype)
     fx, fo = x.reshape(-1), out.reshape(-1)
-    for_ranges(xp, fo.size, lambda lo, hi: xp.maximum(fx[lo:hi], 0, out=fo[lo:hi]))
+    for_ranges(xp, fo.size, lambda lo, hi: xp.maximum(fx[lo:hi], 0, out=fo[lo:hi]),
+               min_items=TASK_ELEMENTS)
     return out

@@ -26,13 +26,12 @@ something other than "1".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from vmem.kernels.cuda_module import kernel_module
-from vmem.kernels.threads import for_ranges, on_threads, run_tasks, split
+from vmem.kernels.threads import current_threads, for_ranges, on_threads
 from vmem.kernels.windows import offset_slices, offsets_2d, pool_output_size
 
 Array = Any
@@ -91,17 +90,23 @@ def _window_maxima(xp: Any, x: Array, y: Array, k: int, stride: int, pad: int) -
 # least one sample).
 MAX_POOL_SCRATCH_BYTES = 64 * 2**20
 
-#: Scratch of one max-pooling task on NumPy (`PaddedGrid.*_bytes` a plane): as many
-#: planes as fit in this go together (at least one), so a task's passes run in the
-#: cache. Planes are independent: the grouping changes no result.
-MAX_POOL_TASK_BYTES = 1 << 20
+#: Scratch of one max-pooling task on NumPy (`PaddedGrid.*_bytes` a plane), on one
+#: thread and on more: as many planes as fit go together (at least one). On one
+#: thread a task's passes then run in a core's cache. On more, each pass is long
+#: enough that taking the GIL back after it (a thread woken on an idle core, ~0.1 ms
+#: on a VM) costs little beside it, which matters more than the cache; and a pass over
+#: few planes is still cut into about TASKS_PER_THREAD tasks a thread. Planes are
+#: independent: the grouping changes no result.
+MAX_POOL_TASK_BYTES = 2 << 20
+MAX_POOL_THREADED_TASK_BYTES = 8 << 20
 
 
 def _over_planes(xp: Any, planes: int, plane_bytes: int, work: Any) -> None:
-    """work(lo, hi) over groups of planes, MAX_POOL_TASK_BYTES of scratch each, spread
-    over the threads."""
-    size = max(1, MAX_POOL_TASK_BYTES // max(1, plane_bytes))
-    run_tasks(xp, [partial(work, lo, hi) for lo, hi in split(planes, size)])
+    """work(lo, hi) over groups of planes (`MAX_POOL_TASK_BYTES`), spread over the
+    threads."""
+    threads = current_threads()
+    task_bytes = MAX_POOL_TASK_BYTES if threads == 1 else MAX_POOL_THREADED_TASK_BYTES
+    for_ranges(xp, planes, work, max(1, plane_bytes), task_bytes * threads)
 
 
 @dataclass(frozen=True)

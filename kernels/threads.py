@@ -122,21 +122,83 @@ def using_threads(threads: int | None) -> Iterator[int]:
 
 
 _BLAS_CONTROLLER: list[Any] = []
+_BLAS_HELD = threading.local()  # .held: this thread is inside single_threaded_blas
 
 
-def single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
     """A block in which BLAS runs on one thread (threadpoolctl; its threads come back
-    after). The controller is made once: making one inspects every loaded library."""
+    after). Inside another such block (the runtime holds one for a whole step) it
+    costs nothing: threadpoolctl's limit takes ~15 us, and a step makes hundreds of
+    products. The controller is made once: making one inspects every loaded library."""
+    if getattr(_BLAS_HELD, "held", False):
+        yield
+        return
     if not _BLAS_CONTROLLER:
         from threadpoolctl import ThreadpoolController
 
         _BLAS_CONTROLLER.append(ThreadpoolController())
-    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+    with _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas"):
+        _BLAS_HELD.held = True
+        try:
+            yield
+        finally:
+            _BLAS_HELD.held = False
 
 
 def on_threads(xp: Any) -> bool:
     """Whether calls on array module `xp` split their work over threads: NumPy only."""
     return getattr(xp, "__name__", "") == "numpy"
+
+
+class _Batch:
+    """The tasks of one `run_tasks` call, taken in order by whichever thread comes free.
+
+    What must hold: a task is taken and counted as running under the lock, and once
+    the caller has closed the batch no thread takes one, so when `close` returns no
+    task is running and none will start. A helper that wakes after the caller has
+    done every task itself finds the batch closed and returns: the caller never
+    waits for a helper to wake (on a VM an idle core takes ~0.1 ms to), only for
+    tasks still running."""
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        self._queue = iter(tasks)
+        self._lock = threading.Condition()
+        self._running = 0
+        self._closed = False
+        self.errors: list[BaseException] = []
+
+    def _take(self) -> Task | None:
+        with self._lock:
+            if self._closed or self.errors:
+                return None
+            task = next(self._queue, None)
+            if task is not None:
+                self._running += 1
+            return task
+
+    def drain(self) -> None:
+        """Run tasks until none is left or one has failed (then the others stop
+        taking tasks)."""
+        while (task := self._take()) is not None:
+            failure = None
+            try:
+                task()
+            except BaseException as exc:
+                failure = exc
+            with self._lock:
+                if failure is not None:
+                    self.errors.append(failure)
+                self._running -= 1
+                if not self._running:
+                    self._lock.notify_all()
+
+    def close(self) -> None:
+        """No task starts after this; returns once none is running."""
+        with self._lock:
+            self._closed = True
+            while self._running:
+                self._lock.wait()
 
 
 def run_tasks(xp: Any, tasks: Sequence[Task]) -> None:
@@ -150,33 +212,18 @@ def run_tasks(xp: Any, tasks: Sequence[Task]) -> None:
         for task in tasks:
             task()
         return
-    queue = iter(tasks)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def drain() -> None:
-        while True:
-            with lock:
-                task = None if errors else next(queue, None)
-            if task is None:
-                return
-            try:
-                task()
-            except BaseException as exc:  # the others stop taking tasks
-                with lock:
-                    errors.append(exc)
-
+    batch = _Batch(tasks)
     helpers = min(threads, len(tasks)) - 1
     # Each helper runs in a copy of the caller's context, so settings held in context
     # variables (np.errstate: a step's overflow is checked for, never warned about)
     # hold in the tasks too; one copy each, as a context is entered by one thread.
     pool = _SETTING.pool(helpers)
-    futures = [pool.submit(contextvars.copy_context().run, drain) for _ in range(helpers)]
-    drain()
-    for future in futures:
-        future.result()
-    if errors:
-        raise errors[0]
+    for _ in range(helpers):
+        pool.submit(contextvars.copy_context().run, batch.drain)
+    batch.drain()
+    batch.close()
+    if batch.errors:
+        raise batch.errors[0]
 
 
 def split(n: int, size: int) -> list[tuple[int, int]]:
@@ -185,25 +232,26 @@ def split(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def ranges(xp: Any, n: int, item_bytes: int = 0, budget_bytes: int = 0
-           ) -> list[tuple[int, int]]:
+def ranges(xp: Any, n: int, item_bytes: int = 0, budget_bytes: int = 0,
+           min_items: int = 1) -> list[tuple[int, int]]:
     """[0, n) cut into ranges for a pass over n independent items (samples, or the
     elements of an element-wise pass): one range on a single thread, else about
     TASKS_PER_THREAD a thread (so a thread slowed by other work leaves its share to
-    the others). With `item_bytes` of scratch an item, a range holds at most what
-    its share of `budget_bytes` allows when every thread runs one (at least one
-    item). Callers use it only where items are independent, so the cut changes no
-    result."""
+    the others), each of at least `min_items` (a task much shorter than waking a
+    thread costs more than it saves). With `item_bytes` of scratch an item, a range
+    holds at most what its share of `budget_bytes` allows when every thread runs one
+    (at least one item). Callers use it only where items are independent, so the cut
+    changes no result."""
     threads = current_threads() if on_threads(xp) else 1
-    size = n if threads == 1 else -(-n // (threads * TASKS_PER_THREAD))
+    size = n if threads == 1 else max(min_items, -(-n // (threads * TASKS_PER_THREAD)))
     if item_bytes > 0:
         size = min(size, budget_bytes // (item_bytes * threads))
     return split(n, max(1, size))
 
 
 def for_ranges(xp: Any, n: int, work: Callable[[int, int], None], item_bytes: int = 0,
-               budget_bytes: int = 0) -> None:
-    """work(start, stop) for each of `ranges(xp, n, item_bytes, budget_bytes)`, over
-    the threads."""
-    run_tasks(xp, [partial(work, lo, hi) for lo, hi in ranges(xp, n, item_bytes,
-                                                              budget_bytes)])
+               budget_bytes: int = 0, min_items: int = 1) -> None:
+    """work(start, stop) for each of `ranges(xp, n, item_bytes, budget_bytes,
+    min_items)`, over the threads."""
+    run_tasks(xp, [partial(work, lo, hi)
+                   for lo, hi in ranges(xp, n, item_bytes, budget_bytes, min_items)])

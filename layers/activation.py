@@ -40,7 +40,8 @@ def relu_backward_into(xp: Any, dy: Array, y: Array) -> Array:
             xp.logical_not(zero, out=zero)  # where dx is 0
             xp.copyto(flat_dy[lo:hi], 0, where=zero)
 
-    for_ranges(xp, flat_dy.size, zero_where_inactive, 1, RELU_MASK_ELEMENTS)
+    for_ranges(xp, flat_dy.size, zero_where_inactive, 1, RELU_MASK_ELEMENTS,
+               elementwise.TASK_ELEMENTS)
     return dy
 
 

@@ -477,12 +477,13 @@ def test_maxpool_backward_in_groups_of_planes(monkeypatch: pytest.MonkeyPatch,
     whole = np.empty_like(x)
     pooling._route_reference(np, x, dy, whole, 3, 2, 1)
     grid = pooling.PaddedGrid.of((6, 6), 3, 2, 1, (3, 3))
-    monkeypatch.setattr(pooling, "MAX_POOL_TASK_BYTES", planes * grid.backward_bytes(4, 4))
+    for name in ("MAX_POOL_TASK_BYTES", "MAX_POOL_THREADED_TASK_BYTES"):
+        monkeypatch.setattr(pooling, name, planes * grid.backward_bytes(4, 4))
     np.testing.assert_array_equal(pooling.max_pool_backward(np, x, dy, 3, 2, 1, False), whole)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("scratch", [1, 2 * 480 * 5])  # one sample a group; two (480 B each)
+@pytest.mark.parametrize("scratch", [1, 2 * 7680 * 5])  # one sample a group; two (7,680 B each)
 def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int,
                                   threads: int) -> None:
     """Grouping the samples to bound the scratch changes no bit of y or dx, and a
@@ -494,7 +495,7 @@ def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int,
     from vmem.kernels.threads import ranges, using_threads
 
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((5, 6, 5, 4)).astype(np.float32)
+    x = rng.standard_normal((5, 6, 20, 16)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     args = (5, 1e-2, 0.75, 2.0)
     with using_threads(1):
@@ -505,6 +506,7 @@ def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int,
         largest = max(hi - lo for lo, hi in groups)
         # two threads: a quarter of the samples each at most (TASKS_PER_THREAD), so one
         assert largest == (1 if scratch == 1 or threads == 2 else 2), groups
+        lrn.lrn_forward(np, x, *args)  # the threads' pool is made outside the count
         tracemalloc.start()
         try:
             y = lrn.lrn_forward(np, x, *args)
@@ -516,7 +518,8 @@ def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int,
     np.testing.assert_array_equal(dx, dx_whole)
     group_bytes = largest * x[:1].nbytes
     # y and dx (x.nbytes each) plus temporaries of one group per thread, not of the batch
-    assert peak < 2 * x.nbytes + threads * lrn.SCRATCH_ARRAYS * group_bytes + 4096, peak
+    # (a third of theirs), and Python's own objects: the tasks, a late helper's frames
+    assert peak < 2 * x.nbytes + threads * lrn.SCRATCH_ARRAYS * group_bytes + 16384, peak
 
 
 def test_maxpool_first_maximum_wins():

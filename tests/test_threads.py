@@ -137,7 +137,8 @@ def test_max_pool_equals_the_whole_batch_reference(k, stride, pad, ceil_mode, th
     with using_threads(threads):
         y = pooling.max_pool_forward(np, x, k, stride, pad, ceil_mode)
         dx = pooling.max_pool_backward(np, x, dy, k, stride, pad, ceil_mode)
-        monkeypatch.setattr(pooling, "MAX_POOL_TASK_BYTES", 1)  # one plane a task
+        for name in ("MAX_POOL_TASK_BYTES", "MAX_POOL_THREADED_TASK_BYTES"):
+            monkeypatch.setattr(pooling, name, 1)  # one plane a task
         y_small = pooling.max_pool_forward(np, x, k, stride, pad, ceil_mode)
         dx_small = pooling.max_pool_backward(np, x, dy, k, stride, pad, ceil_mode)
     np.testing.assert_array_equal(y, y_ref)
@@ -166,7 +167,8 @@ def test_max_pool_on_the_padded_grid_equals_the_reference(shape, k, stride, pad,
         dy_special.reshape(-1)[1::5] = np.nan
         for task_bytes in (pooling.MAX_POOL_TASK_BYTES, 1, 3 * pooling.PaddedGrid.of(
                 shape[2:], k, stride, pad, y_ref.shape[2:]).backward_bytes(4, 4)):
-            monkeypatch.setattr(pooling, "MAX_POOL_TASK_BYTES", task_bytes)
+            for name in ("MAX_POOL_TASK_BYTES", "MAX_POOL_THREADED_TASK_BYTES"):
+                monkeypatch.setattr(pooling, name, task_bytes)
             with using_threads(threads):
                 y = pooling.max_pool_forward(np, x, k, stride, pad, ceil_mode)
                 np.testing.assert_array_equal(y, y_ref)
@@ -264,7 +266,7 @@ def test_elementwise_passes_equal_one_array_operation(threads, monkeypatch):
     transposed (not contiguous) operand takes the plain operation."""
     from vmem.kernels import elementwise
 
-    monkeypatch.setattr(elementwise, "SPLIT_ELEMENTS", 8)
+    monkeypatch.setattr(elementwise, "TASK_ELEMENTS", 4)
     a = RNG.standard_normal((4, 3, 5, 7)).astype(np.float32)
     b = RNG.standard_normal(a.shape).astype(np.float32)
     with using_threads(threads):
@@ -289,6 +291,33 @@ def test_elementwise_passes_equal_one_array_operation(threads, monkeypatch):
         np.testing.assert_array_equal(turned, weight.transpose(0, 2, 1))
 
 
+@pytest.mark.parametrize("threads", THREADS)
+def test_one_fan_out_of_many_updates_equals_each_update_alone(threads, monkeypatch):
+    """`apply_updates` runs the blocks of every parameter in one fan-out, a task's
+    range running across parameters (a bias shares one with a weight), and a
+    parameter that is not C-contiguous runs whole: the same bits as each parameter's
+    own update on one thread, in one block."""
+    import vmem.optim as optim
+
+    shapes = [(3,), (37, 11), (5,), (9, 13)]
+    arrays = [[RNG.standard_normal(shape).astype(np.float32) for _ in range(3)]
+              for shape in shapes]
+    arrays[3] = [a.T.copy().T for a in arrays[3]]  # Fortran order: no flat blocks
+    sgd = SGD(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    expected = [[a.copy() for a in group] for group in arrays]
+    with using_threads(1):
+        for w, g, v in expected:
+            sgd.update(np, w, g, {"velocity": v}, decay=True, step=1)
+    monkeypatch.setattr(optim, "UPDATE_BLOCK_ELEMENTS", 4)
+    monkeypatch.setattr(optim, "UPDATE_TASK_BLOCKS", 3)  # ranges cross the parameters
+    with using_threads(threads):
+        optim.apply_updates(np, [sgd.update_of(np, w, g, {"velocity": v}, True, step=1)
+                                 for w, g, v in arrays])
+    for got, want in zip(arrays, expected, strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def reference_sgd(w, g, v, lr, momentum, wd):
     v = momentum * v + (g + wd * w)
     return w - lr * v, v
@@ -303,6 +332,7 @@ def test_updates_in_blocks_equal_the_whole_array_rules(threads, block, monkeypat
     import vmem.optim as optim
 
     monkeypatch.setattr(optim, "UPDATE_BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(optim, "UPDATE_TASK_BLOCKS", 1)  # a task may hold one block
     shape = (37, 11)
     w0, g0 = (RNG.standard_normal(shape).astype(np.float32) for _ in range(2))
     v0 = RNG.standard_normal(shape).astype(np.float32)
@@ -446,6 +476,54 @@ def test_run_tasks_runs_each_task_once_and_raises_the_first_failure_after_all():
         done.clear()
         run_tasks(np, [lambda i=i: done.append(i) for i in range(50)])
     assert sorted(done) == list(range(50))
+
+
+def test_single_threaded_blas_nests_and_restores_blas_threads():
+    """BLAS runs on one thread inside the block, still inside a nested one after that
+    one ends (the runtime's step holds the outer block, each product an inner one),
+    and on its own count again after the outer block."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from vmem.kernels.threads import single_threaded_blas
+
+    def blas_threads() -> list[int]:
+        return [info["num_threads"] for info in threadpoolctl.threadpool_info()
+                if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("NumPy's BLAS is not one threadpoolctl sees")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        with single_threaded_blas():
+            assert set(blas_threads()) == {1}
+            with single_threaded_blas():
+                assert set(blas_threads()) == {1}
+            assert set(blas_threads()) == {1}
+        assert blas_threads() == [2] * len(before)
+    assert blas_threads() == before
+
+
+def test_a_fan_out_does_not_wait_for_a_helper_that_has_not_woken():
+    """A helper that takes no task (the caller ran them all first) starts none once
+    run_tasks has returned: each task runs once, and only before the return."""
+    import threading
+
+    ran: list[int] = []
+    returned = threading.Event()
+    late: list[int] = []
+
+    def task(i: int) -> None:
+        if returned.is_set():
+            late.append(i)
+        ran.append(i)
+
+    with using_threads(2):
+        for _ in range(200):
+            returned.clear()
+            ran.clear()
+            run_tasks(np, [lambda i=i: task(i) for i in range(3)])
+            returned.set()
+            assert sorted(ran) == [0, 1, 2]
+    assert not late
 
 
 def test_ranges_cover_every_item_once_within_the_budget():

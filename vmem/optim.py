@@ -6,13 +6,13 @@ which nothing reads after the update, is its scratch. So the device holds what
 the arena counts, and an optimizer's memory is its state: one weight-sized buffer
 per parameter for SGD with momentum, two for AdamW (which is why AdamW needs more
 memory to train the same network). On NumPy an update runs in cache-sized blocks
-over the threads (`in_blocks`); the rules are element-wise, so the bits are those
+over the threads (`apply_updates`); the rules are element-wise, so the bits are those
 of one pass over the whole arrays."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -25,6 +25,17 @@ from vmem.kernels.threads import for_ranges, on_threads
 #: weight, its gradient and its state (up to four arrays, 256 KiB in float32) stay
 #: in a core's cache across the rule's passes, so each array crosses memory once.
 UPDATE_BLOCK_ELEMENTS = 1 << 14
+#: The fewest blocks of a task: 2**18 elements, a pass long beside waking a thread.
+UPDATE_TASK_BLOCKS = 16
+
+
+@dataclass(frozen=True)
+class Update:
+    """One parameter's update: an element-wise rule and the arrays it runs on, in
+    place (the weight, its gradient, the optimizer's state)."""
+
+    rule: Callable[..., None]
+    arrays: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -52,12 +63,16 @@ class SGD:
                decay: bool, *, step: int) -> None:
         """Update `param` (and the velocity) in place; `grad` is scratch. `step`
         (1 for the first update) is not needed by this rule."""
+        apply_updates(xp, [self.update_of(xp, param, grad, state, decay, step=step)])
+
+    def update_of(self, xp: Any, param: Any, grad: Any, state: dict[str, Any],
+                  decay: bool, *, step: int) -> Update:
+        """What `update` runs, for `apply_updates`."""
         wd = self.weight_decay if decay else 0.0
         if self.momentum:
-            in_blocks(xp, partial(self._momentum_rule, xp, wd), param, grad,
-                      state["velocity"])
-        else:
-            in_blocks(xp, partial(self._plain_rule, wd), param, grad)
+            return Update(partial(self._momentum_rule, xp, wd),
+                          (param, grad, state["velocity"]))
+        return Update(partial(self._plain_rule, wd), (param, grad))
 
     def _momentum_rule(self, xp: Any, wd: float, param: Any, grad: Any, velocity: Any) -> None:
         velocity *= self.momentum
@@ -110,10 +125,15 @@ class AdamW:
         """Update `param` and both moments in place at step `step` (1 for the first
         update); `grad` is scratch. Each moment moves by
         a <- b (a - x) + x = b a + (1 - b) x, so no temporary is made."""
+        apply_updates(xp, [self.update_of(xp, param, grad, state, decay, step=step)])
+
+    def update_of(self, xp: Any, param: Any, grad: Any, state: dict[str, Any],
+                  decay: bool, *, step: int) -> Update:
+        """What `update` runs, for `apply_updates`."""
         if step < 1:
             raise ValueError(f"AdamW steps count from 1, got {step}")
-        in_blocks(xp, partial(self._rule, xp, decay, step), param, grad, state["exp_avg"],
-                  state["exp_avg_sq"])
+        return Update(partial(self._rule, xp, decay, step),
+                      (param, grad, state["exp_avg"], state["exp_avg_sq"]))
 
     def _rule(self, xp: Any, decay: bool, step: int, param: Any, grad: Any, exp_avg: Any,
               exp_avg_sq: Any) -> None:
@@ -182,26 +202,32 @@ def make_optimizer(name: str, lr: float | None = None) -> Optimizer:
     return OPTIMIZERS[name]() if lr is None else OPTIMIZERS[name](lr=lr)
 
 
-def in_blocks(xp: Any, rule: Callable[..., None], *arrays: Any) -> None:
-    """rule(*blocks) over the arrays' flat blocks of UPDATE_BLOCK_ELEMENTS, the
-    blocks spread over the threads (`kernels.threads`), on NumPy and C-contiguous
-    arrays of one size; elsewhere rule(*arrays) once. For element-wise rules only:
-    an element's arithmetic is the same whichever block holds it, so the results
-    are the same bits for every block size and thread count."""
-    size = arrays[0].size
-    if not on_threads(xp) or not all(a.flags.c_contiguous and a.size == size for a in arrays):
-        rule(*arrays)
-        return
-    flats = [a.reshape(-1) for a in arrays]
+def apply_updates(xp: Any, updates: Sequence[Update]) -> None:
+    """Run every update. On NumPy, each update whose arrays are C-contiguous of one
+    size runs over their flat blocks of UPDATE_BLOCK_ELEMENTS, and the blocks of all
+    of them, one after another, are cut into ranges spread over the threads in one
+    fan-out (`kernels.threads`), so a bias or a batch norm's weight shares a task with
+    its neighbours instead of costing one; elsewhere each rule runs once on its whole
+    arrays. The rules are element-wise: an element's arithmetic is the same whichever
+    block holds it, so the results are the same bits for every block size and thread
+    count."""
+    blocked, blocks = [], []  # each blocked update's first block in `blocks`
+    for update in updates:
+        size = update.arrays[0].size
+        if not on_threads(xp) or not all(a.flags.c_contiguous and a.size == size
+                                         for a in update.arrays):
+            update.rule(*update.arrays)
+            continue
+        flats = tuple(a.reshape(-1) for a in update.arrays)
+        blocked.append(len(blocks))
+        blocks.extend((update.rule, flats, lo) for lo in range(0, size, UPDATE_BLOCK_ELEMENTS))
 
     def run(first: int, stop: int) -> None:
-        # blocks first .. stop-1: the ranges cut whole blocks, so an array of one
-        # block (a bias, a batch norm's weight) is one task, run here
-        for lo in range(first * UPDATE_BLOCK_ELEMENTS, min(size, stop * UPDATE_BLOCK_ELEMENTS),
-                        UPDATE_BLOCK_ELEMENTS):
+        for rule, flats, lo in blocks[first:stop]:
             rule(*(flat[lo:lo + UPDATE_BLOCK_ELEMENTS] for flat in flats))
 
-    for_ranges(xp, -(-size // UPDATE_BLOCK_ELEMENTS), run)
+    if blocks:
+        for_ranges(xp, len(blocks), run, min_items=UPDATE_TASK_BLOCKS)
 
 
 def update_traffic(optimizer: Optimizer) -> int:

@@ -17,7 +17,7 @@ from vmem.errors import UsageError
 from vmem.graph import Network
 from vmem.layers.base import numel
 from vmem.memory import Block, MemoryKind
-from vmem.optim import Optimizer
+from vmem.optim import Optimizer, apply_updates
 
 #: The state dict key of the steps trained, saved with the optimizer's state (AdamW's
 #: bias correction and dropout's masks depend on it).
@@ -127,10 +127,11 @@ class ParameterStore:
     def update(self, step: int) -> None:
         """The optimizer's in-place update of every parameter, as update number `step`."""
         xp = self.backend.xp
-        for entry in self.layers.values():
-            for pname, value in entry.values.items():
-                self.optimizer.update(xp, value, entry.grads[pname], entry.state[pname],
-                                      decay=pname != "bias", step=step)
+        apply_updates(xp, [self.optimizer.update_of(xp, value, entry.grads[pname],
+                                                    entry.state[pname],
+                                                    decay=pname != "bias", step=step)
+                           for entry in self.layers.values()
+                           for pname, value in entry.values.items()])
 
     def layer_state(self) -> list[Any]:
         """The layers' state arrays (BatchNorm's running statistics), in a fixed order."""
