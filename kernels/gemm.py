@@ -127,6 +127,14 @@ def matmul_nt_sum(xp: Any, a: Array, b: Array, out: Array, start: bool,
         _run_gemms(xp, calls[:first], b, a, out, False)
         _run_gemms(xp, calls[first:], b, a, out, True)
         return out
+    run_products(xp, nt_sum_tasks(xp, a, b, out, start, scratch))
+    return out
+
+
+def nt_sum_tasks(xp: Any, a: Array, b: Array, out: Array, start: bool,
+                 scratch: Array | None = None) -> list[Task]:
+    """`matmul_nt_sum`'s tasks off cuBLAS (for `run_products`), each one group's tile
+    of columns summed over the samples in sample order."""
     if a.shape[0] > (1 if start else 0) and scratch is None:
         raise ValueError(f"matmul_nt_sum: {getattr(xp, '__name__', xp)} cannot add a "
                          "product into its output; give a scratch array")
@@ -139,9 +147,8 @@ def matmul_nt_sum(xp: Any, a: Array, b: Array, out: Array, start: bool,
             if not first:
                 out[gi, :, lo:hi] += target
 
-    _products(xp, [partial(tile, gi, lo, hi) for gi in range(a.shape[1])
-                   for lo, hi in column_tiles(xp, out.shape[-1])])
-    return out
+    return [partial(tile, gi, lo, hi) for gi in range(a.shape[1])
+            for lo, hi in column_tiles(xp, out.shape[-1])]
 
 
 def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
@@ -154,10 +161,31 @@ def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
         return out
     if not on_threads(xp):
         return xp.matmul(a, b, out=out)
-    _products(xp, [partial(_product_tile, xp, a[gi], b[si, gi], out[si, gi], lo, hi)
-                   for si in range(b.shape[0]) for gi in range(a.shape[0])
-                   for lo, hi in column_tiles(xp, out.shape[-1])])
+    run_products(xp, shared_left_tasks(xp, a, b, out))
     return out
+
+
+def shared_left_tasks(xp: Any, a: Array, b: Array, out: Array) -> list[Task]:
+    """`matmul_shared_left`'s tasks on NumPy (for `run_products`): one per sample,
+    group and tile of columns."""
+    return [partial(_product_tile, xp, a[gi], b[si, gi], out[si, gi], lo, hi)
+            for si in range(b.shape[0]) for gi in range(a.shape[0])
+            for lo, hi in column_tiles(xp, out.shape[-1])]
+
+
+def pointwise_gradients(xp: Any, dy: Array, x: Array, weight_t: Array, dw: Array,
+                        start: bool, scratch: Array | None, dx: Array) -> None:
+    """A pointwise convolution's two gradient products, independent of each other:
+    dw (+)= the sum over samples of dy[s, g] @ x[s, g].T (`matmul_nt_sum`) and
+    dx[s, g] = weight_t[g] @ dy[s, g] (`matmul_shared_left`). On NumPy their tiles run
+    in one fan-out, the weight gradient's few long ones first, each computed as the
+    two calls compute it (the same bits); elsewhere the two calls."""
+    if not on_threads(xp):
+        matmul_nt_sum(xp, dy, x, dw, start, scratch)
+        matmul_shared_left(xp, weight_t, dy, dx)
+        return
+    run_products(xp, nt_sum_tasks(xp, dy, x, dw, start, scratch)
+                 + shared_left_tasks(xp, weight_t, dy, dx))
 
 
 def matmul(xp: Any, a: Array, b: Array) -> Array:
@@ -165,15 +193,17 @@ def matmul(xp: Any, a: Array, b: Array) -> Array:
     if not on_threads(xp):
         return a @ b
     out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
-    _products(xp, [partial(_product_tile, xp, a, b, out, lo, hi)
-                   for lo, hi in column_tiles(xp, out.shape[1])])
+    run_products(xp, [partial(_product_tile, xp, a, b, out, lo, hi)
+                      for lo, hi in column_tiles(xp, out.shape[1])])
     return out
 
 
-def _products(xp: Any, tasks: list[Task]) -> None:
+def run_products(xp: Any, tasks: list[Task]) -> None:
     """Run GEMM tasks over the threads, BLAS on one thread each (on NumPy): so BLAS
     threads times vmem's threads stay within the cores, and a tile's bits depend on
-    its shape only, never on how many threads BLAS had."""
+    its shape only, never on how many threads BLAS had. Tasks of independent products
+    may share one call (a pointwise convolution's weight and data gradients), so a
+    thread free of one product's few long tiles takes the other's."""
     if not on_threads(xp):
         run_tasks(xp, tasks)
         return

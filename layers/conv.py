@@ -45,7 +45,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vmem.kernels import elementwise
-from vmem.kernels.gemm import accumulates_in_place, matmul_nt_sum, matmul_shared_left
+from vmem.kernels.gemm import (
+    accumulates_in_place,
+    matmul_nt_sum,
+    matmul_shared_left,
+    pointwise_gradients,
+)
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
@@ -221,17 +226,17 @@ class Conv(Layer):
         for n0 in range(0, n, chunk):
             m = min(chunk, n - n0)
             lowered = self._lower(xp, x, n0, m, cols)
+            if self.pointwise and dx is not None:  # dW and dx read only dy and x
+                pointwise_gradients(xp, dy4[n0:n0 + m], lowered, weight_t, dw, n0 == 0,
+                                    dw_temp, dx[n0:n0 + m].reshape(m, g, kdim, hw))
+                continue
             # dW[g] (+)= dy[n, g] @ cols[n, g].T, sample after sample
             matmul_nt_sum(xp, dy4[n0:n0 + m], lowered, dw, start=n0 == 0, scratch=dw_temp)
             if dx is None:
                 continue
             # dcol[n, g] = W[g].T @ dy[n, g] for the whole chunk in one batched GEMM,
             # written over the columns (no sample's dcol depends on another's) and
-            # summed back into dx; a pointwise convolution's dcol is its dx
-            if self.pointwise:
-                matmul_shared_left(xp, weight_t, dy4[n0:n0 + m],
-                                   dx[n0:n0 + m].reshape(m, g, kdim, hw))
-                continue
+            # summed back into dx (a pointwise convolution's dcol is its dx, above)
             matmul_shared_left(xp, weight_t, dy4[n0:n0 + m], lowered)
             col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
         grads = {"weight": dw.reshape(params["weight"].shape)}

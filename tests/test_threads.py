@@ -396,9 +396,39 @@ def test_gemms_give_the_same_bits_for_every_thread_count(monkeypatch):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", THREADS)
+def test_pointwise_gradients_in_one_fan_out_equal_the_two_products(threads):
+    """A pointwise convolution's dW and dx tiles share one fan-out: the bits of
+    matmul_nt_sum and matmul_shared_left called one after the other on one thread,
+    with dW's columns in two tiles and the sum starting or adding."""
+    from vmem.kernels import gemm
+
+    dy = RNG.standard_normal((3, 2, 40, 30)).astype(np.float32)
+    x = RNG.standard_normal((3, 2, gemm.GEMM_TILE_COLUMNS + 44, 30)).astype(np.float32)
+    weight_t = RNG.standard_normal((2, x.shape[2], 40)).astype(np.float32)
+    before = RNG.standard_normal((2, 40, x.shape[2])).astype(np.float32)
+    for start in (True, False):
+        dw_ref, dx_ref = before.copy(), np.empty((3, 2, x.shape[2], 30), np.float32)
+        with using_threads(1):
+            gemm.matmul_nt_sum(np, dy, x, dw_ref, start, np.empty_like(dw_ref))
+            gemm.matmul_shared_left(np, weight_t, dy, dx_ref)
+        dw, dx = before.copy(), np.full_like(dx_ref, np.nan)
+        with using_threads(threads):
+            gemm.pointwise_gradients(np, dy, x, weight_t, dw, start, np.empty_like(dw), dx)
+        np.testing.assert_array_equal(dw, dw_ref)
+        np.testing.assert_array_equal(dx, dx_ref)
+        f64 = np.float64
+        expected = np.einsum("sgmk,sgnk->gmn", dy.astype(f64), x.astype(f64))
+        if not start:
+            expected += before
+        np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("groups", [1, 2])
-def test_conv_every_chunk_and_thread_count_equals_one_thread_whole_batch(groups):
-    layer = Conv(name="c", out_channels=4, kernel=3, stride=1, pad=1, groups=groups)
+@pytest.mark.parametrize("kernel", [3, 1])  # 1: pointwise, dW and dx in one fan-out
+def test_conv_every_chunk_and_thread_count_equals_one_thread_whole_batch(groups, kernel):
+    layer = Conv(name="c", out_channels=4, kernel=kernel, stride=1, pad=kernel // 2,
+                 groups=groups)
     x = RNG.standard_normal((5, 4, 7, 6)).astype(np.float32)
     params = {k: v for k, v in layer.init_params([x.shape], RNG).items()}
     dy = RNG.standard_normal(layer.output_shape([x.shape])).astype(np.float32)
