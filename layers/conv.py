@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vmem.kernels import elementwise
+from vmem.kernels import channels, elementwise
 from vmem.kernels.gemm import (
     accumulates_in_place,
     matmul_nt_sum,
@@ -202,7 +202,7 @@ class Conv(Layer):
             lowered = self._lower(xp, x, n0, m, cols)
             matmul_shared_left(xp, weight, lowered, y4[n0:n0 + m])
         if self.bias:
-            y += params["bias"].reshape(1, -1, 1, 1)
+            channels.add_bias(xp, y.reshape(n, self.out_channels, hw), params["bias"])
         return y, ()
 
     def backward(self, xp: Any, dy: Array | None, xs: Sequence[Array | None], y: Array | None,
@@ -243,5 +243,5 @@ class Conv(Layer):
         if self.bias:
             # over the contiguous pixels first: a reduction over axes (0, 2, 3) at once
             # would give CuPy only O outputs to spread over the GPU, one block each
-            grads["bias"] = dy4.reshape(n, self.out_channels, hw).sum(axis=2).sum(axis=0)
+            grads["bias"] = channels.channel_sums(xp, dy4.reshape(n, self.out_channels, hw))
         return [dx], grads

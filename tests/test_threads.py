@@ -318,6 +318,29 @@ def test_one_fan_out_of_many_updates_equals_each_update_alone(threads, monkeypat
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("task_elements", [1 << 18, 4])
+def test_bias_passes_give_numpys_bits_for_every_cut(threads, task_elements, monkeypatch):
+    """A convolution's bias added and summed per channel, in channel ranges (down to
+    one channel a task) over the threads: the bits of `y + bias` and of
+    `dy.sum(axis=2).sum(axis=0)` (which sums a map of one channel pairwise) for batches
+    below, at and past NumPy's pairwise block of 8."""
+    from vmem.kernels import channels
+
+    monkeypatch.setattr(channels, "TASK_ELEMENTS", task_elements)
+    for n, c, length in ((1, 5, 49), (8, 3, 7), (9, 64, 30), (33, 1, 20), (16, 130, 1)):
+        a = (RNG.standard_normal((n, c, length)) * 100).astype(np.float32)
+        bias = RNG.standard_normal(c).astype(np.float32)
+        with using_threads(threads):
+            sums = channels.channel_sums(np, a)
+            added = channels.add_bias(np, a.copy(), bias)
+        want = a.sum(axis=2).sum(axis=0)
+        np.testing.assert_array_equal(sums.view(np.uint32), want.view(np.uint32))
+        np.testing.assert_array_equal(added, a + bias.reshape(1, -1, 1))
+        np.testing.assert_allclose(sums, a.astype(np.float64).sum(axis=(0, 2)), rtol=1e-4,
+                                   atol=1e-2)
+
+
 def reference_sgd(w, g, v, lr, momentum, wd):
     v = momentum * v + (g + wd * w)
     return w - lr * v, v
