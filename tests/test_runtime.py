@@ -393,6 +393,25 @@ def failing_on(call: int, exc: type[BaseException], inner: Callable[..., Any]
     return wrapper
 
 
+def rule_failing_on(call: int, exc: type[BaseException], update_of: Callable[..., Any]
+                    ) -> Callable[..., Any]:
+    """An optimizer's `update_of`, the rule of whose `call`-th update (from 1) raises
+    `exc` when it runs: the updates before it have run by then."""
+    import dataclasses
+
+    calls = [0]
+
+    def raising(*arrays: Any) -> None:
+        raise exc("injected")
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        update = update_of(*args, **kwargs)
+        calls[0] += 1
+        return dataclasses.replace(update, rule=raising) if calls[0] == call else update
+
+    return wrapper
+
+
 def _layer_class(kind: str) -> type:
     from vmem.layers import LAYER_TYPES
 
@@ -460,7 +479,8 @@ def test_an_interrupted_update_is_never_trained_on_silently(
         losses_of(rt, 1)
         saved = rt.state_dict(optimizer=True)
         cls = type(optimizer)
-        monkeypatch.setattr(cls, "update", failing_on(3, exc, cls.update))  # 2 of 8 updated
+        # the third parameter's rule raises: 2 of 8 updated
+        monkeypatch.setattr(cls, "update_of", rule_failing_on(3, exc, cls.update_of))
         with pytest.raises(exc, match="injected"):
             losses_of(rt, 1)
         monkeypatch.undo()
