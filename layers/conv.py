@@ -38,7 +38,8 @@ cuBLAS GEMM per group with the weight's stride 0 (`kernels.gemm`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +54,7 @@ from vmem.kernels.gemm import (
 )
 from vmem.kernels.im2col import col2im, im2col
 from vmem.kernels.windows import conv_output_size
+from vmem.kernels.workspace import borrowed
 from vmem.layers._checks import config_error, inputs, require_int, shape_error
 from vmem.layers.base import Algorithm, Array, Context, Keeps, Layer, Shape
 from vmem.layers.init import Init, check_init, initial_weights
@@ -167,12 +169,16 @@ class Conv(Layer):
         g = self.groups
         return n, c, h, w, ho, wo, g, o // g, c // g * self.kernel**2, ho * wo
 
-    def _columns(self, xp: Any, x: Array, chunk: int) -> Array | None:
-        """The column buffer of `chunk` samples (None for a pointwise convolution)."""
+    @contextlib.contextmanager
+    def _columns(self, xp: Any, x: Array, chunk: int) -> Iterator[Array | None]:
+        """The column buffer of `chunk` samples (None for a pointwise convolution) for
+        the block's length: scratch, so it may be one lent again (`borrowed`)."""
         if self.pointwise:
-            return None
+            yield None
+            return
         _, c, _, _, _, _, _, _, _, hw = self._dims(tuple(x.shape))
-        return xp.empty((chunk, c * self.kernel**2, hw), dtype=x.dtype)
+        with borrowed(xp, (chunk, c * self.kernel**2, hw), x.dtype) as cols:
+            yield cols
 
     def _lower(self, xp: Any, x: Array, n0: int, m: int, cols: Array | None) -> Array:
         """Samples n0 .. n0+m-1 as columns (m, G, K, L): lowered into `cols` by im2col,
@@ -196,11 +202,11 @@ class Conv(Layer):
         weight = params["weight"].reshape(g, og, kdim)
         y = xp.empty((n, self.out_channels, ho, wo), dtype=x.dtype)
         y4 = y.reshape(n, g, og, hw)  # a view of y
-        cols = self._columns(xp, x, chunk)
-        for n0 in range(0, n, chunk):
-            m = min(chunk, n - n0)
-            lowered = self._lower(xp, x, n0, m, cols)
-            matmul_shared_left(xp, weight, lowered, y4[n0:n0 + m])
+        with self._columns(xp, x, chunk) as cols:
+            for n0 in range(0, n, chunk):
+                m = min(chunk, n - n0)
+                lowered = self._lower(xp, x, n0, m, cols)
+                matmul_shared_left(xp, weight, lowered, y4[n0:n0 + m])
         if self.bias:
             channels.add_bias(xp, y.reshape(n, self.out_channels, hw), params["bias"])
         return y, ()
@@ -215,7 +221,6 @@ class Conv(Layer):
         chunk = self._chunk(algo, n)
         weight = params["weight"].reshape(g, og, kdim)
         dy4 = xp.ascontiguousarray(dy).reshape(n, g, og, hw)
-        cols = self._columns(xp, x, chunk)
         dw = xp.empty((g, og, kdim), dtype=x.dtype)
         in_place = accumulates_in_place(xp, dy4, dw)  # cuBLAS adds into dW itself
         dw_temp = xp.empty_like(dw) if n > 1 and not in_place else None
@@ -223,22 +228,23 @@ class Conv(Layer):
         # W[g].T, contiguous: the strided-batched GEMM takes contiguous operands only
         # (and CuPy's batched matmul would copy a transposed view per call)
         weight_t = elementwise.transposed(xp, weight) if dx is not None else None
-        for n0 in range(0, n, chunk):
-            m = min(chunk, n - n0)
-            lowered = self._lower(xp, x, n0, m, cols)
-            if self.pointwise and dx is not None:  # dW and dx read only dy and x
-                pointwise_gradients(xp, dy4[n0:n0 + m], lowered, weight_t, dw, n0 == 0,
-                                    dw_temp, dx[n0:n0 + m].reshape(m, g, kdim, hw))
-                continue
-            # dW[g] (+)= dy[n, g] @ cols[n, g].T, sample after sample
-            matmul_nt_sum(xp, dy4[n0:n0 + m], lowered, dw, start=n0 == 0, scratch=dw_temp)
-            if dx is None:
-                continue
-            # dcol[n, g] = W[g].T @ dy[n, g] for the whole chunk in one batched GEMM,
-            # written over the columns (no sample's dcol depends on another's) and
-            # summed back into dx (a pointwise convolution's dcol is its dx, above)
-            matmul_shared_left(xp, weight_t, dy4[n0:n0 + m], lowered)
-            col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
+        with self._columns(xp, x, chunk) as cols:
+            for n0 in range(0, n, chunk):
+                m = min(chunk, n - n0)
+                lowered = self._lower(xp, x, n0, m, cols)
+                if self.pointwise and dx is not None:  # dW and dx read only dy and x
+                    pointwise_gradients(xp, dy4[n0:n0 + m], lowered, weight_t, dw, n0 == 0,
+                                        dw_temp, dx[n0:n0 + m].reshape(m, g, kdim, hw))
+                    continue
+                # dW[g] (+)= dy[n, g] @ cols[n, g].T, sample after sample
+                matmul_nt_sum(xp, dy4[n0:n0 + m], lowered, dw, start=n0 == 0, scratch=dw_temp)
+                if dx is None:
+                    continue
+                # dcol[n, g] = W[g].T @ dy[n, g] for the whole chunk in one batched GEMM,
+                # written over the columns (no sample's dcol depends on another's) and
+                # summed back into dx (a pointwise convolution's dcol is its dx, above)
+                matmul_shared_left(xp, weight_t, dy4[n0:n0 + m], lowered)
+                col2im(xp, cols[:m], (m, c, h, w), k, s, p, out=dx[n0:n0 + m])
         grads = {"weight": dw.reshape(params["weight"].shape)}
         if self.bias:
             # over the contiguous pixels first: a reduction over axes (0, 2, 3) at once

@@ -6,6 +6,7 @@ counts and policies (bit-identical losses and weights). No timings."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -626,3 +627,49 @@ def test_the_benchmarks_pytorch_network_has_vmems_parameters_and_trains(profile)
     loss.backward()
     value = loss.item()
     assert math.isfinite(value) and 0 < value < 4 * math.log(classes)
+
+
+def test_borrowed_lends_one_buffer_within_a_block_and_drops_it_after():
+    """Inside `lending`, passes one after another get views of one buffer (grown to
+    the largest asked); a pass asking while it is out, any pass outside the block,
+    and CuPy-like modules get new arrays; the buffer goes when the block ends."""
+    from vmem.kernels import workspace
+
+    with workspace.lending():
+        with workspace.borrowed(np, (4, 5), np.float32) as first:
+            first[...] = 1
+            with workspace.borrowed(np, (4, 5), np.float32) as second:  # the buffer is out
+                assert not np.shares_memory(first, second)
+        with workspace.borrowed(np, (2, 3), np.float64) as again:
+            assert again.shape == (2, 3) and again.dtype == np.float64
+            assert np.shares_memory(again, first)  # lent again: no new pages
+        with workspace.borrowed(np, (100,), np.float32) as larger:
+            assert larger.shape == (100,) and not np.shares_memory(larger, first)
+        held = workspace._LENDER.buffer
+        assert held is not None and held.nbytes == 400
+    assert workspace._LENDER.buffer is None
+    with (workspace.borrowed(np, (4, 5), np.float32) as outside,
+          workspace.borrowed(np, (4, 5), np.float32) as other):
+        assert not np.shares_memory(outside, other)
+
+
+def test_a_lent_column_buffer_changes_no_bit_of_a_training_step():
+    """Convolutions' column buffers lent from pass to pass (the runtime's
+    `lending`) against new ones each pass: the same losses and weights."""
+    from vmem.kernels import workspace
+
+    reference_losses, reference_weights, runtime = train("alexnet-tiny", "none", threads=2)
+    runtime.close()
+    import vmem.layers.conv as conv
+
+    def fresh(xp, shape, dtype):  # a new array every pass
+        return contextlib.nullcontext(xp.empty(shape, dtype=dtype))
+
+    assert conv.borrowed is workspace.borrowed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv, "borrowed", fresh)
+        losses, weights, runtime = train("alexnet-tiny", "none", threads=2)
+        runtime.close()
+    assert losses == reference_losses
+    for name, value in reference_weights.items():
+        np.testing.assert_array_equal(weights[name], value, err_msg=name)

@@ -30,6 +30,7 @@ from vmem.errors import (
 from vmem.executor import LIVENESS, Executor, check_allocation
 from vmem.graph import DATA, Network
 from vmem.kernels.threads import resolve_threads, single_threaded_blas, using_threads
+from vmem.kernels.workspace import lending
 from vmem.memory import PinnedHostPool
 from vmem.optim import SGD, LearningRate, Optimizer
 from vmem.parameters import STEPS, ParameterStore
@@ -155,7 +156,7 @@ class Runtime:
         executor = self.executor(batch)
         self._scale_learning_rate(batch)
         try:
-            with using_threads(self.threads), single_threaded_blas():
+            with using_threads(self.threads), single_threaded_blas(), lending():
                 result = executor.train_step(x, labels, self.steps,
                                              seed=(self.seed << 32) + self.steps)
         except OutOfDeviceMemory as exc:
@@ -185,7 +186,7 @@ class Runtime:
         x = self._checked_inputs(x)
         total = x.shape[0]
         size = self._evaluation_size(total)
-        with using_threads(self.threads), single_threaded_blas():
+        with using_threads(self.threads), single_threaded_blas(), lending():
             parts = [self.executor(len(part)).evaluate(part)
                      for part in (x[i:i + size] for i in range(0, total, size))]
         if parts[0] is None:  # a backend without data
