@@ -214,7 +214,7 @@ def apply_updates(xp: Any, updates: Sequence[Update]) -> None:
     arrays. The rules are element-wise: an element's arithmetic is the same whichever
     block holds it, so the results are the same bits for every block size and thread
     count."""
-    blocked, blocks = [], []  # each blocked update's first block in `blocks`
+    blocks = []  # (rule, its flat arrays, a block's first element), update after update
     for update in updates:
         size = update.arrays[0].size
         if not on_threads(xp) or not all(a.flags.c_contiguous and a.size == size
@@ -222,7 +222,6 @@ def apply_updates(xp: Any, updates: Sequence[Update]) -> None:
             update.rule(*update.arrays)
             continue
         flats = tuple(a.reshape(-1) for a in update.arrays)
-        blocked.append(len(blocks))
         blocks.extend((update.rule, flats, lo) for lo in range(0, size, UPDATE_BLOCK_ELEMENTS))
 
     def run(first: int, stop: int) -> None:
