@@ -154,9 +154,11 @@ def floor_plans(network: Network, batch: int, itemsize: int) -> dict[str, Plan]:
 
 def policy_floors(network: Network, batch: int, itemsize: int, policy: str) -> list[Plan]:
     """The lightest plans `policy` can fall back to: budget's `floor_plans`, vDNN's
-    memory-optimal configuration for the others."""
-    floors = list(floor_plans(network, batch, itemsize).values())
-    return floors if policy == "budget" else floors[:1]
+    memory-optimal configuration for the others (budget's block floor is not built
+    for them: `vmem fit` probes a floor at every batch it tries)."""
+    if policy == "budget":
+        return list(floor_plans(network, batch, itemsize).values())
+    return [memory_optimal(network, batch, itemsize)]
 
 
 def check_trainable(network: Network, batch: int, itemsize: int, budget: Budget) -> None:
