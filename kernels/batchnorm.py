@@ -11,7 +11,9 @@ On NumPy the channels go in blocks (`channel_blocks`), each block's passes one a
 another while it sits in the cache, the blocks spread over the threads of
 `kernels.threads`. A block's sums are each row's sum over its contiguous values
 (NumPy's pairwise sum), then the rows' sums over the batch; the blocks are fixed by
-the map's shape alone, so the bits are the same for every thread count. Elsewhere
+the map's shape alone, so the bits are the same for every thread count. A block's
+scratch is its output's block wherever that is not yet written (the squares, and
+backward's dy * x_hat): two block-sized buffers fewer in the cache. Elsewhere
 (CuPy) the same formulas run over the whole map at once (`*_whole`), in the same
 order of operations per element; only the order of each sum differs.
 
@@ -63,13 +65,14 @@ def _channel_sums(a: Array) -> Array:
     return a.sum(axis=2).sum(axis=0)
 
 
-def _block_statistics(xp: Any, x: Array, centred: Array) -> tuple[Array, Array]:
-    """Mean and biased variance of a (N, cb, L) block; `centred` (a block-sized
-    scratch) is left holding x - mean."""
+def _block_statistics(xp: Any, x: Array, centred: Array, squares: Array
+                      ) -> tuple[Array, Array]:
+    """Mean and biased variance of a (N, cb, L) block; `centred` is left holding
+    x - mean, `squares` (block-sized scratch, written over) its squares."""
     count = x.shape[0] * x.shape[2]
     mean = _channel_sums(x) / count
     xp.subtract(x, _broadcast(mean), out=centred)
-    squares = xp.square(centred)
+    xp.square(centred, out=squares)
     var = _channel_sums(squares) / count
     return mean, var
 
@@ -89,7 +92,8 @@ def train_forward(xp: Any, x: Array, weight: Array, bias: Array, eps: float
     def block(lo: int, hi: int) -> None:
         xb, yb = x3[:, lo:hi], y3[:, lo:hi]
         centred = xp.empty(xb.shape, dtype=x.dtype)
-        mean[lo:hi], var[lo:hi] = _block_statistics(xp, xb, centred)
+        # y's block is scratch until y is written: the squares
+        mean[lo:hi], var[lo:hi] = _block_statistics(xp, xb, centred, yb)
         scale = weight[lo:hi] / xp.sqrt(var[lo:hi] + eps)
         xp.multiply(centred, _broadcast(scale), out=yb)
         yb += _broadcast(bias[lo:hi])
@@ -115,15 +119,17 @@ def train_backward(xp: Any, x: Array, dy: Array, weight: Array, eps: float, need
         xb, dyb = x3[:, lo:hi], dy3[:, lo:hi]
         count = xb.shape[0] * xb.shape[2]
         x_hat = xp.empty(xb.shape, dtype=x.dtype)
-        _, var = _block_statistics(xp, xb, x_hat)
+        # dx's block is scratch until dx is written: the squares, then dy * x_hat
+        scratch = dx3[:, lo:hi] if dx3 is not None else xp.empty(xb.shape, dtype=dy.dtype)
+        _, var = _block_statistics(xp, xb, x_hat, scratch)
         inv_std = 1 / xp.sqrt(var + eps)
         x_hat *= _broadcast(inv_std)
         dbias[lo:hi] = _channel_sums(dyb)
-        product = dyb * x_hat
-        dweight[lo:hi] = _channel_sums(product)
+        xp.multiply(dyb, x_hat, out=scratch)
+        dweight[lo:hi] = _channel_sums(scratch)
         if dx3 is None:
             return
-        dxb = dx3[:, lo:hi]
+        dxb = scratch
         x_hat *= _broadcast(dweight[lo:hi] / count)
         xp.subtract(dyb, x_hat, out=dxb)
         dxb -= _broadcast(dbias[lo:hi] / count)
