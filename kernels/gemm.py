@@ -19,8 +19,9 @@ descriptions (`GemmCall`, built by `nt_sum_calls` and `shared_left_calls`). cuBL
 column-major and a row-major matrix is its transpose, so row-major C = A B is called
 as column-major C^T = B^T A^T. Not yet run on a GPU.
 
-On NumPy every 2-D product is cut into tiles of GEMM_TILE_COLUMNS output columns,
-fixed by the shape, each one BLAS call on one thread; the tiles spread over vmem's
+On NumPy every 2-D product is cut into tiles of output columns (GEMM_TILE_COLUMNS, or
+SHARED_LEFT_TILE_COLUMNS for a convolution's shared-weight products), fixed by the
+shape, each one BLAS call on one thread; the tiles spread over vmem's
 threads (`kernels.threads`), so the bits are the same for every thread count and
 BLAS threads times vmem's threads stay within the cores. Linear layers take the same
 path (`matmul`).
@@ -167,10 +168,10 @@ def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
 
 def shared_left_tasks(xp: Any, a: Array, b: Array, out: Array) -> list[Task]:
     """`matmul_shared_left`'s tasks on NumPy (for `run_products`): one per sample,
-    group and tile of columns."""
+    group and tile of SHARED_LEFT_TILE_COLUMNS columns."""
     return [partial(_product_tile, xp, a[gi], b[si, gi], out[si, gi], lo, hi)
             for si in range(b.shape[0]) for gi in range(a.shape[0])
-            for lo, hi in column_tiles(xp, out.shape[-1])]
+            for lo, hi in column_tiles(xp, out.shape[-1], SHARED_LEFT_TILE_COLUMNS)]
 
 
 def pointwise_gradients(xp: Any, dy: Array, x: Array, weight_t: Array, dw: Array,
@@ -222,11 +223,23 @@ def _product_tile(xp: Any, a: Array, b: Array, out: Array, lo: int, hi: int) -> 
 #: each tile costs little beside the tile's product.
 GEMM_TILE_COLUMNS = 256
 
+#: The tile width of `matmul_shared_left` (a convolution's forward product and data
+#: gradient, where the output has a column per pixel). With few rows in the right
+#: operand (K = 64: the input channels of ResNet's and GoogLeNet's 1x1 convolutions,
+#: the output channels of their data gradients) packing costs the most beside a tile's
+#: product: on one core of a 2-core Xeon (OpenBLAS 0.3.31, SkylakeX kernels) 1024
+#: columns ran 10-25 % faster than 256 for K = 64, no slower elsewhere, and every such
+#: product of AlexNet, VGG-16, GoogLeNet and ResNet-50 gave the same bits at both
+#: widths (bench/results/cpu-step.md). Still a fixed cut: the bits are the same for
+#: every thread count whatever BLAS does.
+SHARED_LEFT_TILE_COLUMNS = 1024
 
-def column_tiles(xp: Any, columns: int) -> list[tuple[int, int]]:
-    """The (start, stop) tiles of an output's columns: GEMM_TILE_COLUMNS wide on
-    NumPy, one tile elsewhere."""
-    return split(columns, GEMM_TILE_COLUMNS if on_threads(xp) else columns)
+
+def column_tiles(xp: Any, columns: int, width: int | None = None) -> list[tuple[int, int]]:
+    """The (start, stop) tiles of an output's columns: `width` (GEMM_TILE_COLUMNS
+    unless given) wide on NumPy, one tile elsewhere."""
+    width = GEMM_TILE_COLUMNS if width is None else width
+    return split(columns, width if on_threads(xp) else columns)
 
 
 # Host scalars 0 and 1 of each dtype, alive for the whole process (cuBLAS reads alpha

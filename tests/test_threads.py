@@ -396,6 +396,7 @@ def test_gemms_give_the_same_bits_for_every_thread_count(monkeypatch):
     the products agree with float64 to float32 rounding. Narrow tiles make several
     per product."""
     monkeypatch.setattr(gemm, "GEMM_TILE_COLUMNS", 7)
+    monkeypatch.setattr(gemm, "SHARED_LEFT_TILE_COLUMNS", 5)
     a = RNG.standard_normal((2, 5, 30)).astype(np.float32)  # (G, M, K)
     b = RNG.standard_normal((3, 2, 30, 23)).astype(np.float32)  # (S, G, K, N)
     dy = RNG.standard_normal((3, 2, 5, 23)).astype(np.float32)  # (S, G, M, N)
