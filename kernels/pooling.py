@@ -102,8 +102,8 @@ MAX_POOL_THREADED_TASK_BYTES = 8 << 20
 
 
 def _over_planes(xp: Any, planes: int, plane_bytes: int, work: Any) -> None:
-    """work(lo, hi) over groups of planes (`MAX_POOL_TASK_BYTES`), spread over the
-    threads."""
+    """work(lo, hi) over groups of planes (`MAX_POOL_TASK_BYTES` of scratch each on
+    one thread, `MAX_POOL_THREADED_TASK_BYTES` on more), spread over the threads."""
     threads = current_threads()
     task_bytes = MAX_POOL_TASK_BYTES if threads == 1 else MAX_POOL_THREADED_TASK_BYTES
     for_ranges(xp, planes, work, max(1, plane_bytes), task_bytes * threads)
