@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmem.kernels.elementwise import TASK_ELEMENTS
+from vmem.kernels import threads
 from vmem.kernels.threads import for_ranges, on_threads
 
 Array = Any
@@ -26,7 +26,7 @@ def add_bias(xp: Any, y: Array, bias: Array) -> Array:
     """y += bias per channel, y (N, C, L) and bias (C,); returns y. On NumPy the
     samples go in ranges over the threads."""
     b = bias.reshape(1, -1, 1)
-    if not on_threads(xp) or y.size < 2 * TASK_ELEMENTS:
+    if not on_threads(xp) or y.size < 2 * threads.TASK_ELEMENTS:
         y += b
         return y
     sample = y[0].size
@@ -35,7 +35,7 @@ def add_bias(xp: Any, y: Array, bias: Array) -> Array:
         part = y[lo:hi]
         part += b
 
-    for_ranges(xp, y.shape[0], samples, min_items=-(-TASK_ELEMENTS // sample))
+    for_ranges(xp, y.shape[0], samples, item_elements=sample)
     return y
 
 
@@ -55,5 +55,5 @@ def channel_sums(xp: Any, a: Array) -> Array:
         for row in rows[1:]:
             total += row
 
-    for_ranges(xp, a.shape[1], channels, min_items=-(-TASK_ELEMENTS // max(1, channel)))
+    for_ranges(xp, a.shape[1], channels, item_elements=channel)
     return out

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmem.kernels import threads
 from vmem.kernels.threads import for_ranges, on_threads
 
 Array = Any
 
-#: The fewest elements of a task (1 MiB of float32): waking a thread to run one costs
-#: about as long as a pass over 2**16 elements, so a pass of fewer than two tasks'
-#: worth runs as one call.
-TASK_ELEMENTS = 1 << 18
+
+def _long_enough(a: Array) -> bool:
+    """Whether a pass over `a` makes two tasks or more (`threads.TASK_ELEMENTS` each):
+    a shorter one runs as one plain call."""
+    return a.size >= 2 * threads.TASK_ELEMENTS
 
 
 def _splits(xp: Any, *arrays: Array) -> bool:
     first = arrays[0]
-    return (on_threads(xp) and first.size >= 2 * TASK_ELEMENTS
+    return (on_threads(xp) and _long_enough(first)
             and all(a.shape == first.shape and a.dtype == first.dtype
                     and a.flags.c_contiguous for a in arrays))
 
@@ -34,7 +36,7 @@ def add(xp: Any, a: Array, b: Array) -> Array:
     out = xp.empty(a.shape, dtype=a.dtype)
     fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
     for_ranges(xp, fo.size, lambda lo, hi: xp.add(fa[lo:hi], fb[lo:hi], out=fo[lo:hi]),
-               min_items=TASK_ELEMENTS)
+               item_elements=1)
     return out
 
 
@@ -45,7 +47,7 @@ def add_into(xp: Any, target: Array, source: Array) -> Array:
         return target
     ft, fs = target.reshape(-1), source.reshape(-1)
     for_ranges(xp, ft.size, lambda lo, hi: xp.add(ft[lo:hi], fs[lo:hi], out=ft[lo:hi]),
-               min_items=TASK_ELEMENTS)
+               item_elements=1)
     return target
 
 
@@ -56,14 +58,14 @@ def copy(xp: Any, a: Array) -> Array:
     out = xp.empty(a.shape, dtype=a.dtype)
     fa, fo = a.reshape(-1), out.reshape(-1)
     for_ranges(xp, fo.size, lambda lo, hi: xp.copyto(fo[lo:hi], fa[lo:hi]),
-               min_items=TASK_ELEMENTS)
+               item_elements=1)
     return out
 
 
 def transposed(xp: Any, a: Array) -> Array:
     """a (G, M, K) transposed to a new C-contiguous (G, K, M) array, on NumPy its
     rows copied in ranges over the threads."""
-    if not (on_threads(xp) and a.size >= 2 * TASK_ELEMENTS):
+    if not (on_threads(xp) and _long_enough(a)):
         return xp.ascontiguousarray(a.transpose(0, 2, 1))
     out = xp.empty((a.shape[0], a.shape[2], a.shape[1]), dtype=a.dtype)
 
@@ -71,7 +73,7 @@ def transposed(xp: Any, a: Array) -> Array:
         for g in range(a.shape[0]):
             out[g, lo:hi] = a[g, :, lo:hi].T
 
-    for_ranges(xp, a.shape[2], rows, min_items=-(-TASK_ELEMENTS // (a.shape[0] * a.shape[1])))
+    for_ranges(xp, a.shape[2], rows, item_elements=a.shape[0] * a.shape[1])
     return out
 
 
@@ -82,5 +84,5 @@ def relu(xp: Any, x: Array, inplace: bool) -> Array:
     out = x if inplace else xp.empty(x.shape, dtype=x.dtype)
     fx, fo = x.reshape(-1), out.reshape(-1)
     for_ranges(xp, fo.size, lambda lo, hi: xp.maximum(fx[lo:hi], 0, out=fo[lo:hi]),
-               min_items=TASK_ELEMENTS)
+               item_elements=1)
     return out

@@ -148,8 +148,9 @@ def nt_sum_tasks(xp: Any, a: Array, b: Array, out: Array, start: bool,
             if not first:
                 out[gi, :, lo:hi] += target
 
-    return [partial(tile, gi, lo, hi) for gi in range(a.shape[1])
-            for lo, hi in column_tiles(xp, out.shape[-1])]
+    samples, rows, depth = a.shape[0], a.shape[2], a.shape[3]
+    return in_groups([(partial(tile, gi, lo, hi), 2 * samples * rows * depth * (hi - lo))
+                      for gi in range(a.shape[1]) for lo, hi in column_tiles(xp, out.shape[-1])])
 
 
 def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
@@ -169,9 +170,11 @@ def matmul_shared_left(xp: Any, a: Array, b: Array, out: Array) -> Array:
 def shared_left_tasks(xp: Any, a: Array, b: Array, out: Array) -> list[Task]:
     """`matmul_shared_left`'s tasks on NumPy (for `run_products`): one per sample,
     group and tile of SHARED_LEFT_TILE_COLUMNS columns."""
-    return [partial(_product_tile, xp, a[gi], b[si, gi], out[si, gi], lo, hi)
-            for si in range(b.shape[0]) for gi in range(a.shape[0])
-            for lo, hi in column_tiles(xp, out.shape[-1], SHARED_LEFT_TILE_COLUMNS)]
+    rows, depth = a.shape[1], a.shape[2]
+    return in_groups([(partial(_product_tile, xp, a[gi], b[si, gi], out[si, gi], lo, hi),
+                       2 * rows * depth * (hi - lo))
+                      for si in range(b.shape[0]) for gi in range(a.shape[0])
+                      for lo, hi in column_tiles(xp, out.shape[-1], SHARED_LEFT_TILE_COLUMNS)])
 
 
 def pointwise_gradients(xp: Any, dy: Array, x: Array, weight_t: Array, dw: Array,
@@ -194,9 +197,31 @@ def matmul(xp: Any, a: Array, b: Array) -> Array:
     if not on_threads(xp):
         return a @ b
     out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
-    run_products(xp, [partial(_product_tile, xp, a, b, out, lo, hi)
-                      for lo, hi in column_tiles(xp, out.shape[1])])
+    run_products(xp, in_groups([(partial(_product_tile, xp, a, b, out, lo, hi),
+                                 2 * a.shape[0] * a.shape[1] * (hi - lo))
+                                for lo, hi in column_tiles(xp, out.shape[1])]))
     return out
+
+
+def in_groups(products: list[tuple[Task, int]]) -> list[Task]:
+    """GEMM tasks with their floating-point operations, consecutive ones joined into
+    tasks of at least `GEMM_TASK_FLOPS` each (the last may have fewer), run one after
+    another in order: each product is still its own BLAS call, so its bits are the
+    same however the products group."""
+    groups: list[list[Task]] = []
+    flops = GEMM_TASK_FLOPS  # the first product opens a group
+    for task, cost in products:
+        if flops >= GEMM_TASK_FLOPS:
+            groups.append([])
+            flops = 0
+        groups[-1].append(task)
+        flops += cost
+    return [group[0] if len(group) == 1 else partial(_in_order, group) for group in groups]
+
+
+def _in_order(tasks: list[Task]) -> None:
+    for task in tasks:
+        task()
 
 
 def run_products(xp: Any, tasks: list[Task]) -> None:
@@ -215,6 +240,13 @@ def run_products(xp: Any, tasks: list[Task]) -> None:
 def _product_tile(xp: Any, a: Array, b: Array, out: Array, lo: int, hi: int) -> None:
     xp.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
+
+#: The fewest floating-point operations of a GEMM task on NumPy, read at each call
+#: (tests lower it): about 0.1 ms of a core. A small map's per-sample products are
+#: far smaller, and a fan-out of them costs more in waking threads and in their turns
+#: at the GIL than it saves (a small CNN's step ran at half speed on two threads), so
+#: consecutive ones go to one task (`in_groups`).
+GEMM_TASK_FLOPS = 1 << 23
 
 #: Columns of a product's output one task computes on NumPy (the last tile may be
 #: narrower). Fixed, never taken from the thread count: each tile is its own BLAS

@@ -60,7 +60,8 @@ def im2col(xp: Any, x: Array, k: int, stride: int, pad: int, out: Array | None =
     cols6 = out.reshape(n, c, k, k, ho, wo)  # a view: out is contiguous
     if on_threads(xp):
         for_ranges(xp, n, lambda lo, hi: _lower_windows(xp, x[lo:hi], cols6[lo:hi],
-                                                               stride, pad))
+                                                               stride, pad),
+                   item_elements=shape[1] * shape[2])
         return out
     if pad > 0:
         out.fill(0)  # positions that read padding are never written below
@@ -111,5 +112,5 @@ def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, 
             view = part[:, :, irow, icol]
             view += cols6[lo:hi, :, ki, kj, orow, ocol]
 
-    for_ranges(xp, n, gather)
+    for_ranges(xp, n, gather, item_elements=c * k * k * ho * wo)
     return out

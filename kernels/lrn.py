@@ -80,7 +80,8 @@ def lrn_forward(xp: Any, x: Array, size: int, alpha: float, beta: float, k: floa
         scale = lrn_scale(xp, xs, size, alpha, k)
         xp.multiply(xs, xp.power(scale, -beta), out=y[lo:hi])
 
-    for_ranges(xp, x.shape[0], normalize, scratch_per_sample(x), LRN_SCRATCH_BYTES)
+    for_ranges(xp, x.shape[0], normalize, scratch_per_sample(x), LRN_SCRATCH_BYTES,
+               item_elements=x[0].size)
     return y
 
 
@@ -106,5 +107,6 @@ def lrn_backward(xp: Any, x: Array, dy: Array, size: int, alpha: float, beta: fl
         scale_pow *= dys
         back += scale_pow
 
-    for_ranges(xp, x.shape[0], gradient, scratch_per_sample(x), LRN_SCRATCH_BYTES)
+    for_ranges(xp, x.shape[0], gradient, scratch_per_sample(x), LRN_SCRATCH_BYTES,
+               item_elements=x[0].size)
     return dx

@@ -70,7 +70,7 @@ def max_pool_forward(xp: Any, x: Array, k: int, stride: int, pad: int, ceil_mode
         phases = grid.phased(xp, x_planes[lo:hi])
         y_planes[lo:hi] = grid.windows(grid.maxima(xp, phases, hi - lo), hi - lo)
 
-    _over_planes(xp, n * c, grid.forward_bytes(x.dtype.itemsize), maxima)
+    _over_planes(xp, n * c, h * w, grid.forward_bytes(x.dtype.itemsize), maxima)
     return y
 
 
@@ -101,12 +101,15 @@ MAX_POOL_TASK_BYTES = 2 << 20
 MAX_POOL_THREADED_TASK_BYTES = 8 << 20
 
 
-def _over_planes(xp: Any, planes: int, plane_bytes: int, work: Any) -> None:
-    """work(lo, hi) over groups of planes (`MAX_POOL_TASK_BYTES` of scratch each on
-    one thread, `MAX_POOL_THREADED_TASK_BYTES` on more), spread over the threads."""
+def _over_planes(xp: Any, planes: int, plane_elements: int, plane_bytes: int, work: Any
+                 ) -> None:
+    """work(lo, hi) over groups of planes of `plane_elements` input elements each
+    (`MAX_POOL_TASK_BYTES` of scratch each on one thread, `MAX_POOL_THREADED_TASK_BYTES`
+    on more, at least `threads.TASK_ELEMENTS` input elements), spread over the threads."""
     threads = current_threads()
     task_bytes = MAX_POOL_TASK_BYTES if threads == 1 else MAX_POOL_THREADED_TASK_BYTES
-    for_ranges(xp, planes, work, max(1, plane_bytes), task_bytes * threads)
+    for_ranges(xp, planes, work, max(1, plane_bytes), task_bytes * threads,
+               item_elements=plane_elements)
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,8 @@ def max_pool_backward(xp: Any, x: Array, dy: Array, k: int, stride: int, pad: in
         else:
             _route_on_grid(xp, grid, xs, dys, dxs)
 
-    _over_planes(xp, n * c, grid.backward_bytes(x.dtype.itemsize, dy.dtype.itemsize), route)
+    _over_planes(xp, n * c, h * w, grid.backward_bytes(x.dtype.itemsize, dy.dtype.itemsize),
+                 route)
     return dx
 
 

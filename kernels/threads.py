@@ -33,6 +33,14 @@ THREADS_ENV = "VMEM_THREADS"
 MAX_THREADS = 1024
 #: Tasks a pass over samples is cut into per thread (where samples allow).
 TASKS_PER_THREAD = 4
+#: The fewest elements a task of a pass works on (1 MiB of float32), where its items
+#: say how many they hold. Waking a thread costs about as long as a pass over 2**16
+#: elements, and two threads whose NumPy calls are short wait on each other for the
+#: GIL: on 2 cores, passes of 16-256 KiB calls ran at 0.7-0.8x on two threads what
+#: they ran on one, and a small CNN's training step at half. So a pass gets no more
+#: tasks than it has this many elements, and one of fewer than two tasks' worth runs
+#: as one task, on the calling thread. Read at each cut (tests lower it).
+TASK_ELEMENTS = 1 << 18
 
 Task = Callable[[], None]
 
@@ -233,25 +241,32 @@ def split(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def ranges(xp: Any, n: int, item_bytes: int = 0, budget_bytes: int = 0,
-           min_items: int = 1) -> list[tuple[int, int]]:
+           min_items: int = 1, item_elements: int = 0) -> list[tuple[int, int]]:
     """[0, n) cut into ranges for a pass over n independent items (samples, or the
     elements of an element-wise pass): one range on a single thread, else about
     TASKS_PER_THREAD a thread (so a thread slowed by other work leaves its share to
-    the others), each of at least `min_items` (a task much shorter than waking a
-    thread costs more than it saves). With `item_bytes` of scratch an item, a range
-    holds at most what its share of `budget_bytes` allows when every thread runs one
-    (at least one item). Callers use it only where items are independent, so the cut
-    changes no result."""
+    the others), each of at least `min_items`; where an item holds `item_elements`
+    elements, no more ranges than the pass has TASK_ELEMENTS (a task much shorter
+    than waking a thread costs more than it saves). With `item_bytes` of scratch an
+    item, a range holds at most what its share of `budget_bytes` allows when every
+    thread runs one (at least one item). Callers use it only where items are
+    independent, so the cut changes no result."""
     threads = current_threads() if on_threads(xp) else 1
-    size = n if threads == 1 else max(min_items, -(-n // (threads * TASKS_PER_THREAD)))
+    if threads == 1:
+        size = n
+    else:
+        count = threads * TASKS_PER_THREAD
+        if item_elements > 0:
+            count = min(count, n * item_elements // TASK_ELEMENTS)
+        size = max(min_items, -(-n // max(1, count)))
     if item_bytes > 0:
         size = min(size, budget_bytes // (item_bytes * threads))
     return split(n, max(1, size))
 
 
 def for_ranges(xp: Any, n: int, work: Callable[[int, int], None], item_bytes: int = 0,
-               budget_bytes: int = 0, min_items: int = 1) -> None:
+               budget_bytes: int = 0, min_items: int = 1, item_elements: int = 0) -> None:
     """work(start, stop) for each of `ranges(xp, n, item_bytes, budget_bytes,
-    min_items)`, over the threads."""
-    run_tasks(xp, [partial(work, lo, hi)
-                   for lo, hi in ranges(xp, n, item_bytes, budget_bytes, min_items)])
+    min_items, item_elements)`, over the threads."""
+    run_tasks(xp, [partial(work, lo, hi) for lo, hi in
+                   ranges(xp, n, item_bytes, budget_bytes, min_items, item_elements)])

@@ -40,8 +40,7 @@ def relu_backward_into(xp: Any, dy: Array, y: Array) -> Array:
             xp.logical_not(zero, out=zero)  # where dx is 0
             xp.copyto(flat_dy[lo:hi], 0, where=zero)
 
-    for_ranges(xp, flat_dy.size, zero_where_inactive, 1, RELU_MASK_ELEMENTS,
-               elementwise.TASK_ELEMENTS)
+    for_ranges(xp, flat_dy.size, zero_where_inactive, 1, RELU_MASK_ELEMENTS, item_elements=1)
     return dy
 
 

@@ -492,6 +492,7 @@ def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int,
     import tracemalloc
 
     from vmem.kernels import lrn
+    from vmem.kernels import threads as threads_module
     from vmem.kernels.threads import ranges, using_threads
 
     rng = np.random.default_rng(5)
@@ -501,6 +502,7 @@ def test_lrn_in_groups_of_samples(monkeypatch: pytest.MonkeyPatch, scratch: int,
     with using_threads(1):
         y_whole, dx_whole = lrn.lrn_forward(np, x, *args), lrn.lrn_backward(np, x, dy, *args)
     monkeypatch.setattr(lrn, "LRN_SCRATCH_BYTES", scratch)
+    monkeypatch.setattr(threads_module, "TASK_ELEMENTS", 1)  # small samples: still cut
     with using_threads(threads):
         groups = ranges(np, 5, lrn.scratch_per_sample(x), lrn.LRN_SCRATCH_BYTES)
         largest = max(hi - lo for lo, hi in groups)

@@ -30,6 +30,14 @@ THREADS = (1, 2, 3)
 RNG = np.random.default_rng(18)
 
 
+@pytest.fixture(autouse=True)
+def every_pass_fans_out(monkeypatch):
+    """These tests' maps are small, and a pass shorter than a task's fewest elements
+    or FLOPs runs as one task: without this the cuts under test would not happen."""
+    monkeypatch.setattr(threads_module, "TASK_ELEMENTS", 1)
+    monkeypatch.setattr(gemm, "GEMM_TASK_FLOPS", 1)
+
+
 # ---------------------------------------------------------------- references
 
 
@@ -267,7 +275,7 @@ def test_elementwise_passes_equal_one_array_operation(threads, monkeypatch):
     transposed (not contiguous) operand takes the plain operation."""
     from vmem.kernels import elementwise
 
-    monkeypatch.setattr(elementwise, "TASK_ELEMENTS", 4)
+    monkeypatch.setattr(threads_module, "TASK_ELEMENTS", 4)
     a = RNG.standard_normal((4, 3, 5, 7)).astype(np.float32)
     b = RNG.standard_normal(a.shape).astype(np.float32)
     with using_threads(threads):
@@ -328,7 +336,7 @@ def test_bias_passes_give_numpys_bits_for_every_cut(threads, task_elements, monk
     below, at and past NumPy's pairwise block of 8."""
     from vmem.kernels import channels
 
-    monkeypatch.setattr(channels, "TASK_ELEMENTS", task_elements)
+    monkeypatch.setattr(threads_module, "TASK_ELEMENTS", task_elements)
     for n, c, length in ((1, 5, 49), (8, 3, 7), (9, 64, 30), (33, 1, 20), (16, 130, 1)):
         a = (RNG.standard_normal((n, c, length)) * 100).astype(np.float32)
         bias = RNG.standard_normal(c).astype(np.float32)
@@ -588,6 +596,43 @@ def test_ranges_cover_every_item_once_within_the_budget():
     with using_threads(1):
         assert ranges(np, 100) == [(0, 100)]
     assert ranges(object(), 100) == [(0, 100)]  # not NumPy: one range, one thread
+
+
+def test_ranges_hold_at_least_a_tasks_elements_and_short_passes_stay_on_the_caller(
+        monkeypatch):
+    """Items of `item_elements` make no more ranges than the pass has TASK_ELEMENTS,
+    and a pass of fewer than two tasks' worth is one range: run_tasks then runs it on
+    the calling thread, without a fan-out."""
+    monkeypatch.setattr(threads_module, "TASK_ELEMENTS", 100)
+    with using_threads(2):
+        assert ranges(np, 10, item_elements=19) == [(0, 10)]  # 190 elements: one task
+        cut = ranges(np, 10, item_elements=30)  # 300 elements: three tasks
+        assert cut == [(0, 4), (4, 8), (8, 10)]
+        assert len(ranges(np, 1000, item_elements=1000)) == 2 * threads_module.TASKS_PER_THREAD
+        assert ranges(np, 10, item_bytes=4, budget_bytes=2 * 4 * 2, item_elements=19) == [
+            (lo, lo + 2) for lo in range(0, 10, 2)]  # the scratch bound still holds
+        import threading
+
+        ran_on = set()
+        threads_module.for_ranges(np, 10, lambda lo, hi: ran_on.add(threading.get_ident()),
+                                  item_elements=19)
+    assert ran_on == {threading.get_ident()}
+
+
+def test_small_products_go_several_to_a_task_in_order(monkeypatch):
+    """GEMM tasks under GEMM_TASK_FLOPS join the next ones until a task has that many
+    (the last may have fewer), each product still its own call, in the order given."""
+    monkeypatch.setattr(gemm, "GEMM_TASK_FLOPS", 10)
+    done: list[int] = []
+    tasks = gemm.in_groups([(lambda i=i: done.append(i), cost)
+                            for i, cost in enumerate([4, 4, 4, 20, 1, 9, 3])])
+    groups = []
+    for task in tasks:
+        start = len(done)
+        task()
+        groups.append(done[start:])
+    assert groups == [[0, 1, 2], [3], [4, 5], [6]]
+    assert gemm.in_groups([]) == []
 
 
 def test_tasks_on_helper_threads_keep_the_callers_floating_point_settings() -> None:
