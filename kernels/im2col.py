@@ -5,9 +5,9 @@ split into G groups of Cg channels, `cols.reshape(N, G, Cg*k*k, Ho*Wo)` is a vie
 so a grouped convolution is one broadcast batched matmul:
 weight (G, Og, Cg*k*k) @ cols (N, G, Cg*k*k, Ho*Wo) -> (N, G, Og, Ho*Wo).
 
-On NumPy, im2col lowers one sample at a time in one strided copy (a window view made
-with `as_strided`, over a zero-padded copy of the sample where there is padding),
-samples spread over the threads of `kernels.threads`. Elsewhere (CuPy with its
+On NumPy, im2col lowers a sample (or a few small ones) at a time in one strided copy
+(a window view made with `as_strided`, over a zero-padded copy of the samples where
+there is padding), samples spread over the threads of `kernels.threads`. Elsewhere (CuPy with its
 kernels switched off) the array code loops over the k*k kernel offsets and moves one
 strided slice per offset (no padded copy of the input). Both copy the same values.
 
@@ -70,22 +70,34 @@ def im2col(xp: Any, x: Array, k: int, stride: int, pad: int, out: Array | None =
     return out
 
 
+#: Input elements of the samples `_lower_windows` lowers in one strided copy: small
+#: samples go several at a time (a copy's setup, the window view, costs about as long
+#: as lowering a few thousand elements), large ones one at a time, so the padded
+#: scratch stays one sample's.
+LOWER_GROUP_ELEMENTS = 1 << 16
+
+
 def _lower_windows(xp: Any, x: Array, cols6: Array, stride: int, pad: int) -> None:
-    """cols6 (N, C, k, k, Ho, Wo) = every window of x, one sample at a time, each one
-    strided copy: a view whose axes walk the windows (`as_strided`) over the sample,
-    or over a zero-padded copy of it (scratch of one sample, its border zeroed once)."""
-    _, c, h, w = x.shape
+    """cols6 (N, C, k, k, Ho, Wo) = every window of x, a group of samples at a time
+    (`LOWER_GROUP_ELEMENTS`), each group one strided copy: a view whose axes walk the
+    windows (`as_strided`) over the samples, or over a zero-padded copy of them
+    (scratch of one group, its border zeroed once)."""
+    n, c, h, w = x.shape
     k, ho, wo = cols6.shape[2], cols6.shape[4], cols6.shape[5]
-    padded = xp.zeros((c, h + 2 * pad, w + 2 * pad), dtype=x.dtype) if pad > 0 else None
-    for i in range(x.shape[0]):
-        sample = x[i]
+    group = max(1, min(n, LOWER_GROUP_ELEMENTS // max(1, c * h * w)))
+    padded = (xp.zeros((group, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype) if pad > 0
+              else None)
+    for lo in range(0, n, group):
+        hi = min(n, lo + group)
+        samples = x[lo:hi]
         if padded is not None:
-            padded[:, pad:pad + h, pad:pad + w] = sample
-            sample = padded
-        sc, sh, sw = sample.strides
-        windows = as_strided(sample, shape=(c, k, k, ho, wo),
-                             strides=(sc, sh, sw, sh * stride, sw * stride), writeable=False)
-        cols6[i] = windows
+            samples = padded[:hi - lo]
+            samples[:, :, pad:pad + h, pad:pad + w] = x[lo:hi]
+        sn, sc, sh, sw = samples.strides
+        windows = as_strided(samples, shape=(hi - lo, c, k, k, ho, wo),
+                             strides=(sn, sc, sh, sw, sh * stride, sw * stride),
+                             writeable=False)
+        cols6[lo:hi] = windows
 
 
 def col2im(xp: Any, cols: Array, x_shape: tuple[int, ...], k: int, stride: int, pad: int,

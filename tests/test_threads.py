@@ -116,8 +116,13 @@ IM2COL_CASES = [((4, 3, 9, 8), 3, 1, 1), ((5, 2, 11, 11), 5, 2, 2), ((3, 3, 15, 
 
 
 @pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("group_elements", [1, 3 * 3 * 9 * 8, 1 << 16])
 @pytest.mark.parametrize(("shape", "k", "stride", "pad"), IM2COL_CASES)
-def test_im2col_and_col2im_equal_the_slice_references(shape, k, stride, pad, threads):
+def test_im2col_and_col2im_equal_the_slice_references(shape, k, stride, pad, threads,
+                                                     group_elements, monkeypatch):
+    """Samples lowered one at a time, two or three at a time (the last group short), or
+    all at once, on every thread count: the reference's columns and col2im's sums."""
+    monkeypatch.setattr(im2col_module, "LOWER_GROUP_ELEMENTS", group_elements)
     x = RNG.standard_normal(shape).astype(np.float32)
     expected = reference_im2col(x, k, stride, pad)
     with using_threads(threads):
