@@ -7,9 +7,10 @@ weight (G, Og, Cg*k*k) @ cols (N, G, Cg*k*k, Ho*Wo) -> (N, G, Og, Ho*Wo).
 
 On NumPy, im2col lowers a sample (or a few small ones) at a time in one strided copy
 (a window view made with `as_strided`, over a zero-padded copy of the samples where
-there is padding), samples spread over the threads of `kernels.threads`. Elsewhere (CuPy with its
-kernels switched off) the array code loops over the k*k kernel offsets and moves one
-strided slice per offset (no padded copy of the input). Both copy the same values.
+there is padding), samples spread over the threads of `kernels.threads`. Elsewhere
+(CuPy with its kernels switched off) the array code loops over the k*k kernel offsets
+and moves one strided slice per offset (no padded copy of the input). Both copy the
+same values.
 
 col2im loops over the k*k offsets, adding one strided slice per offset (no
 scatter-add), on NumPy for groups of samples over the threads. Within one offset the

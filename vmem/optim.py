@@ -228,7 +228,7 @@ def apply_updates(xp: Any, updates: Sequence[Update]) -> None:
         for rule, flats, lo in blocks[first:stop]:
             rule(*(flat[lo:lo + UPDATE_BLOCK_ELEMENTS] for flat in flats))
 
-    if blocks:  # a small network's blocks are small: no more tasks than TASK_ELEMENTS allow
+    if blocks:  # a small network's blocks are short: tasks of TASK_ELEMENTS at least
         elements = sum(flats[0].size for _, flats, lo in blocks if lo == 0)
         for_ranges(xp, len(blocks), run, min_items=UPDATE_TASK_BLOCKS,
                    item_elements=max(1, elements // len(blocks)))
