@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -616,8 +617,6 @@ def test_ranges_hold_at_least_a_tasks_elements_and_short_passes_stay_on_the_call
         assert len(ranges(np, 1000, item_elements=1000)) == 2 * threads_module.TASKS_PER_THREAD
         assert ranges(np, 10, item_bytes=4, budget_bytes=2 * 4 * 2, item_elements=19) == [
             (lo, lo + 2) for lo in range(0, 10, 2)]  # the scratch bound still holds
-        import threading
-
         ran_on = set()
         threads_module.for_ranges(np, 10, lambda lo, hi: ran_on.add(threading.get_ident()),
                                   item_elements=19)
