@@ -574,8 +574,6 @@ def test_single_threaded_blas_nests_and_restores_blas_threads():
 def test_a_fan_out_does_not_wait_for_a_helper_that_has_not_woken():
     """A helper that takes no task (the caller ran them all first) starts none once
     run_tasks has returned: each task runs once, and only before the return."""
-    import threading
-
     ran: list[int] = []
     returned = threading.Event()
     late: list[int] = []
