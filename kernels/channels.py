@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmem.kernels import threads
-from vmem.kernels.threads import for_ranges, on_threads
+from vmem.kernels.threads import for_ranges, makes_tasks, on_threads
 
 Array = Any
 
@@ -26,7 +25,7 @@ def add_bias(xp: Any, y: Array, bias: Array) -> Array:
     """y += bias per channel, y (N, C, L) and bias (C,); returns y. On NumPy the
     samples go in ranges over the threads."""
     b = bias.reshape(1, -1, 1)
-    if not on_threads(xp) or y.size < 2 * threads.TASK_ELEMENTS:
+    if not on_threads(xp) or not makes_tasks(y.size):
         y += b
         return y
     sample = y[0].size

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmem.kernels import threads
-from vmem.kernels.threads import for_ranges, on_threads
+from vmem.kernels.threads import for_ranges, makes_tasks, on_threads
 
 Array = Any
 
 
-def _long_enough(a: Array) -> bool:
-    """Whether a pass over `a` makes two tasks or more (`threads.TASK_ELEMENTS` each):
-    a shorter one runs as one plain call."""
-    return a.size >= 2 * threads.TASK_ELEMENTS
-
-
 def _splits(xp: Any, *arrays: Array) -> bool:
     first = arrays[0]
-    return (on_threads(xp) and _long_enough(first)
+    return (on_threads(xp) and makes_tasks(first.size)
             and all(a.shape == first.shape and a.dtype == first.dtype
                     and a.flags.c_contiguous for a in arrays))
 
@@ -65,7 +58,7 @@ def copy(xp: Any, a: Array) -> Array:
 def transposed(xp: Any, a: Array) -> Array:
     """a (G, M, K) transposed to a new C-contiguous (G, K, M) array, on NumPy its
     rows copied in ranges over the threads."""
-    if not (on_threads(xp) and _long_enough(a)):
+    if not (on_threads(xp) and makes_tasks(a.size)):
         return xp.ascontiguousarray(a.transpose(0, 2, 1))
     out = xp.empty((a.shape[0], a.shape[2], a.shape[1]), dtype=a.dtype)
 

@@ -240,6 +240,12 @@ def split(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
+def makes_tasks(elements: int) -> bool:
+    """Whether a pass over `elements` elements makes two tasks or more
+    (TASK_ELEMENTS each): a shorter one is better run as one plain call."""
+    return elements >= 2 * TASK_ELEMENTS
+
+
 def ranges(xp: Any, n: int, item_bytes: int = 0, budget_bytes: int = 0,
            min_items: int = 1, item_elements: int = 0) -> list[tuple[int, int]]:
     """[0, n) cut into ranges for a pass over n independent items (samples, or the

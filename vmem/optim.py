@@ -215,6 +215,7 @@ def apply_updates(xp: Any, updates: Sequence[Update]) -> None:
     block holds it, so the results are the same bits for every block size and thread
     count."""
     blocks = []  # (rule, its flat arrays, a block's first element), update after update
+    elements = 0  # the blocks' elements, all told
     for update in updates:
         size = update.arrays[0].size
         if not on_threads(xp) or not all(a.flags.c_contiguous and a.size == size
@@ -223,13 +224,13 @@ def apply_updates(xp: Any, updates: Sequence[Update]) -> None:
             continue
         flats = tuple(a.reshape(-1) for a in update.arrays)
         blocks.extend((update.rule, flats, lo) for lo in range(0, size, UPDATE_BLOCK_ELEMENTS))
+        elements += size
 
     def run(first: int, stop: int) -> None:
         for rule, flats, lo in blocks[first:stop]:
             rule(*(flat[lo:lo + UPDATE_BLOCK_ELEMENTS] for flat in flats))
 
     if blocks:  # a small network's blocks are short: tasks of TASK_ELEMENTS at least
-        elements = sum(flats[0].size for _, flats, lo in blocks if lo == 0)
         for_ranges(xp, len(blocks), run, min_items=UPDATE_TASK_BLOCKS,
                    item_elements=max(1, elements // len(blocks)))
 
